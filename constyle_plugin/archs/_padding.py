@@ -1,0 +1,39 @@
+"""Pad-to-multiple and crop-back shared by the reference U-Nets (any input size in, same size out)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+PAD_MODES = ("zeros", "reflect", "replicate")
+
+
+def check_pad_mode(mode: str, owner: str) -> str:
+    if mode not in PAD_MODES:
+        raise ValueError(f"{owner}: pad_mode must be one of {PAD_MODES}, got {mode!r}")
+    return mode
+
+
+def check_input(x: Tensor, channels: int, owner: str) -> None:
+    """Raise a clear error for anything but a B x channels x H x W floating-point tensor."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != channels:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{owner}: input must be B x {channels} x H x W, got {shape}")
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "zeros") -> Tensor:
+    """Pad ``x`` (B x C x H x W) at the bottom and right so that H and W are multiples of ``multiple``.
+
+    ``mode`` is ``"zeros"``, ``"reflect"`` or ``"replicate"``. Reflection needs the pad to be smaller
+    than the side it mirrors; for tiny inputs where it is not, ``"reflect"`` falls back to
+    ``"replicate"`` so that every size stays legal.
+    """
+    h, w = x.shape[-2:]
+    pad_h = (-h) % multiple
+    pad_w = (-w) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return x
+    if mode == "zeros":
+        return F.pad(x, (0, pad_w, 0, pad_h))
+    if mode == "reflect" and (pad_h >= h or pad_w >= w):
+        mode = "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
