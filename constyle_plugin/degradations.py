@@ -1,0 +1,608 @@
+"""Degradations for stage 1 (the prompter's query view) and for the all-in-one training data.
+
+Three groups:
+
+* :class:`RealESRGANDegradation`: the Real-ESRGAN second-order pipeline on a batch
+  (B x 3 x H x W in [0, 1], any device), built from BasicSR's kernel generators, noise functions,
+  ``filter2D``, ``USMSharp`` and ``DiffJPEG``. Defaults are the ConStyle v2 authors' values.
+* Weather on the CPU (H x W x 3 float32 numpy images in [0, 1]): ImageNet-C style
+  :func:`contrast` and :func:`snow`, and :func:`weather` (contrast 1, snow 1, snow 2, the
+  authors' order). The snow layer's motion blur uses :func:`line_kernel`, not ImageMagick.
+* The all-in-one degradations, ``ALL_IN_ONE[name](img, rng) -> img`` with
+  ``rng`` a ``numpy.random.Generator``: noise, jpeg, motion_blur, defocus_blur, haze, rain, snow,
+  low_light. Each returns a new float32 H x W x 3 image in [0, 1] of the input's size.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .compat import ensure_basicsr_importable
+
+ensure_basicsr_importable()
+from basicsr.data.degradations import (  # noqa: E402
+    circular_lowpass_kernel, random_add_gaussian_noise_pt, random_add_poisson_noise_pt,
+    random_mixed_kernels)
+from basicsr.utils import DiffJPEG  # noqa: E402
+from basicsr.utils.img_process_util import USMSharp, filter2D  # noqa: E402
+
+__all__ = [
+    "RealESRGANDegradation", "line_kernel", "disk_kernel", "contrast", "snow", "weather",
+    "gaussian_noise", "jpeg", "motion_blur", "defocus_blur", "haze", "rain", "snow_degradation",
+    "low_light", "ALL_IN_ONE", "CONTRAST_LEVELS", "SNOW_PARAMS", "IMAGENET_C_SNOW_PARAMS",
+]
+
+Image = np.ndarray  # H x W x 3 float32 in [0, 1]
+
+
+def _check_image(img: np.ndarray, name: str = "img") -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"{name}: expected an H x W x 3 image, got shape {img.shape}")
+    return img.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Real-ESRGAN second-order pipeline (batch, any device)
+# --------------------------------------------------------------------------------------------
+
+_KERNEL_LIST = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso",
+                "plateau_aniso")
+_KERNEL_PROB = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
+
+
+def _pad_to_min(x: Tensor, min_size: int) -> Tuple[Tensor, Tuple[int, int]]:
+    """Replicate-pad so that H and W are at least ``min_size`` (reflect padding needs it)."""
+    h, w = x.shape[-2:]
+    ph, pw = max(0, min_size - h), max(0, min_size - w)
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x, (h, w)
+
+
+def _filter(x: Tensor, kernel: Tensor) -> Tensor:
+    """BasicSR's ``filter2D`` (reflect border), also on images smaller than the kernel."""
+    x, (h, w) = _pad_to_min(x, kernel.shape[-1] // 2 + 1)
+    return filter2D(x.contiguous(), kernel)[..., :h, :w]
+
+
+class RealESRGANDegradation(nn.Module):
+    """The Real-ESRGAN second-order degradation, applied to a batch.
+
+    ``forward(x)`` takes ``x``: B x 3 x H x W in [0, 1] on any device and returns a degraded
+    batch of the same shape, dtype and device, quantised to 8 bits: (USM sharpening), blur,
+    random resize, Gaussian or Poisson noise, JPEG; then blur (probability
+    ``second_blur_prob``), resize, noise, and in random order JPEG and [resize back + final
+    sinc filter]. Per-sample: blur kernels, noise level, grey noise, JPEG quality; per-batch:
+    resize scales, interpolation modes, noise kind, the final ordering (as in Real-ESRGAN).
+
+    The keyword arguments are the Real-ESRGAN / ConStyle v2 YAML names; defaults are the
+    ConStyle v2 authors' values (SPEC section 2), the kernel settings Real-ESRGAN's. Kernel sizes
+    are the odd numbers from 7 to ``blur_kernel_size`` (21: 7..21, as Real-ESRGAN hard-codes);
+    all kernels are zero-padded to that size. Kernels are drawn on the CPU per sample
+    (:meth:`sample_kernels`, the same as a Real-ESRGAN dataset does) unless passed in.
+
+    ``seed``: ``None`` draws from the global numpy / torch generators like Real-ESRGAN (seed
+    them with the trainer). An integer makes the module own a ``numpy.random.RandomState``;
+    each call then runs BasicSR's samplers under global generator states seeded from it and
+    restores the global states afterwards, so two modules with the same seed give the same
+    output for the same calls on the same device (not thread-safe).
+
+    The module has no trainable parameters (DiffJPEG's tables are frozen) and moves itself to
+    the input's device on first use; it runs under ``torch.no_grad``. Keep it out of the
+    network whose state is saved (it holds only constants).
+    """
+
+    def __init__(self, *,
+                 resize_prob: Sequence[float] = (0.2, 0.7, 0.1),
+                 resize_range: Sequence[float] = (0.15, 1.5),
+                 gaussian_noise_prob: float = 0.5,
+                 noise_range: Sequence[float] = (1, 30),
+                 poisson_scale_range: Sequence[float] = (0.05, 3),
+                 gray_noise_prob: float = 0.4,
+                 jpeg_range: Sequence[float] = (30, 95),
+                 blur_kernel_size: int = 21,
+                 kernel_list: Sequence[str] = _KERNEL_LIST,
+                 kernel_prob: Sequence[float] = _KERNEL_PROB,
+                 sinc_prob: float = 0.1,
+                 blur_sigma: Sequence[float] = (0.2, 3),
+                 betag_range: Sequence[float] = (0.5, 4),
+                 betap_range: Sequence[float] = (1, 2),
+                 second_blur_prob: float = 0.8,
+                 resize_prob2: Sequence[float] = (0.3, 0.4, 0.3),
+                 resize_range2: Sequence[float] = (0.3, 1.2),
+                 gaussian_noise_prob2: float = 0.5,
+                 noise_range2: Sequence[float] = (1, 25),
+                 poisson_scale_range2: Sequence[float] = (0.05, 2.5),
+                 gray_noise_prob2: float = 0.4,
+                 jpeg_range2: Sequence[float] = (30, 95),
+                 blur_kernel_size2: int = 21,
+                 kernel_list2: Sequence[str] = _KERNEL_LIST,
+                 kernel_prob2: Sequence[float] = _KERNEL_PROB,
+                 sinc_prob2: float = 0.1,
+                 blur_sigma2: Sequence[float] = (0.2, 1.5),
+                 betag_range2: Sequence[float] = (0.5, 4),
+                 betap_range2: Sequence[float] = (1, 2),
+                 final_sinc_prob: float = 0.8,
+                 usm_sharpen: bool = True,
+                 seed: Optional[int] = None):
+        super().__init__()
+        for name, size in (("blur_kernel_size", blur_kernel_size),
+                           ("blur_kernel_size2", blur_kernel_size2)):
+            if size < 7 or size % 2 == 0:
+                raise ValueError(f"RealESRGANDegradation: {name} must be odd and >= 7, got {size}")
+        for name, lst, prob in (("kernel_list", kernel_list, kernel_prob),
+                                ("kernel_list2", kernel_list2, kernel_prob2)):
+            if len(lst) != len(prob):
+                raise ValueError(f"RealESRGANDegradation: {name} has {len(lst)} entries but its "
+                                 f"probabilities have {len(prob)}")
+        for name, prob in (("resize_prob", resize_prob), ("resize_prob2", resize_prob2)):
+            if len(prob) != 3:
+                raise ValueError(f"RealESRGANDegradation: {name} must be [up, down, keep] "
+                                 f"probabilities, got {list(prob)}")
+        self.first = dict(resize_prob=list(resize_prob), resize_range=list(resize_range),
+                          gaussian_noise_prob=gaussian_noise_prob, noise_range=list(noise_range),
+                          poisson_scale_range=list(poisson_scale_range),
+                          gray_noise_prob=gray_noise_prob, jpeg_range=list(jpeg_range),
+                          kernel_size=blur_kernel_size, kernel_list=list(kernel_list),
+                          kernel_prob=list(kernel_prob), sinc_prob=sinc_prob,
+                          blur_sigma=list(blur_sigma), betag_range=list(betag_range),
+                          betap_range=list(betap_range))
+        self.second = dict(resize_prob=list(resize_prob2), resize_range=list(resize_range2),
+                           gaussian_noise_prob=gaussian_noise_prob2,
+                           noise_range=list(noise_range2),
+                           poisson_scale_range=list(poisson_scale_range2),
+                           gray_noise_prob=gray_noise_prob2, jpeg_range=list(jpeg_range2),
+                           kernel_size=blur_kernel_size2, kernel_list=list(kernel_list2),
+                           kernel_prob=list(kernel_prob2), sinc_prob=sinc_prob2,
+                           blur_sigma=list(blur_sigma2), betag_range=list(betag_range2),
+                           betap_range=list(betap_range2))
+        self.second_blur_prob = second_blur_prob
+        self.final_sinc_prob = final_sinc_prob
+        self.usm_sharpen = usm_sharpen
+        self._rs = np.random.RandomState(seed) if seed is not None else None
+        self.jpeger = DiffJPEG(differentiable=False)
+        self.usm = USMSharp()
+        self.requires_grad_(False)
+
+    @classmethod
+    def from_opt(cls, opt: Optional[Mapping] = None) -> "RealESRGANDegradation":
+        """Build from a YAML-style dict (e.g. the ``real_esrgan:`` block of an option file).
+
+        Unknown keys raise ``TypeError`` naming them, so a misspelt option is not ignored.
+        """
+        opt = dict(opt or {})
+        import inspect
+
+        valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(opt) - valid)
+        if unknown:
+            raise TypeError(f"RealESRGANDegradation: unknown option(s) {unknown}; "
+                            f"valid: {sorted(valid)}")
+        return cls(**opt)
+
+    # -- random state ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _rng_scope(self, device: Optional[torch.device] = None) -> Iterator[None]:
+        if self._rs is None:
+            yield
+            return
+        seed = int(self._rs.randint(0, 2**31 - 1))
+        np_state, py_state = np.random.get_state(), random.getstate()
+        devices = [device] if device is not None and device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            np.random.seed(seed)
+            random.seed(seed)  # BasicSR's random_mixed_kernels picks the kernel type with it
+            torch.random.default_generator.manual_seed(seed)
+            for d in devices:
+                idx = d.index if d.index is not None else torch.cuda.current_device()
+                torch.cuda.default_generators[idx].manual_seed(seed)
+            try:
+                yield
+            finally:
+                np.random.set_state(np_state)
+                random.setstate(py_state)
+
+    # -- kernels -------------------------------------------------------------------------------
+    @staticmethod
+    def _blur_kernel(p: dict) -> np.ndarray:
+        sizes = list(range(7, p["kernel_size"] + 1, 2))
+        size = int(np.random.choice(sizes))
+        if np.random.uniform() < p["sinc_prob"]:
+            # the cut-off range Real-ESRGAN uses for kernels of size 7..21
+            low = np.pi / 3 if size < 13 else np.pi / 5
+            kernel = circular_lowpass_kernel(np.random.uniform(low, np.pi), size, pad_to=False)
+        else:
+            kernel = random_mixed_kernels(p["kernel_list"], p["kernel_prob"], size,
+                                          p["blur_sigma"], p["blur_sigma"], [-math.pi, math.pi],
+                                          p["betag_range"], p["betap_range"], noise_range=None)
+        pad = (p["kernel_size"] - size) // 2
+        return np.pad(kernel, ((pad, pad), (pad, pad)))
+
+    def _sinc_kernel(self) -> np.ndarray:
+        k = self.first["kernel_size"]
+        if np.random.uniform() < self.final_sinc_prob:
+            size = int(np.random.choice(list(range(7, k + 1, 2))))
+            return circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), size, pad_to=k)
+        pulse = np.zeros((k, k), np.float32)  # identity: no final filter for this sample
+        pulse[k // 2, k // 2] = 1
+        return pulse
+
+    def sample_kernels(self, batch_size: int) -> Dict[str, Tensor]:
+        """Draw per-sample kernels on the CPU.
+
+        Returns ``{'kernel1': B x K1 x K1, 'kernel2': B x K2 x K2, 'sinc_kernel': B x K1 x K1}``
+        (float32, K = ``blur_kernel_size`` / ``blur_kernel_size2``), each kernel summing to 1.
+        """
+        with self._rng_scope():
+            return self._sample_kernels(batch_size)
+
+    def _sample_kernels(self, batch_size: int) -> Dict[str, Tensor]:
+        k1, k2, ks = [], [], []
+        for _ in range(batch_size):
+            k1.append(self._blur_kernel(self.first))
+            k2.append(self._blur_kernel(self.second))
+            ks.append(self._sinc_kernel())
+        stack = lambda ks_: torch.from_numpy(np.stack(ks_).astype(np.float32))  # noqa: E731
+        return {"kernel1": stack(k1), "kernel2": stack(k2), "sinc_kernel": stack(ks)}
+
+    # -- the pipeline ----------------------------------------------------------------------------
+    @staticmethod
+    def _resize_scale(p: dict) -> float:
+        kind = np.random.choice(["up", "down", "keep"], p=np.asarray(p["resize_prob"]) /
+                                np.sum(p["resize_prob"]))
+        if kind == "up":
+            return float(np.random.uniform(1, p["resize_range"][1]))
+        if kind == "down":
+            return float(np.random.uniform(p["resize_range"][0], 1))
+        return 1.0
+
+    @staticmethod
+    def _mode() -> str:
+        return str(np.random.choice(["area", "bilinear", "bicubic"]))
+
+    @staticmethod
+    def _resize(x: Tensor, size: Tuple[int, int], mode: str) -> Tensor:
+        size = (max(1, int(size[0])), max(1, int(size[1])))
+        kwargs = {} if mode == "area" else {"align_corners": False}
+        return F.interpolate(x, size=size, mode=mode, **kwargs)
+
+    @staticmethod
+    def _noise(x: Tensor, p: dict) -> Tensor:
+        if np.random.uniform() < p["gaussian_noise_prob"]:
+            return random_add_gaussian_noise_pt(x, sigma_range=p["noise_range"], clip=True,
+                                                rounds=False, gray_prob=p["gray_noise_prob"])
+        return random_add_poisson_noise_pt(x, scale_range=p["poisson_scale_range"],
+                                           gray_prob=p["gray_noise_prob"], clip=True,
+                                           rounds=False)
+
+    def _jpeg(self, x: Tensor, p: dict) -> Tensor:
+        quality = x.new_zeros(x.size(0)).uniform_(*p["jpeg_range"])
+        return self.jpeger(torch.clamp(x, 0, 1), quality=quality)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, kernels: Optional[Mapping[str, Tensor]] = None) -> Tensor:
+        """Degrade ``x`` (B x 3 x H x W, [0, 1]); returns B x 3 x H x W in [0, 1].
+
+        ``kernels``: optional output of :meth:`sample_kernels` (drawn by a dataset worker);
+        drawn here on the CPU when omitted.
+        """
+        if x.dim() != 4 or x.size(1) != 3:
+            raise ValueError(f"RealESRGANDegradation: expected x of shape B x 3 x H x W, "
+                             f"got {tuple(x.shape)}")
+        if x.size(0) == 0:
+            return x.clone()
+        device, dtype = x.device, x.dtype
+        if self.usm.kernel.device != device:
+            self.to(device)
+        with self._rng_scope(device):
+            if kernels is None:
+                kernels = self._sample_kernels(x.size(0))
+            k1, k2, ks = (kernels[k].to(device=device, dtype=torch.float32)
+                          for k in ("kernel1", "kernel2", "sinc_kernel"))
+            out = self._degrade(x.float(), k1, k2, ks)
+        return out.to(dtype)
+
+    def _degrade(self, x: Tensor, k1: Tensor, k2: Tensor, ks: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        if self.usm_sharpen:
+            padded, _ = _pad_to_min(x, self.usm.kernel.shape[-1] // 2 + 1)
+            x = self.usm(padded)[..., :h, :w]
+        # first pass
+        out = _filter(x, k1)
+        scale = self._resize_scale(self.first)
+        out = self._resize(out, (h * scale, w * scale), self._mode())
+        out = self._noise(out, self.first)
+        out = self._jpeg(out, self.first)
+        # second pass
+        if np.random.uniform() < self.second_blur_prob:
+            out = _filter(out, k2)
+        scale = self._resize_scale(self.second)
+        out = self._resize(out, (h * scale, w * scale), self._mode())
+        out = self._noise(out, self.second)
+        # [resize back + sinc] and JPEG in random order (other orders give twisted lines)
+        if np.random.uniform() < 0.5:
+            out = _filter(self._resize(out, (h, w), self._mode()), ks)
+            out = self._jpeg(out, self.second)
+        else:
+            out = self._jpeg(out, self.second)
+            out = _filter(self._resize(out, (h, w), self._mode()), ks)
+        return torch.clamp((out * 255.0).round(), 0, 255) / 255.0
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+def line_kernel(radius: float, angle: float, sigma: Optional[float] = None,
+                one_sided: bool = False, samples_per_pixel: int = 4) -> np.ndarray:
+    """A motion-blur kernel: a line through the centre, ``(2R+1) x (2R+1)``, ``R = ceil(radius)``.
+
+    ``angle`` in degrees, direction ``(cos a, sin a)`` in pixel coordinates (x right, y down):
+    0 is horizontal, 90 vertical. The line runs from ``-radius`` to ``radius`` along that
+    direction, or from 0 to ``radius`` when ``one_sided`` (a trail, as ImageMagick's
+    ``-motion-blur`` makes). Weights along the line are uniform, or ``exp(-t^2 / (2 sigma^2))``
+    at distance ``t`` from the centre when ``sigma`` is given. Points are splatted bilinearly
+    (anti-aliased). Returns a float32 kernel that sums to 1.
+    """
+    if radius < 0:
+        raise ValueError(f"line_kernel: radius must be >= 0, got {radius}")
+    r = int(math.ceil(radius))
+    size = 2 * r + 1
+    kernel = np.zeros((size, size), np.float64)
+    if r == 0:
+        kernel[0, 0] = 1.0
+        return kernel.astype(np.float32)
+    n = max(2, int(math.ceil(radius * samples_per_pixel)) + 1)
+    t = np.linspace(0.0 if one_sided else -radius, radius, n * (1 if one_sided else 2))
+    weight = np.ones_like(t) if sigma is None else np.exp(-t ** 2 / (2.0 * sigma ** 2))
+    a = math.radians(angle)
+    xs, ys = r + t * math.cos(a), r + t * math.sin(a)
+    x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
+    fx, fy = xs - x0, ys - y0
+    for dx, dy, wgt in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                        (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        xi, yi = np.clip(x0 + dx, 0, size - 1), np.clip(y0 + dy, 0, size - 1)
+        np.add.at(kernel, (yi, xi), weight * wgt)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def disk_kernel(radius: float, supersample: int = 8) -> np.ndarray:
+    """An anti-aliased disk (defocus) kernel of the given radius in pixels, summing to 1."""
+    if radius <= 0:
+        raise ValueError(f"disk_kernel: radius must be > 0, got {radius}")
+    r = int(math.ceil(radius))
+    size = 2 * r + 1
+    offs = (np.arange(size * supersample) + 0.5) / supersample - (r + 0.5)
+    yy, xx = np.meshgrid(offs, offs, indexing="ij")
+    inside = (xx ** 2 + yy ** 2 <= radius ** 2).astype(np.float64)
+    kernel = inside.reshape(size, supersample, size, supersample).mean(axis=(1, 3))
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _convolve(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    return cv2.filter2D(img, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+
+
+# --------------------------------------------------------------------------------------------
+# Weather (ImageNet-C style)
+# --------------------------------------------------------------------------------------------
+
+# ImageNet-C contrast factors for severities 1..5
+CONTRAST_LEVELS = (0.4, 0.3, 0.2, 0.1, 0.05)
+
+# Snow: (mean, std of the snow layer, zoom, threshold, blur radius, blur sigma, image weight) per
+# severity 1..5. SNOW_PARAMS is the table the ConStyle v2 authors' code uses (ImageNet-C's
+# table for Tiny-ImageNet sized pictures); IMAGENET_C_SNOW_PARAMS is the one for 224 px ImageNet.
+SNOW_PARAMS = (
+    (0.1, 0.2, 1.0, 0.6, 8, 3, 0.8),
+    (0.1, 0.2, 1.0, 0.5, 10, 4, 0.8),
+    (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7),
+    (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
+    (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6),
+)
+IMAGENET_C_SNOW_PARAMS = (
+    (0.1, 0.3, 3.0, 0.5, 10, 4, 0.8),
+    (0.2, 0.3, 2.0, 0.5, 12, 4, 0.7),
+    (0.55, 0.3, 4.0, 0.9, 12, 8, 0.7),
+    (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+    (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+)
+
+
+def _severity(severity: int) -> int:
+    if int(severity) != severity or not 1 <= severity <= 5:
+        raise ValueError(f"severity must be an integer in 1..5, got {severity}")
+    return int(severity)
+
+
+def contrast(img: Image, severity: int = 1) -> Image:
+    """ImageNet-C contrast: ``clip((x - mean) * c + mean, 0, 1)``, per-channel spatial mean.
+
+    ``img``: H x W x 3 float in [0, 1]; ``c = CONTRAST_LEVELS[severity - 1]``.
+    """
+    x = _check_image(img)
+    c = CONTRAST_LEVELS[_severity(severity) - 1]
+    mean = x.mean(axis=(0, 1), keepdims=True)
+    return np.clip((x - mean) * c + mean, 0, 1).astype(np.float32)
+
+
+def _clipped_zoom(layer: np.ndarray, zoom: float) -> np.ndarray:
+    """Zoom into the centre by ``zoom`` (>= 1) and keep the original size."""
+    h, w = layer.shape
+    if zoom <= 1.0:
+        return layer
+    ch, cw = max(1, int(math.ceil(h / zoom))), max(1, int(math.ceil(w / zoom)))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return cv2.resize(layer[top:top + ch, left:left + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def snow(img: Image, severity: int = 1, rng: Optional[np.random.Generator] = None,
+         params: Sequence[Sequence[float]] = SNOW_PARAMS) -> Image:
+    """ImageNet-C style snow on an H x W x 3 float image in [0, 1].
+
+    A snow layer drawn from N(mean, std) per pixel is zoomed, thresholded, motion-blurred along
+    a random direction in [-135, -45] degrees with a one-sided Gaussian line kernel
+    (:func:`line_kernel`, ImageMagick's ``-motion-blur radius x sigma`` trail of ``2 radius + 1``
+    taps), then the image is blended with a brightened grey copy and the layer is added twice
+    (as drawn and rotated by 180 degrees). ``params``: the per-severity table
+    (:data:`SNOW_PARAMS`, the authors' choice, by default).
+    """
+    x = _check_image(img)
+    rng = np.random.default_rng() if rng is None else rng
+    mean, std, zoom, threshold, radius, sigma, weight = params[_severity(severity) - 1]
+    h, w = x.shape[:2]
+    layer = rng.normal(loc=mean, scale=std, size=(h, w)).astype(np.float32)
+    layer = _clipped_zoom(layer, zoom)
+    layer[layer < threshold] = 0
+    layer = np.clip(layer, 0, 1)
+    # ImageMagick works on an 8-bit PNG of the layer; keep that quantisation
+    layer = np.round(layer * 255) / 255
+    kernel = line_kernel(2 * radius, float(rng.uniform(-135, -45)), sigma=sigma, one_sided=True)
+    layer = _convolve(layer.astype(np.float32), kernel)[..., None]
+    gray = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., None]
+    x = weight * x + (1 - weight) * np.maximum(x, gray * 1.5 + 0.5)
+    return np.clip(x + layer + np.rot90(layer, k=2), 0, 1).astype(np.float32)
+
+
+def weather(img: Image, rng: Optional[np.random.Generator] = None) -> Image:
+    """The authors' stage-1 weather: contrast (severity 1), snow (1), then snow (2)."""
+    rng = np.random.default_rng() if rng is None else rng
+    out = contrast(img, 1)
+    out = snow(out, 1, rng)
+    return snow(out, 2, rng)
+
+
+# --------------------------------------------------------------------------------------------
+# All-in-one degradations: f(img H x W x 3 float32 [0, 1], rng) -> same
+# --------------------------------------------------------------------------------------------
+
+def gaussian_noise(img: Image, rng: np.random.Generator, sigma: Optional[float] = None) -> Image:
+    """Additive white Gaussian noise, ``sigma ~ U(10, 50)`` on the 0-255 scale, clipped."""
+    x = _check_image(img)
+    sigma = float(rng.uniform(10, 50)) if sigma is None else float(sigma)
+    noisy = x + rng.normal(0.0, sigma / 255.0, size=x.shape).astype(np.float32)
+    return np.clip(noisy, 0, 1).astype(np.float32)
+
+
+def jpeg(img: Image, rng: np.random.Generator, quality: Optional[int] = None) -> Image:
+    """JPEG compression through OpenCV, ``quality ~ randint(10, 50)`` (both ends included)."""
+    x = _check_image(img)
+    quality = int(rng.integers(10, 51)) if quality is None else int(quality)
+    u8 = cv2.cvtColor(np.clip(np.round(x * 255), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", u8, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
+    if not ok:
+        raise RuntimeError(f"jpeg: OpenCV could not encode an image of shape {x.shape}")
+    dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    return (cv2.cvtColor(dec, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0)
+
+
+def motion_blur(img: Image, rng: np.random.Generator, radius: Optional[float] = None,
+                angle: Optional[float] = None) -> Image:
+    """Linear motion blur: uniform line kernel, ``radius ~ U(3, 12)`` px, angle ``~ U(0, 180)``."""
+    x = _check_image(img)
+    radius = float(rng.uniform(3, 12)) if radius is None else float(radius)
+    angle = float(rng.uniform(0, 180)) if angle is None else float(angle)
+    return np.clip(_convolve(x, line_kernel(radius, angle)), 0, 1).astype(np.float32)
+
+
+def defocus_blur(img: Image, rng: np.random.Generator, radius: Optional[float] = None) -> Image:
+    """Defocus blur with an anti-aliased disk kernel, ``radius ~ U(2, 7)`` px."""
+    x = _check_image(img)
+    radius = float(rng.uniform(2, 7)) if radius is None else float(radius)
+    return np.clip(_convolve(x, disk_kernel(radius)), 0, 1).astype(np.float32)
+
+
+def _smooth_depth(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth synthetic depth map in [0, 1]: a tilted ramp (far at the top) + coarse noise."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    tilt = float(rng.uniform(-0.5, 0.5))
+    ramp = (1.0 - yy / max(h - 1, 1)) + tilt * (xx / max(w - 1, 1) - 0.5)
+    coarse = rng.random((4, 4)).astype(np.float32)
+    coarse = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    depth = 0.7 * ramp + 0.3 * coarse
+    depth -= depth.min()
+    return depth / max(float(depth.max()), 1e-6)
+
+
+def haze(img: Image, rng: np.random.Generator, beta: Optional[float] = None,
+         airlight: Optional[float] = None) -> Image:
+    """Haze by the atmospheric scattering model ``I = J t + A (1 - t)``, ``t = exp(-beta d)``.
+
+    ``d`` is a smooth synthetic depth map in [0.2, 1] (far at the top), ``beta ~ U(0.8, 2.5)``,
+    the airlight ``A ~ U(0.7, 1.0)`` (grey, with a small per-channel tint).
+    """
+    x = _check_image(img)
+    h, w = x.shape[:2]
+    beta = float(rng.uniform(0.8, 2.5)) if beta is None else float(beta)
+    a = float(rng.uniform(0.7, 1.0)) if airlight is None else float(airlight)
+    tint = rng.uniform(-0.03, 0.03, size=3) if airlight is None else np.zeros(3)
+    airlight_rgb = np.clip(a + tint, 0, 1).reshape(1, 1, 3).astype(np.float32)
+    depth = 0.2 + 0.8 * _smooth_depth(h, w, rng)
+    t = np.exp(-beta * depth)[..., None].astype(np.float32)
+    return np.clip(x * t + airlight_rgb * (1 - t), 0, 1).astype(np.float32)
+
+
+def rain(img: Image, rng: np.random.Generator, density: Optional[float] = None,
+         length: Optional[float] = None, angle: Optional[float] = None) -> Image:
+    """Synthetic rain streaks added to the image.
+
+    Sparse drops (``density ~ U(0.002, 0.01)`` of the pixels) are smeared along a slanted
+    near-vertical line (``angle ~ 90 +- U(-25, 25)`` degrees, half-length ``~ U(6, 18)`` px),
+    slightly thickened, and added with strength ``~ U(0.5, 0.9)``.
+    """
+    x = _check_image(img)
+    h, w = x.shape[:2]
+    density = float(rng.uniform(0.002, 0.01)) if density is None else float(density)
+    length = float(rng.uniform(6, 18)) if length is None else float(length)
+    angle = float(90 + rng.uniform(-25, 25)) if angle is None else float(angle)
+    drops = (rng.random((h, w)) < density).astype(np.float32)
+    drops *= rng.uniform(0.6, 1.0, size=(h, w)).astype(np.float32)
+    kernel = line_kernel(length, angle)
+    # the kernel averages over the line; rescale so a streak keeps its drop's brightness
+    streaks = _convolve(drops, kernel) * (2 * length + 1)
+    streaks = cv2.GaussianBlur(streaks, (3, 3), 0.6)
+    strength = float(rng.uniform(0.5, 0.9))
+    return np.clip(x + strength * np.clip(streaks, 0, 1)[..., None], 0, 1).astype(np.float32)
+
+
+def snow_degradation(img: Image, rng: np.random.Generator,
+                     severity: Optional[int] = None) -> Image:
+    """Snow for the all-in-one set: :func:`snow` at a severity drawn from 1..3."""
+    severity = int(rng.integers(1, 4)) if severity is None else int(severity)
+    return snow(img, severity, rng)
+
+
+def low_light(img: Image, rng: np.random.Generator, gamma: Optional[float] = None,
+              scale: Optional[float] = None, noise: Optional[float] = None) -> Image:
+    """Low light: ``scale * x ** gamma`` plus a little Gaussian noise, clipped.
+
+    ``gamma ~ U(1.5, 3)``, ``scale ~ U(0.15, 0.5)``, noise std ``~ U(0.002, 0.015)``.
+    """
+    x = _check_image(img)
+    gamma = float(rng.uniform(1.5, 3.0)) if gamma is None else float(gamma)
+    scale = float(rng.uniform(0.15, 0.5)) if scale is None else float(scale)
+    noise = float(rng.uniform(0.002, 0.015)) if noise is None else float(noise)
+    dark = scale * np.power(np.clip(x, 0, 1), gamma)
+    dark = dark + rng.normal(0.0, noise, size=x.shape).astype(np.float32)
+    return np.clip(dark, 0, 1).astype(np.float32)
+
+
+ALL_IN_ONE: Dict[str, Callable[[Image, np.random.Generator], Image]] = {
+    "noise": gaussian_noise,
+    "jpeg": jpeg,
+    "motion_blur": motion_blur,
+    "defocus_blur": defocus_blur,
+    "haze": haze,
+    "rain": rain,
+    "snow": snow_degradation,
+    "low_light": low_light,
+}

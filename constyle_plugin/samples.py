@@ -1,0 +1,188 @@
+"""Offline sample photos: real pictures that ship with scikit-image and matplotlib.
+
+They let every option file, test and benchmark of the plugin run without downloading a data set:
+``export_sample_photos(folder)`` writes them as PNG files that the datasets of
+:mod:`constyle_plugin.datasets` read like any other image folder, and
+``export_sample_classes(folder)`` writes an ImageFolder-style class tree (one class per photo)
+for the stage-1 pre-training dataset.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+from .prompter import atomic_write
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# The explicit list, checked against scikit-image 0.26 offline (its bundled files).
+# Left out on purpose: ``cat`` (the same picture as ``chelsea``), ``microaneurysms`` (102 x 102),
+# the synthetic or binary ones (``checkerboard``, ``logo``, ``horse``, ``binary_blobs``,
+# ``shepp_logan_phantom``) and the ones scikit-image fetches from the network through pooch
+# (``eagle``, ``kidney``, ``lily``, ``skin``, ``brain``, ...).
+SKIMAGE_COLOR = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+                 "immunohistochemistry", "retina", "colorwheel", "motorcycle")
+SKIMAGE_GRAY = ("camera", "brick", "grass", "gravel", "moon", "text", "coins", "page", "clock",
+                "cell")
+MATPLOTLIB = ("grace_hopper",)
+SAMPLE_NAMES: Tuple[str, ...] = SKIMAGE_COLOR + SKIMAGE_GRAY + MATPLOTLIB
+
+
+class SamplePhotoWarning(UserWarning):
+    """A listed sample photo could not be loaded in this environment."""
+
+
+def _load_skimage(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name == "motorcycle":  # left view of the stereo pair
+        return skimage.data.stereo_motorcycle()[0]
+    return getattr(skimage.data, name)()
+
+
+def _load_matplotlib(name: str) -> np.ndarray:
+    import matplotlib.cbook
+
+    path = matplotlib.cbook.get_sample_data(f"{name}.jpg", asfileobj=False)
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise OSError(f"cannot decode {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _to_rgb_uint8(name: str, img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise TypeError(f"sample photo {name!r}: expected uint8, got {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[..., :3]
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"sample photo {name!r}: unexpected shape {img.shape}")
+    return np.ascontiguousarray(img)
+
+
+@functools.lru_cache(maxsize=1)
+def _all_photos() -> Tuple[Tuple[str, np.ndarray], ...]:
+    loaders: Dict[str, Callable[[str], np.ndarray]] = {}
+    for n in SKIMAGE_COLOR + SKIMAGE_GRAY:
+        loaders[n] = _load_skimage
+    for n in MATPLOTLIB:
+        loaders[n] = _load_matplotlib
+    out = []
+    for name in SAMPLE_NAMES:
+        try:
+            img = _to_rgb_uint8(name, loaders[name](name))
+        except Exception as exc:  # missing optional package or data file: say which, keep going
+            warnings.warn(f"sample photo {name!r} is not available here and is left out "
+                          f"({type(exc).__name__}: {exc})", SamplePhotoWarning, stacklevel=3)
+            continue
+        img.setflags(write=False)  # cached: callers get read-only arrays, copy to modify
+        out.append((name, img))
+    return tuple(out)
+
+
+def sample_photos(names: Optional[Iterable[str]] = None) -> List[Tuple[str, np.ndarray]]:
+    """The offline sample photos as ``[(name, H x W x 3 uint8 RGB array), ...]``.
+
+    Grayscale pictures are repeated to three channels. The arrays are cached and read-only.
+    ``names`` picks a subset (in the given order); an unknown name raises ``ValueError``.
+    A listed photo that cannot be loaded here (an optional package missing) is left out with a
+    :class:`SamplePhotoWarning` naming it.
+    """
+    photos = _all_photos()
+    if names is None:
+        return list(photos)
+    table = dict(photos)
+    names = list(names)
+    unknown = [n for n in names if n not in SAMPLE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown sample photo(s) {unknown}; available: {list(SAMPLE_NAMES)}")
+    return [(n, table[n]) for n in names if n in table]
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"cannot encode {path} as PNG")
+
+    def write(tmp):
+        with open(tmp, "wb") as fh:
+            fh.write(buf.tobytes())
+
+    atomic_write(path, write)
+
+
+def export_sample_photos(folder: PathLike, names: Optional[Iterable[str]] = None) -> List[Path]:
+    """Write the sample photos as ``folder/<name>.png`` and return their paths.
+
+    Idempotent: a file that already exists is kept as it is. Each write is atomic, so parallel
+    processes (several dataloader workers, several ranks) can call this at the same time.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, img in sample_photos(names):
+        path = folder / f"{name}.png"
+        if not path.exists():
+            _write_png(path, img)
+        paths.append(path)
+    return paths
+
+
+def export_sample_classes(folder: PathLike, crops_per_photo: int = 8, crop_size: int = 256,
+                          names: Optional[Iterable[str]] = None, seed: int = 0) -> List[Path]:
+    """Write an ImageFolder-style tree ``folder/<photo name>/<i>.png``: one class per photo.
+
+    Each class holds ``crops_per_photo`` square crops of side ``crop_size`` (or the photo's
+    shorter side, when smaller) at positions drawn from a generator seeded by ``seed`` and the
+    photo's name, so the tree is the same on every machine. Idempotent and atomic like
+    :func:`export_sample_photos`. Returns the paths of all crops.
+    """
+    if crops_per_photo < 1 or crop_size < 1:
+        raise ValueError(f"crops_per_photo ({crops_per_photo}) and crop_size ({crop_size}) "
+                         "must be positive")
+    folder = Path(folder)
+    paths = []
+    for name, img in sample_photos(names):
+        rng = np.random.default_rng([seed, *name.encode()])
+        h, w = img.shape[:2]
+        s = min(crop_size, h, w)
+        for i in range(crops_per_photo):
+            top = int(rng.integers(0, h - s + 1))
+            left = int(rng.integers(0, w - s + 1))
+            path = folder / name / f"{i}.png"
+            if not path.exists():
+                _write_png(path, img[top:top + s, left:left + s])
+            paths.append(path)
+    return paths
+
+
+def split_by_photo(names: Sequence[str], val_fraction: float = 0.2,
+                   seed: int = 0) -> Tuple[List[str], List[str]]:
+    """Split photo names into ``(train, val)`` with no photo in both.
+
+    Deterministic for a given set of names and ``seed`` (the input order does not matter).
+    ``val`` gets ``round(val_fraction * n)`` photos, at least one when ``val_fraction > 0``,
+    and ``train`` keeps at least one. Duplicated names count once.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    unique = sorted(set(names))
+    if not unique:
+        raise ValueError("split_by_photo: no photo names given")
+    n_val = int(round(val_fraction * len(unique)))
+    if val_fraction > 0:
+        n_val = max(1, n_val)
+    n_val = min(n_val, len(unique) - 1)
+    order = np.random.default_rng(seed).permutation(len(unique))
+    val = sorted(unique[i] for i in order[:n_val])
+    train = sorted(unique[i] for i in order[n_val:])
+    return train, val
