@@ -1,0 +1,104 @@
+"""Inference helpers: padding, tiling with overlap, image files."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from constyle_plugin import ConStyleV2, wrap_unet
+from constyle_plugin.inference import (count_tiles, find_images, pad_to_multiple, read_image, restore_images,
+                                       size_multiple_of, tiled_forward)
+
+from unets import ModuleListUNet
+
+
+class Pointwise(nn.Module):
+    """A 1x1 network: every output pixel depends only on its input pixel, so tiling is exact."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Tanh(), nn.Conv2d(8, 3, 1))
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape[-2:]))
+        return self.net(x)
+
+
+def test_pad_to_multiple():
+    x = torch.rand(1, 3, 37, 53)
+    padded, size = pad_to_multiple(x, 16)
+    assert padded.shape[-2:] == (48, 64) and size == (37, 53)
+    assert torch.equal(padded[..., :37, :53], x)
+    tiny, _ = pad_to_multiple(torch.rand(1, 3, 3, 5), 16)  # smaller than the padding: replicate
+    assert tiny.shape[-2:] == (16, 16)
+
+
+@pytest.mark.parametrize("tile, overlap", [(32, 8), (40, 16), (17, 4)])
+def test_tiled_equals_whole_for_a_pointwise_network(tile, overlap):
+    net = Pointwise()
+    x = torch.rand(2, 3, 75, 61)
+    with torch.no_grad():
+        whole = net(x)
+        net.calls.clear()
+        tiled = tiled_forward(net, x, tile=tile, overlap=overlap, multiple=4)
+    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=1e-5)
+    assert len(net.calls) == count_tiles(75, 61, tile, overlap) > 1
+    assert all(h <= tile + 3 and w <= tile + 3 and h % 4 == 0 and w % 4 == 0 for h, w in net.calls)
+
+
+def test_tiled_blending_hides_seams_for_a_conv_network():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
+    x = torch.rand(1, 3, 96, 96)
+    with torch.no_grad():
+        whole = net(x)
+        hard = tiled_forward(net, x, tile=48, overlap=0)
+        blended = tiled_forward(net, x, tile=48, overlap=16)
+    # with no overlap the tile borders differ from the whole-image result; blending removes that
+    assert (hard - whole).abs().max() > 1e-3
+    torch.testing.assert_close(blended, whole, atol=1e-6, rtol=0)
+
+
+def test_tile_options_are_checked():
+    with pytest.raises(ValueError, match="tile"):
+        tiled_forward(Pointwise(), torch.rand(1, 3, 64, 64), tile=16, overlap=16)
+
+
+def test_read_image_forms(tmp_path):
+    rgb = (np.random.default_rng(0).random((9, 7, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb[:, :, ::-1])
+    cv2.imwrite(str(tmp_path / "grey.png"), rgb[:, :, 0])
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([rgb[:, :, ::-1], np.full((9, 7), 128, np.uint8)]))
+    cv2.imwrite(str(tmp_path / "deep.png"), (rgb[:, :, ::-1].astype(np.uint16) * 257))
+    (tmp_path / "notes.txt").write_text("not an image")
+    np.testing.assert_allclose(read_image(tmp_path / "rgb.png"), rgb / 255.0, atol=1e-6)
+    np.testing.assert_allclose(read_image(tmp_path / "grey.png"), np.repeat(rgb[:, :, :1], 3, 2) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(read_image(tmp_path / "rgba.png"), rgb / 255.0, atol=1e-6)
+    np.testing.assert_allclose(read_image(tmp_path / "deep.png"), rgb / 255.0, atol=1e-6)
+    assert [p.name for p in find_images(tmp_path)] == ["deep.png", "grey.png", "rgb.png", "rgba.png"]
+    with pytest.raises(FileNotFoundError, match="--input"):
+        find_images(tmp_path / "absent")
+
+
+def test_restore_images_writes_pngs_and_panels_and_skips_bad_files(tmp_path):
+    torch.manual_seed(0)
+    net = wrap_unet(ModuleListUNet(), prompter=ConStyleV2()).eval()
+    src = tmp_path / "in"
+    src.mkdir()
+    img = (np.random.default_rng(1).random((37, 53, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(src / "a.png"), img)
+    (src / "broken.png").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="broken.png"):
+        written = restore_images(net, find_images(src), tmp_path / "out", tile=24, overlap=8, compare=True,
+                                 root=src, show_progress=False)
+    assert [p.name for p in written] == ["a.png"]
+    out = cv2.imread(str(written[0]))
+    assert out.shape == img.shape
+    panel = cv2.imread(str(tmp_path / "out" / "a_compare.png"))
+    assert panel.shape == (37, 53 * 2 + 8, 3)
+    # the network is the identity at wrap time (plus a residual U-Net): untrained output differs from input
+    assert size_multiple_of(net) == 1
