@@ -63,25 +63,31 @@ def read_image(path: os.PathLike) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
-def _scan_images(folder: Path, option: str, owner: str) -> List[Path]:
+def _scan_images(folder: Path, option: str, owner: str, check: str = "header",
+                 recursive: bool = False) -> List[Path]:
     """Readable-looking image files in ``folder`` (sorted); one warning per skipped file.
 
-    The check at start-up reads each file's header (``cv2.haveImageReader``); a file that passes
-    it but fails to decode later is skipped at that point with one warning (see
-    ``_ImageSource.load``), never crashing an epoch.
+    ``check``: ``header`` reads each file's header at start-up (``cv2.haveImageReader``);
+    ``extension`` only looks at the name (for very large folders). A file that passes the check
+    but fails to decode later is skipped at that point with one warning (see
+    ``_ImageSource.load``), never crashing an epoch. ``recursive`` also lists sub-folders.
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"{owner}: option `{option}` = {str(folder)!r} is not a folder")
+    if check not in ("header", "extension"):
+        raise ValueError(f"{owner}: option `check_images` must be 'header' or 'extension', "
+                         f"got {check!r}")
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
     good = []
-    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
-        if path.is_dir():
+    for path in sorted(candidates):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts) or path.is_dir():
             continue
         reason = None
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             reason = f"extension {path.suffix or '(none)'!r} is not an image type"
-        elif path.stat().st_size == 0:
+        elif check == "header" and path.stat().st_size == 0:
             reason = "empty file"
-        elif not cv2.haveImageReader(str(path)):
+        elif check == "header" and not cv2.haveImageReader(str(path)):
             reason = "no image decoder recognises its content"
         if reason:
             warnings.warn(f"{owner}: skipping {path} ({reason})", BadImageWarning, stacklevel=3)
@@ -175,6 +181,7 @@ class MixDegradationDataset(data.Dataset):
     * ``seed`` [0]: validation seed. ``scale`` [1]: must be 1 (restoration, same size).
     * ``repeat`` [1]: virtual length multiplier (``len = repeat * number of images``).
     * ``io_backend`` [disk]: only ``{type: disk}`` is supported.
+    * ``check_images`` ['header']: start-up check of each file, ``header`` or ``extension``.
 
     ``dataset[i]`` = ``{'lq': 3 x S x S float tensor in [0, 1], 'gt': 3 x S x S, 'lq_path': str,
     'gt_path': str, 'degradation': name}``.
@@ -195,7 +202,8 @@ class MixDegradationDataset(data.Dataset):
             raise ValueError(f"{owner}: option `scale` must be 1 (lq and gt have the same size), "
                              f"got {self.opt.get('scale')!r}")
         self.folder = Path(root)
-        paths = _scan_images(self.folder, "dataroot_gt", owner)
+        paths = _scan_images(self.folder, "dataroot_gt", owner,
+                             check=str(self.opt.get("check_images", "header")))
         photos = self.opt.get("photos")
         if photos is not None:
             stems = {p.stem: p for p in paths}
@@ -325,8 +333,10 @@ class ConStylePretrainDataset(data.Dataset):
       (:func:`~constyle_plugin.degradations.weather`) on the query view.
     * ``phase`` ['train']: anything else draws every sample from ``(seed, index)`` [seed 0].
     * ``repeat`` [1]: virtual length multiplier.
+    * ``check_images`` ['header']: as for :class:`MixDegradationDataset`. Class folders are
+      searched recursively, as torchvision's ImageFolder does.
 
-    ``dataset[i]`` = ``{'query': 3 x S x S float [0, 1] (weather-degraded or clean),
+    ``dataset[i]`` = ``{'query'': 3 x S x S float [0, 1] (weather-degraded or clean),
     'key': 3 x S x S clean, an independent crop of the same picture, 'label': int,
     'weather': bool, 'path': str}``. Samples with ``weather == False`` are meant to get the
     Real-ESRGAN batch pipeline (:class:`~constyle_plugin.degradations.RealESRGANDegradation`)
@@ -352,7 +362,8 @@ class ConStylePretrainDataset(data.Dataset):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         paths, labels = [], []
         for c in self.classes:
-            found = _scan_images(self.folder / c, "dataroot", owner)
+            found = _scan_images(self.folder / c, "dataroot", owner, recursive=True,
+                                 check=str(self.opt.get("check_images", "header")))
             if not found:
                 warnings.warn(f"{owner}: class folder {self.folder / c} has no readable image "
                               f"(its label {self.class_to_idx[c]} is kept)", BadImageWarning,

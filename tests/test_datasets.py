@@ -321,3 +321,25 @@ def test_pretrain_sample_classes_mode(tmp_path):
     s = ds[5]
     assert s["label"] == ds.classes.index(os.path.basename(os.path.dirname(s["path"])))
     assert s["query"].shape == (3, 32, 32)
+
+
+def test_mix_extension_check_defers_bad_files_to_load_time(image_folder):
+    with pytest.warns(BadImageWarning) as record:
+        ds = MixDegradationDataset({"dataroot_gt": str(image_folder), "gt_size": 64,
+                                    "check_images": "extension", "phase": "val"})
+    assert [m for m in map(str, (r.message for r in record)) if "broken.png" in m] == []
+    assert len(ds.paths) == 4  # broken.png passes the name check
+    broken = [i for i, p in enumerate(ds.paths) if p.name == "broken.png"][0]
+    with pytest.warns(BadImageWarning, match="broken.png"):
+        s = ds[broken]
+    assert not s["gt_path"].endswith("broken.png")
+    with pytest.raises(ValueError, match="check_images"):
+        _mix(image_folder, check_images="full")
+
+
+def test_pretrain_class_folders_are_searched_recursively(class_tree, photos):
+    _write(class_tree / "a_astronaut" / "more" / "2.png", photos["astronaut"][200:300, :100])
+    ds = _pretrain(class_tree)
+    nested = [i for i, p in enumerate(ds.paths) if p.parent.name == "more"]
+    assert len(nested) == 1 and ds.labels[nested[0]] == 0
+    assert ds[nested[0]]["label"] == 0
