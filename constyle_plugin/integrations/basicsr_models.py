@@ -1,0 +1,335 @@
+"""BasicSR model types of the plugin (registered by :func:`constyle_plugin.integrations.basicsr.register`).
+
+- :class:`ConStyleV2PretrainModel`: stage 1, pre-training the prompter (``network_g: {type:
+  ConStyleMoCo}``): Real-ESRGAN degradation of the non-weather query views on the device, the five
+  losses with their ``class_iter`` / ``kl_iter`` switches, EMA, top-1 / top-5 validation of the
+  pretext head, checkpoints in the authors' layout (``params`` / ``params_ema`` of the MoCo wrapper,
+  which ``ConStyleV2.from_pretrained`` reads).
+- :class:`ConStyleSRModel`: stage 2. BasicSR's ``SRModel`` trains a ``ConStyleUNet`` as it is
+  (``model_type: SRModel`` works), but basicsr 1.4.2's falls short of the authors' recipe in ways a
+  subclass fixes without touching anything else:
+
+  * ``BaseModel.get_optimizer`` knows only ``Adam``; the recipe is AdamW. Any ``torch.optim`` class
+    is accepted here.
+  * ``model_ema`` averages every parameter, the frozen prompter's included; ``x * d + x * (1 - d)``
+    is not always ``x`` in floating point, so the EMA copy's prompter would drift by rounding. Here
+    parameters that do not train are copied exactly, and buffers (BatchNorm statistics) are copied
+    too (BasicSR leaves the EMA copy's buffers at their initial values).
+  * the frozen prompter's parameters are left out of the optimiser with one log line instead of
+    one warning per tensor;
+  * validation can pad inputs to a multiple (``val.pad_multiple``, the authors evaluate at
+    multiples of 32) and saves side-by-side images ``lq | output | gt`` beside BasicSR's output
+    images (``val.save_comparison``, default true).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from os import path as osp
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..compat import ensure_basicsr_importable
+
+ensure_basicsr_importable()
+from basicsr.archs import build_network  # noqa: E402
+from basicsr.models.base_model import BaseModel  # noqa: E402
+from basicsr.utils import get_root_logger, imwrite, tensor2img  # noqa: E402
+
+from .basicsr import OptionError  # noqa: E402
+
+__all__ = ["ConStyleSRModel", "ConStyleV2PretrainModel"]
+
+
+class _TorchOptimMixin:
+    """Optimisers from ``torch.optim`` by name; only parameters that train reach the optimiser."""
+
+    opt: Dict[str, Any]
+
+    def get_optimizer(self, optim_type: str, params, lr: float, **kwargs) -> torch.optim.Optimizer:
+        cls = getattr(torch.optim, str(optim_type), None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            raise OptionError("train.optim_g.type", f"{optim_type!r} is not an optimiser of torch.optim")
+        return cls(params, lr, **kwargs)
+
+    def setup_optimizers(self) -> None:
+        train_opt = self.opt["train"]
+        trained = [p for p in self.net_g.parameters() if p.requires_grad]
+        frozen = sum(p.numel() for p in self.net_g.parameters() if not p.requires_grad)
+        if frozen:
+            get_root_logger().info(f"{frozen:,d} frozen parameters (not optimised); "
+                                   f"{sum(p.numel() for p in trained):,d} trained.")
+        optim_opt = dict(train_opt["optim_g"])
+        optim_type = optim_opt.pop("type")
+        self.optimizer_g = self.get_optimizer(optim_type, trained, **optim_opt)
+        self.optimizers.append(self.optimizer_g)
+
+
+@torch.no_grad()
+def _copy_buffers(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    buffers = dict(src.named_buffers())
+    for name, buf in dst.named_buffers():
+        buf.copy_(buffers[name])
+
+
+def _side_by_side(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """``[1 x C x H_i x W_i, ...]`` -> one ``C x H x sum(W)`` image (all resized to the first's height)."""
+    h, w = tensors[0].shape[-2:]
+    row = []
+    for t in tensors:
+        t = t[:1].detach().float().cpu().clamp(0, 1)
+        if t.shape[-2:] != (h, w):
+            t = F.interpolate(t, size=(h, w), mode="nearest")
+        if t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        row.append(t)
+    return torch.cat(row, dim=3)[0]
+
+
+try:
+    from basicsr.models.sr_model import SRModel
+except ImportError:  # a fork without SRModel: only the stage-1 model is offered
+    SRModel = None
+
+if SRModel is not None:
+
+    class ConStyleSRModel(_TorchOptimMixin, SRModel):
+        """BasicSR's ``SRModel`` with AdamW (any ``torch.optim``), an EMA that keeps the frozen prompter
+        bit-identical, optional padding and side-by-side validation images (see the module docstring).
+
+        Options beyond SRModel's: ``val.pad_multiple`` (int or ~), ``val.save_comparison`` (bool).
+        """
+
+        _comparison: Optional[tuple] = None
+        _lq_path: Optional[str] = None
+
+        @torch.no_grad()
+        def model_ema(self, decay: float = 0.999) -> None:
+            net_g = self.get_bare_model(self.net_g)
+            params = dict(net_g.named_parameters())
+            for name, ema in self.net_g_ema.named_parameters():
+                src = params[name]
+                if decay > 0 and src.requires_grad:
+                    ema.mul_(decay).add_(src, alpha=1 - decay)
+                else:
+                    ema.copy_(src)
+            _copy_buffers(net_g, self.net_g_ema)
+
+        def feed_data(self, data: Dict[str, Any]) -> None:
+            super().feed_data(data)
+            paths = data.get("lq_path")
+            self._lq_path = paths[0] if isinstance(paths, (list, tuple)) and paths else paths
+
+        def test(self) -> None:
+            multiple = (self.opt.get("val") or {}).get("pad_multiple")
+            lq = self.lq
+            h, w = lq.shape[-2:]
+            if multiple:
+                ph, pw = (-h) % int(multiple), (-w) % int(multiple)
+                mode = "reflect" if ph < h and pw < w else "replicate"
+                self.lq = F.pad(lq, (0, pw, 0, ph), mode=mode) if ph or pw else lq
+            try:
+                super().test()
+            finally:
+                self.lq = lq
+            if multiple:
+                scale = self.opt.get("scale", 1)
+                self.output = self.output[..., :h * scale, :w * scale]
+            if self._comparison is not None:
+                self._save_comparison()
+
+        def _save_comparison(self) -> None:
+            dataset_name, current_iter = self._comparison
+            name = osp.splitext(osp.basename(str(self._lq_path or "image")))[0]
+            tensors = [self.lq, self.output] + ([self.gt] if hasattr(self, "gt") else [])
+            img = tensor2img([_side_by_side(tensors)])
+            if self.opt["is_train"]:
+                path = osp.join(self.opt["path"]["visualization"], name, f"{name}_{current_iter}_lq_out_gt.png")
+            else:
+                suffix = (self.opt.get("val") or {}).get("suffix") or self.opt["name"]
+                path = osp.join(self.opt["path"]["visualization"], dataset_name, f"{name}_{suffix}_lq_out_gt.png")
+            imwrite(img, path)
+
+        def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+            if save_img and (self.opt.get("val") or {}).get("save_comparison", True):
+                self._comparison = (dataloader.dataset.opt["name"], current_iter)
+            try:
+                super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+            finally:
+                self._comparison = None
+
+
+class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
+    """Stage 1: pre-train the ConStyle v2 prompter (``network_g: {type: ConStyleMoCo, ...}``).
+
+    Data (``ConStylePretrainDataset``): ``query`` and ``key`` ``B x 3 x S x S`` in [0, 1], ``label``
+    ``B``, ``weather`` ``B`` (bool). Queries without the CPU weather degradation get the Real-ESRGAN
+    pipeline here, on the device, as the authors do.
+
+    ``train`` options beyond BasicSR's: ``class_iter`` [50000] (pretext cross-entropy while
+    ``iter < class_iter``; ``~``: always), ``kl_iter`` [~] (distillation while ``iter < kl_iter``;
+    ``~``: always), ``kl_temperature`` [1], ``label_smoothing`` [0], ``loss_weights``
+    (``{infonce, content, style, class, kl}``, default 1 each), ``degradation`` (the
+    :class:`~constyle_plugin.degradations.RealESRGANDegradation` options; the authors' values by
+    default), ``ema_decay``, ``save_prompter`` [true] (also export the EMA query encoder as
+    ``models/prompter_<iter>.safetensors``).
+
+    Validation: top-1 / top-5 accuracy (percent) of the pretext head of the EMA query encoder on
+    the degraded query views (Real-ESRGAN with a fixed seed, so every validation sees the same
+    images); ``val.seed`` [0].
+    """
+
+    def __init__(self, opt: Dict[str, Any]) -> None:
+        super().__init__(opt)
+        from ..pretrain import ConStyleMoCo
+
+        net = build_network(opt["network_g"])
+        if not isinstance(net, ConStyleMoCo):
+            raise OptionError("network_g.type", f"ConStyleV2PretrainModel trains a ConStyleMoCo, got "
+                                                f"{type(net).__name__}")
+        self.net_g = self.model_to_device(net)
+        self.print_network(self.net_g)
+        load_path = self.opt["path"].get("pretrain_network_g")
+        if load_path is not None:
+            self.load_network(self.net_g, load_path, self.opt["path"].get("strict_load_g", True),
+                              self.opt["path"].get("param_key_g", "params"))
+        if self.is_train:
+            self.init_training_settings()
+
+    # -------------------------------------------------------------------------------- training
+    def init_training_settings(self) -> None:
+        from ..degradations import RealESRGANDegradation
+
+        train_opt = self.opt["train"]
+        self.net_g.train()
+        self.ema_decay = train_opt.get("ema_decay", 0)
+        if self.ema_decay > 0:
+            get_root_logger().info(f"Use Exponential Moving Average with decay: {self.ema_decay}")
+            self.net_g_ema = build_network(self.opt["network_g"]).to(self.device)
+            load_path = self.opt["path"].get("pretrain_network_g")
+            if load_path is not None:
+                self.load_network(self.net_g_ema, load_path, self.opt["path"].get("strict_load_g", True),
+                                  "params_ema")
+            else:
+                self.model_ema(0)
+            self.net_g_ema.eval()
+        bare = self.get_bare_model(self.net_g)
+        try:
+            self.criterion = bare.pretrain_loss(
+                class_iter=train_opt.get("class_iter", 50000), kl_iter=train_opt.get("kl_iter"),
+                kl_temperature=train_opt.get("kl_temperature", 1.0),
+                label_smoothing=train_opt.get("label_smoothing", 0.0), weights=train_opt.get("loss_weights"))
+        except (TypeError, ValueError) as exc:
+            raise OptionError("train.loss_weights", str(exc)) from exc
+        try:
+            self.degradation = RealESRGANDegradation.from_opt(train_opt.get("degradation")).to(self.device)
+        except (TypeError, ValueError) as exc:
+            raise OptionError("train.degradation", str(exc)) from exc
+        self.setup_optimizers()
+        self.setup_schedulers()
+
+    @torch.no_grad()
+    def model_ema(self, decay: float = 0.999) -> None:
+        """BasicSR's parameter EMA, then the buffers (queue, pointer, BatchNorm statistics) copied.
+
+        Copying the buffers departs from the authors' release on purpose: there the EMA copy's
+        BatchNorm statistics stay at their initial 0 / 1 (SPEC section 2).
+        """
+        super().model_ema(decay)
+        _copy_buffers(self.get_bare_model(self.net_g), self.net_g_ema)
+
+    def feed_data(self, data: Dict[str, Any]) -> None:
+        self.query = data["query"].to(self.device)
+        self.key = data["key"].to(self.device)
+        label = data.get("label")
+        self.label = torch.as_tensor(label).to(self.device).long() if label is not None else None
+        weather = data.get("weather")
+        n = self.query.shape[0]
+        self.weather = (torch.as_tensor(weather).to(self.device).bool().reshape(n) if weather is not None
+                        else torch.zeros(n, dtype=torch.bool, device=self.device))
+
+    def _degraded_query(self, degradation) -> torch.Tensor:
+        """The query views: weather-degraded ones as they came, the others through ``degradation``."""
+        clean = ~self.weather
+        if not bool(clean.any()):
+            return self.query
+        query = self.query.clone()
+        query[clean] = degradation(self.query[clean])
+        return query
+
+    def optimize_parameters(self, current_iter: int) -> None:
+        query = self._degraded_query(self.degradation)
+        self.optimizer_g.zero_grad()
+        out = self.net_g(query, self.key)
+        losses = self.criterion(out, self.label, current_iter)
+        losses["total"].backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(OrderedDict((f"l_{k}", v) for k, v in losses.items()))
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # -------------------------------------------------------------------------------- validation
+    def _eval_encoder(self):
+        net = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
+        return net.encoder_q
+
+    def dist_validation(self, dataloader, current_iter, tb_logger, save_img) -> None:
+        if self.opt["rank"] == 0:
+            self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
+
+    @torch.no_grad()
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img) -> None:
+        from ..degradations import RealESRGANDegradation
+        from ..pretrain import accuracy
+
+        train_opt = self.opt.get("train") or {}
+        deg_opt = dict(train_opt.get("degradation") or {})
+        deg_opt["seed"] = int((self.opt.get("val") or {}).get("seed", 0))
+        degradation = RealESRGANDegradation.from_opt(deg_opt).to(self.device)
+        encoder = self._eval_encoder()
+        was_training = encoder.training
+        encoder.eval()
+        logits, labels = [], []
+        try:
+            for data in dataloader:
+                self.feed_data(data)
+                query = self._degraded_query(degradation)
+                logits.append(encoder.classifier(encoder.encode(query).pooled).float().cpu())
+                labels.append(self.label.cpu())
+        finally:
+            encoder.train(was_training)
+            for name in ("query", "key", "label", "weather"):
+                self.__dict__.pop(name, None)
+        if not logits:
+            return
+        logits_t, labels_t = torch.cat(logits), torch.cat(labels)
+        k5 = min(5, logits_t.shape[1])
+        top1, top5 = accuracy(logits_t, labels_t, topk=(1, k5))
+        dataset_name = dataloader.dataset.opt["name"]
+        self.metric_results = {"top1": top1, "top5": top5}
+        if not hasattr(self, "_best"):
+            self._best: Dict[str, Dict[str, tuple]] = {}
+        best = self._best.setdefault(dataset_name, {})
+        log = f"Validation {dataset_name} ({len(labels_t)} images, pretext head of the query encoder)\n"
+        for metric, value in self.metric_results.items():
+            if value >= best.get(metric, (-math.inf, -1))[0]:
+                best[metric] = (value, current_iter)
+            log += f"\t # {metric}: {value:.4f}\tBest: {best[metric][0]:.4f} @ {best[metric][1]} iter\n"
+            if tb_logger:
+                tb_logger.add_scalar(f"metrics/{dataset_name}/{metric}", value, current_iter)
+        get_root_logger().info(log)
+
+    # -------------------------------------------------------------------------------- saving
+    def save(self, epoch: int, current_iter: int) -> None:
+        if hasattr(self, "net_g_ema"):
+            self.save_network([self.net_g, self.net_g_ema], "net_g", current_iter, param_key=["params", "params_ema"])
+        else:
+            self.save_network(self.net_g, "net_g", current_iter)
+        if self.opt["train"].get("save_prompter", True) and self.opt.get("rank", 0) == 0:
+            net = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
+            label = "latest" if current_iter == -1 else current_iter
+            net.export_prompter().save_pretrained(
+                osp.join(self.opt["path"]["models"], f"prompter_{label}.safetensors"))
+        self.save_training_state(epoch, current_iter)
