@@ -1,0 +1,97 @@
+"""MMEngine integration: registry entries for both training stages, and ``constyle train``.
+
+``register()`` (called on ``import constyle_plugin`` when MMEngine is importable, so
+``custom_imports = dict(imports=['constyle_plugin'])`` in a config is all a user adds) puts into
+MMEngine's root registries:
+
+- MODELS: ``ConStyleRestorer`` (stage 2), ``ConStylePretrainer`` (stage 1),
+  ``ConStyleDataPreprocessor``, the reference backbones ``NAFNet``, ``Restormer``, ``ConvUNet``, the
+  stage-1 losses (``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``,
+  ``ClassificationLoss``) and BasicSR's pixel losses (``L1Loss``, ``MSELoss``, ``CharbonnierLoss``);
+- DATASETS: ``MixDegradationDataset``, ``ConStylePretrainDataset``, ``PairedFolderDataset``;
+- METRICS: ``PSNR``, ``SSIM`` (RGB, or Y with ``test_y_channel=True``), ``PretextAccuracy``;
+- OPTIM_WRAPPER_CONSTRUCTORS: ``ConStyleOptimWrapperConstructor`` (trainable parameters only);
+- RUNNERS: ``ConStyleRunner`` (early config checks, safe resume on torch >= 2.6);
+- HOOKS: ``PrompterExportHook`` (writes the pre-trained prompter as ``.safetensors``).
+
+Registration is idempotent and never replaces a name that is already registered (by a host
+package such as a BasicSR or OpenMMLab fork that ships its own ``NAFNet``).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple, Type
+
+from mmengine.registry import (DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS,
+                               Registry)
+
+from .. import losses as _losses
+from ..archs import ConvUNet, NAFNet, Restormer
+from .mmengine_data import (PSNR, SSIM, ConStylePretrainDataset, MixDegradationDataset, PairedFolderDataset,
+                            PretextAccuracy, default_cache_dir)
+from .mmengine_hooks import PrompterExportHook
+from .mmengine_models import (ConStyleDataPreprocessor, ConStyleOptimWrapperConstructor, ConStylePretrainer,
+                              ConStyleRestorer)
+from .mmengine_runner import (ConfigError, ConStyleRunner, check_config, mmengine_checkpoint_globals,
+                              train)
+
+__all__ = ["ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConStylePretrainDataset",
+           "ConStylePretrainer", "ConStyleRestorer", "ConStyleRunner", "ConfigError", "MixDegradationDataset",
+           "PSNR", "PairedFolderDataset", "PretextAccuracy", "PrompterExportHook", "SSIM", "check_config",
+           "default_cache_dir", "entries", "mmengine_checkpoint_globals", "register", "train"]
+
+
+def _pixel_losses() -> List[Tuple[str, type]]:
+    try:
+        from ..compat import ensure_basicsr_importable
+
+        ensure_basicsr_importable()
+        from basicsr.losses.basic_loss import CharbonnierLoss, L1Loss, MSELoss
+    except ImportError:  # basicsr is a dependency; torch's own losses keep configs usable without it
+        from torch.nn import L1Loss, MSELoss
+
+        return [("L1Loss", L1Loss), ("MSELoss", MSELoss)]
+    return [("L1Loss", L1Loss), ("MSELoss", MSELoss), ("CharbonnierLoss", CharbonnierLoss)]
+
+
+def entries() -> Dict[str, List[Tuple[str, type]]]:
+    """What :func:`register` registers: ``{'models' | 'datasets' | 'metrics' | ...: [(name, class)]}``."""
+    return {
+        "models": [
+            ("ConStyleRestorer", ConStyleRestorer), ("ConStylePretrainer", ConStylePretrainer),
+            ("ConStyleDataPreprocessor", ConStyleDataPreprocessor),
+            ("NAFNet", NAFNet), ("Restormer", Restormer), ("ConvUNet", ConvUNet),
+            *[(n, getattr(_losses, n)) for n in ("InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss",
+                                                 "ClassificationLoss")],
+            *_pixel_losses(),
+        ],
+        "datasets": [("MixDegradationDataset", MixDegradationDataset),
+                     ("ConStylePretrainDataset", ConStylePretrainDataset),
+                     ("PairedFolderDataset", PairedFolderDataset)],
+        "metrics": [("PSNR", PSNR), ("SSIM", SSIM), ("PretextAccuracy", PretextAccuracy)],
+        "optim_wrapper_constructors": [("ConStyleOptimWrapperConstructor", ConStyleOptimWrapperConstructor)],
+        "runners": [("ConStyleRunner", ConStyleRunner)],
+        "hooks": [("PrompterExportHook", PrompterExportHook)],
+    }
+
+
+def register(models: Optional[Registry] = None, datasets: Optional[Registry] = None,
+             metrics: Optional[Registry] = None, optim_wrapper_constructors: Optional[Registry] = None,
+             runners: Optional[Registry] = None, hooks: Optional[Registry] = None) -> Dict[str, List[str]]:
+    """Register the plugin's classes into MMEngine's registries (default: the root ones).
+
+    A name already present (ours from an earlier call, or a host package's class) is left as it
+    is. Returns ``{registry name: [names registered by this call]}`` (empty lists the second time).
+    """
+    targets = {"models": models or MODELS, "datasets": datasets or DATASETS, "metrics": metrics or METRICS,
+               "optim_wrapper_constructors": optim_wrapper_constructors or OPTIM_WRAPPER_CONSTRUCTORS,
+               "runners": runners or RUNNERS, "hooks": hooks or HOOKS}
+    added: Dict[str, List[str]] = {}
+    for kind, items in entries().items():
+        registry = targets[kind]
+        added[kind] = []
+        for name, cls in items:
+            if name in registry.module_dict:
+                continue
+            registry.register_module(name=name, module=cls)
+            added[kind].append(name)
+    return added

@@ -1,0 +1,268 @@
+"""MMEngine datasets and metrics.
+
+Datasets wrap the plugin's BasicSR-style datasets (:mod:`constyle_plugin.datasets`) and BasicSR's
+``PairedImageDataset``, taking their options as keyword arguments, and return MMEngine's layout:
+
+- restoration: ``{'inputs': lq 3 x H x W float in [0, 1], 'data_samples': BaseDataElement(gt_img=3 x
+  H x W, metainfo={'key': file stem, 'lq_path', 'gt_path', ...})}``;
+- pre-training: ``{'inputs': {'query': 3 x S x S, 'key': 3 x S x S}, 'data_samples':
+  BaseDataElement(gt_label=int64 scalar, metainfo={'weather': bool, 'path': str})}``.
+
+Metrics use BasicSR's ``calculate_psnr`` / ``calculate_ssim`` on 8-bit-rounded images (as
+BasicSR's validation does) and the plugin's :func:`~constyle_plugin.pretrain.accuracy`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from mmengine.evaluator import BaseMetric
+from mmengine.structures import BaseDataElement
+from torch.utils import data
+
+from ..compat import ensure_basicsr_importable
+
+__all__ = ["ConStylePretrainDataset", "MixDegradationDataset", "PSNR", "PairedFolderDataset",
+           "PretextAccuracy", "SSIM", "default_cache_dir"]
+
+SAMPLE_ROOTS = (None, "sample_photos", "sample_classes")
+
+
+def default_cache_dir() -> Path:
+    """Where the offline sample photos are exported when a config gives no ``sample_dir``:
+    ``$CONSTYLE_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/constyle_plugin``, else
+    ``~/.cache/constyle_plugin``."""
+    env = os.environ.get("CONSTYLE_PLUGIN_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "constyle_plugin"
+
+
+def _stems(folder: Optional[str], sample: bool) -> List[str]:
+    if sample:
+        from ..samples import sample_photos
+
+        return [name for name, _ in sample_photos()]
+    from ..datasets import IMAGE_EXTENSIONS
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataroot_gt: {folder!r} is not a folder")
+    return sorted(p.stem for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _restoration_sample(lq, gt, **meta) -> Dict[str, Any]:
+    sample = BaseDataElement(metainfo=meta)
+    sample.gt_img = gt
+    return {"inputs": lq, "data_samples": sample}
+
+
+class MixDegradationDataset(data.Dataset):
+    """:class:`constyle_plugin.datasets.MixDegradationDataset` for MMEngine (options as keywords).
+
+    Keywords are that class's ``opt`` keys (``dataroot_gt``, ``gt_size``, ``degradations``, ``phase``,
+    ``val_crop``, ``seed``, ``repeat``, ...), plus:
+
+    - ``sample_dir``: where the sample photos are exported when ``dataroot_gt`` is ``None`` /
+      ``'sample_photos'``; default :func:`default_cache_dir` ``/ 'sample_photos'``.
+    - ``photos``: a list of file stems, or ``'train'`` / ``'val'``: the two sides of
+      :func:`constyle_plugin.samples.split_by_photo` over the folder's images (``val_fraction``
+      [0.2], ``split_seed`` [0]), so validation photos are never trained on.
+    """
+
+    def __init__(self, val_fraction: float = 0.2, split_seed: int = 0, **opt: Any) -> None:
+        super().__init__()
+        from ..datasets import MixDegradationDataset as _Mix
+        from ..samples import split_by_photo
+
+        sample = opt.get("dataroot_gt") in SAMPLE_ROOTS
+        if sample and not opt.get("sample_dir"):
+            opt["sample_dir"] = str(default_cache_dir() / "sample_photos")
+        photos = opt.get("photos")
+        if isinstance(photos, str):
+            if photos not in ("train", "val"):
+                raise ValueError(f"photos: expected a list of file stems, 'train' or 'val', got {photos!r}")
+            train, val = split_by_photo(_stems(opt.get("dataroot_gt"), sample), val_fraction, split_seed)
+            opt["photos"] = train if photos == "train" else val
+        self.dataset = _Mix(opt)
+        self.metainfo = {"photos": sorted(Path(p).stem for p in self.dataset.paths)}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        s = self.dataset[index]
+        return _restoration_sample(s["lq"], s["gt"], key=Path(s["gt_path"]).stem, lq_path=s["lq_path"],
+                                   gt_path=s["gt_path"], degradation=s["degradation"])
+
+
+class ConStylePretrainDataset(data.Dataset):
+    """:class:`constyle_plugin.datasets.ConStylePretrainDataset` for MMEngine (options as keywords).
+
+    Keywords are that class's ``opt`` keys (``dataroot``, ``resize``, ``crop_size``,
+    ``weather_prob``, ``phase``, ...); ``sample_dir`` defaults to :func:`default_cache_dir`
+    ``/ 'sample_classes'`` when ``dataroot`` is ``None`` / ``'sample_classes'``.
+    """
+
+    def __init__(self, **opt: Any) -> None:
+        super().__init__()
+        from ..datasets import ConStylePretrainDataset as _Pretrain
+
+        if opt.get("dataroot") in SAMPLE_ROOTS and not opt.get("sample_dir"):
+            opt["sample_dir"] = str(default_cache_dir() / "sample_classes")
+        self.dataset = _Pretrain(opt)
+        self.metainfo = {"classes": list(self.dataset.classes)}
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        s = self.dataset[index]
+        sample = BaseDataElement(metainfo={"weather": bool(s["weather"]), "path": s["path"]})
+        sample.gt_label = torch.tensor(int(s["label"]), dtype=torch.long)
+        return {"inputs": {"query": s["query"], "key": s["key"]}, "data_samples": sample}
+
+
+class PairedFolderDataset(data.Dataset):
+    """Pairs of degraded / clean images from two folders, matched by file name.
+
+    A thin wrapper of BasicSR's ``PairedImageDataset`` (folder mode): ``lq_folder`` and
+    ``gt_folder`` hold images with the same names (``filename_tmpl`` maps a gt stem to the lq
+    stem, default ``'{}'``). ``phase='train'`` takes random paired crops of ``gt_size`` with
+    flips / rotations (``use_hflip``, ``use_rot``); any other phase returns whole images.
+    """
+
+    def __init__(self, lq_folder: str, gt_folder: str, phase: str = "val", gt_size: Optional[int] = None,
+                 use_hflip: bool = True, use_rot: bool = True, filename_tmpl: str = "{}") -> None:
+        super().__init__()
+        ensure_basicsr_importable()
+        from basicsr.data.paired_image_dataset import PairedImageDataset
+
+        for key, folder in (("lq_folder", lq_folder), ("gt_folder", gt_folder)):
+            if not folder or not Path(folder).is_dir():
+                raise FileNotFoundError(f"{key}: {folder!r} is not a folder")
+        if phase == "train" and not gt_size:
+            raise ValueError("gt_size: phase='train' needs a crop size")
+        opt = dict(dataroot_lq=str(lq_folder), dataroot_gt=str(gt_folder), io_backend=dict(type="disk"),
+                   filename_tmpl=filename_tmpl, phase=phase, gt_size=gt_size, use_hflip=use_hflip,
+                   use_rot=use_rot, scale=1)
+        try:
+            self.dataset = PairedImageDataset(opt)
+        except AssertionError as exc:  # BasicSR reports mismatched folders with asserts
+            raise ValueError(f"lq_folder / gt_folder: {exc}") from None
+        if len(self.dataset) == 0:
+            raise ValueError(f"gt_folder: no image pairs in {gt_folder!r} and {lq_folder!r}")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        s = self.dataset[index]
+        return _restoration_sample(s["lq"], s["gt"], key=Path(s["gt_path"]).stem, lq_path=s["lq_path"],
+                                   gt_path=s["gt_path"])
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+def _to_hwc255(img: torch.Tensor, name: str) -> np.ndarray:
+    """``3 x H x W`` RGB in [0, 1] -> ``H x W x 3`` BGR float64 on the 0..255 grid (BasicSR's
+    ``tensor2img`` rounding; BGR because BasicSR's Y channel expects OpenCV's order)."""
+    if not isinstance(img, torch.Tensor) or img.dim() != 3:
+        raise ValueError(f"{name}: expected a C x H x W tensor, got "
+                         f"{tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__}")
+    arr = (img.detach().float().clamp(0, 1) * 255.0).round().cpu().numpy().transpose(1, 2, 0)
+    if arr.shape[2] == 3:
+        arr = arr[..., ::-1]
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+class _ImageMetric(BaseMetric):
+    name = ""
+    default_prefix = ""  # keys are logged as they are: PSNR, SSIM_Y, ...
+
+    def __init__(self, crop_border: int = 0, test_y_channel: bool = False, collect_device: str = "cpu",
+                 prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        ensure_basicsr_importable()
+        self.crop_border = int(crop_border)
+        self.test_y_channel = bool(test_y_channel)
+        self.key = self.name + ("_Y" if self.test_y_channel else "")
+
+    def _compute(self, pred: np.ndarray, gt: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        for i, ds in enumerate(data_samples):
+            if "pred_img" not in ds or "gt_img" not in ds:
+                raise KeyError(f"{self.key}: data sample {i} needs 'pred_img' and 'gt_img' "
+                               f"(got keys {sorted(ds)})")
+            pred = _to_hwc255(ds["pred_img"], "pred_img")
+            gt = _to_hwc255(ds["gt_img"], "gt_img")
+            if pred.shape != gt.shape:
+                raise ValueError(f"{self.key}: pred_img {pred.shape} and gt_img {gt.shape} differ in size")
+            self.results.append(float(self._compute(pred, gt)))
+
+    def compute_metrics(self, results: list) -> Dict[str, float]:
+        return {self.key: float(np.mean(results))}
+
+
+class PSNR(_ImageMetric):
+    """PSNR in dB (BasicSR's ``calculate_psnr``), RGB or Y channel (``test_y_channel``); key
+    ``'PSNR'`` or ``'PSNR_Y'``, the mean over images."""
+
+    name = "PSNR"
+
+    def _compute(self, pred: np.ndarray, gt: np.ndarray) -> float:
+        from basicsr.metrics import calculate_psnr
+
+        return calculate_psnr(pred, gt, self.crop_border, input_order="HWC", test_y_channel=self.test_y_channel)
+
+
+class SSIM(_ImageMetric):
+    """SSIM (BasicSR's ``calculate_ssim``), RGB or Y channel; key ``'SSIM'`` or ``'SSIM_Y'``."""
+
+    name = "SSIM"
+
+    def _compute(self, pred: np.ndarray, gt: np.ndarray) -> float:
+        from basicsr.metrics import calculate_ssim
+
+        return calculate_ssim(pred, gt, self.crop_border, input_order="HWC", test_y_channel=self.test_y_channel)
+
+
+class PretextAccuracy(BaseMetric):
+    """Top-k accuracy (percent) of the prompter's pretext classifier: keys ``'top1'``, ``'top5'``.
+
+    Reads ``pred_logits`` (``C``) and ``gt_label`` from each prediction of
+    :class:`~constyle_plugin.integrations.mmengine_models.ConStylePretrainer`.
+    """
+
+    default_prefix = ""
+
+    def __init__(self, topk: Sequence[int] = (1, 5), collect_device: str = "cpu",
+                 prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.topk = tuple(int(k) for k in topk)
+
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        for i, ds in enumerate(data_samples):
+            if "pred_logits" not in ds or "gt_label" not in ds:
+                raise KeyError(f"PretextAccuracy: data sample {i} needs 'pred_logits' and 'gt_label'")
+            self.results.append((ds["pred_logits"].detach().float().cpu(),
+                                 int(torch.as_tensor(ds["gt_label"]).reshape(()))))
+
+    def compute_metrics(self, results: list) -> Dict[str, float]:
+        from ..pretrain import accuracy
+
+        logits = torch.stack([r[0] for r in results])
+        labels = torch.tensor([r[1] for r in results], dtype=torch.long)
+        values = accuracy(logits, labels, self.topk)
+        return {f"top{k}": float(v) for k, v in zip(self.topk, values)}

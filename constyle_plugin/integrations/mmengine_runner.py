@@ -1,0 +1,320 @@
+"""Running MMEngine configs: config checks, a Runner whose resume works on torch >= 2.6, and the
+``constyle train`` entry point.
+
+Resuming on torch >= 2.6: ``torch.load`` defaults to ``weights_only=True``, which rejects the
+Python objects MMEngine 0.10 stores in its checkpoints (the message hub's ``HistoryBuffer`` with
+numpy arrays, numpy scalars in the runtime info). :class:`ConStyleRunner` loads its checkpoints
+with safe loading still on, allow-listing exactly those classes
+(:func:`mmengine_checkpoint_globals`) for the duration of its own checkpoint loads; every other
+``torch.load`` in the process keeps PyTorch's default allow-list.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import os.path as osp
+import pickle
+from typing import Any, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.registry import (DATA_SAMPLERS, DATASETS, EVALUATOR, FUNCTIONS, HOOKS, LOG_PROCESSORS, LOOPS,
+                               METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS,
+                               PARAM_SCHEDULERS, RUNNERS, TRANSFORMS, VISBACKENDS, VISUALIZERS,
+                               WEIGHT_INITIALIZERS, Registry)
+from mmengine.runner import Runner
+
+__all__ = ["ConStyleRunner", "ConfigError", "check_config", "mmengine_checkpoint_globals", "train"]
+
+
+class ConfigError(ValueError):
+    """A config names an unknown type or a missing file; the message starts with the config key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Safe loading of MMEngine's own checkpoints
+# --------------------------------------------------------------------------------------------
+def _numpy_globals() -> List[Any]:
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    dtypes = [type(np.dtype(t)) for t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8",
+                                          "uint8", "bool")]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+
+
+_HISTORY_STATISTICS = ("min", "max", "current", "mean")
+
+
+def _history_buffer_getattr(obj: Any, name: Any) -> Any:
+    """Stands in for ``builtins.getattr`` while loading: MMEngine pickles the statistics methods of
+    ``HistoryBuffer`` as ``getattr(HistoryBuffer, 'min')`` and so on. Only that lookup is answered;
+    any other ``getattr`` in a checkpoint is refused (a general ``getattr`` would reach any object)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    allowed = set(_HISTORY_STATISTICS) | set(HistoryBuffer._statistics_methods)
+    if obj is HistoryBuffer and isinstance(name, str) and name in allowed and name in vars(HistoryBuffer):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f"refused getattr({getattr(obj, '__name__', type(obj).__name__)}, {name!r}) "
+                                 f"while loading an MMEngine checkpoint: only HistoryBuffer's statistics "
+                                 f"methods {sorted(allowed)} may be looked up")
+
+
+def checkpoint_safe_globals() -> List[Any]:
+    """The globals MMEngine's checkpoints need beyond PyTorch's default ``weights_only`` allow-list:
+    the message hub's ``HistoryBuffer`` (with a ``getattr`` restricted to its statistics methods)
+    and numpy array / dtype / scalar reconstruction."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    return [HistoryBuffer, (_history_buffer_getattr, "builtins.getattr"), *_numpy_globals()]
+
+
+@contextlib.contextmanager
+def mmengine_checkpoint_globals() -> Iterator[None]:
+    """Within the block, ``torch.load(weights_only=True)`` also accepts :func:`checkpoint_safe_globals`.
+
+    Nothing else is allowed: a pickle that names any other global is still refused, and nothing
+    in the file is run. On a torch without ``torch.serialization.safe_globals`` (< 2.5, where
+    ``weights_only`` defaults to ``False``) this does nothing.
+    """
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:
+        yield
+        return
+    with safe_globals(checkpoint_safe_globals()):
+        yield
+
+
+class ConStyleRunner(Runner):
+    """MMEngine's Runner with two additions (select it with ``runner_type = 'ConStyleRunner'``):
+
+    - :meth:`from_cfg` runs :func:`check_config` first, so an unknown type or a missing file fails
+      before anything is built, naming the config key;
+    - checkpoints (``resume`` and ``load_from``) load with safe loading plus exactly the globals
+      MMEngine's own checkpoints need (:func:`mmengine_checkpoint_globals`).
+    """
+
+    @classmethod
+    def from_cfg(cls, cfg: Config) -> "ConStyleRunner":
+        check_config(cfg)
+        return super().from_cfg(cfg)
+
+    def load_checkpoint(self, filename: str, map_location: Any = "cpu", strict: bool = False,
+                        revise_keys: list = [(r"^module.", "")]):
+        with mmengine_checkpoint_globals():
+            return super().load_checkpoint(filename, map_location=map_location, strict=strict,
+                                           revise_keys=revise_keys)
+
+
+# --------------------------------------------------------------------------------------------
+# Config checks
+# --------------------------------------------------------------------------------------------
+# Keys whose string value names an existing input file or folder.
+INPUT_PATH_KEYS = ("pretrained", "dataroot", "dataroot_gt", "dataroot_lq", "lq_folder", "gt_folder", "data_root",
+                   "meta_info_file", "ann_file", "checkpoint")
+# Values of those keys that are not paths (the offline sample photos of the plugin's datasets).
+SPECIAL_ROOTS = ("sample_photos", "sample_classes")
+
+
+class _Checker:
+    def __init__(self, scope: Optional[str]) -> None:
+        self.scope = scope
+        self.errors: List[str] = []
+
+    def type_(self, registry: Registry, node: Any, key: str) -> None:
+        if not isinstance(node, Mapping):
+            return
+        t = node.get("type")
+        if t is None or not isinstance(t, str):
+            return  # no type (defaults apply) or a class given directly
+        try:
+            with registry.switch_scope_and_registry(self.scope) as reg:
+                found = reg.get(t)
+        except (KeyError, ImportError, ModuleNotFoundError):
+            found = None
+        if found is None:
+            names = sorted(registry.module_dict)
+            close = difflib.get_close_matches(t, names, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            self.errors.append(f"{key}.type: {t!r} is not registered in MMEngine's {registry.name} registry"
+                               f"{hint} (is the package that defines it in custom_imports?)")
+
+    def path(self, value: Any, key: str) -> None:
+        if isinstance(value, str) and value and value not in SPECIAL_ROOTS and "://" not in value:
+            if not osp.exists(osp.expanduser(value)):
+                self.errors.append(f"{key}: {value!r} does not exist")
+
+    def paths_in(self, node: Any, key: str) -> None:
+        """Check every INPUT_PATH_KEYS entry anywhere under ``node``."""
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                sub = f"{key}.{k}"
+                if k in INPUT_PATH_KEYS:
+                    self.path(v, sub)
+                self.paths_in(v, sub)
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                self.paths_in(v, f"{key}[{i}]")
+
+    def model(self, node: Any, key: str) -> None:
+        """Every dict with a ``type`` inside the model config builds from MODELS (except init_cfg)."""
+        if isinstance(node, Mapping):
+            self.type_(MODELS, node, key)
+            for k, v in node.items():
+                if k == "init_cfg":
+                    for i, item in enumerate(v if isinstance(v, (list, tuple)) else [v]):
+                        self.type_(WEIGHT_INITIALIZERS, item, f"{key}.{k}" + (f"[{i}]" if isinstance(v, (list, tuple)) else ""))
+                elif isinstance(v, Mapping) and "type" in v:
+                    self.model(v, f"{key}.{k}")
+                elif isinstance(v, (list, tuple)):
+                    for i, item in enumerate(v):
+                        if isinstance(item, Mapping) and "type" in item:
+                            self.model(item, f"{key}.{k}[{i}]")
+
+    def dataset(self, node: Any, key: str) -> None:
+        if not isinstance(node, Mapping):
+            return
+        self.type_(DATASETS, node, key)
+        for k, v in node.items():
+            if k == "pipeline" and isinstance(v, (list, tuple)):
+                for i, t in enumerate(v):
+                    self.type_(TRANSFORMS, t, f"{key}.pipeline[{i}]")
+            elif k in ("dataset", "datasets"):
+                for i, d in enumerate(v if isinstance(v, (list, tuple)) else [v]):
+                    self.dataset(d, f"{key}.{k}" + (f"[{i}]" if isinstance(v, (list, tuple)) else ""))
+
+    def many(self, registry: Registry, node: Any, key: str) -> None:
+        if isinstance(node, (list, tuple)):
+            for i, item in enumerate(node):
+                self.type_(registry, item, f"{key}[{i}]")
+        else:
+            self.type_(registry, node, key)
+
+
+def check_config(cfg: Config) -> None:
+    """Fail early, naming the config key, when a config names an unregistered ``type`` or a
+    missing input file / folder.
+
+    Checks the model (every nested ``type`` against MODELS), the datasets, samplers and collate
+    functions of the three dataloaders, evaluators and metrics, the optimiser wrapper, optimiser,
+    constructor and parameter schedulers, loops, hooks, visualiser, log processor and runner
+    type; and the paths under ``model`` and the datasets in keys such as ``pretrained``,
+    ``dataroot_gt``, ``lq_folder``, ``gt_folder``, plus ``load_from``. Raises :class:`ConfigError`
+    listing every problem found.
+    """
+    c = _Checker(cfg.get("default_scope"))
+    if "model" not in cfg or cfg.get("model") is None:
+        c.errors.append("model: the config has no model")
+    else:
+        c.model(cfg.model, "model")
+        c.paths_in(cfg.model, "model")
+    for split in ("train", "val", "test"):
+        loader = cfg.get(f"{split}_dataloader")
+        if not isinstance(loader, Mapping):
+            continue
+        key = f"{split}_dataloader"
+        c.dataset(loader.get("dataset"), f"{key}.dataset")
+        c.paths_in(loader.get("dataset"), f"{key}.dataset")
+        c.type_(DATA_SAMPLERS, loader.get("sampler"), f"{key}.sampler")
+        c.type_(DATA_SAMPLERS, loader.get("batch_sampler"), f"{key}.batch_sampler")
+        c.type_(FUNCTIONS, loader.get("collate_fn"), f"{key}.collate_fn")
+    for split in ("val", "test"):
+        ev = cfg.get(f"{split}_evaluator")
+        key = f"{split}_evaluator"
+        if isinstance(ev, Mapping) and "metrics" in ev:
+            c.type_(EVALUATOR, ev, key)
+            c.many(METRICS, ev["metrics"], f"{key}.metrics")
+        elif ev is not None:
+            c.many(METRICS, ev, key)
+    ow = cfg.get("optim_wrapper")
+    if isinstance(ow, Mapping):
+        c.type_(OPTIM_WRAPPERS, ow, "optim_wrapper")
+        c.type_(OPTIMIZERS, ow.get("optimizer"), "optim_wrapper.optimizer")
+        ctor = ow.get("constructor")
+        if isinstance(ctor, str):
+            c.type_(OPTIM_WRAPPER_CONSTRUCTORS, {"type": ctor}, "optim_wrapper.constructor")
+    c.many(PARAM_SCHEDULERS, cfg.get("param_scheduler"), "param_scheduler")
+    for key in ("train_cfg", "val_cfg", "test_cfg"):
+        c.type_(LOOPS, cfg.get(key), key)
+    hooks = cfg.get("default_hooks") or {}
+    if isinstance(hooks, Mapping):
+        for name, hook in hooks.items():
+            c.type_(HOOKS, hook, f"default_hooks.{name}")
+    c.many(HOOKS, cfg.get("custom_hooks") or [], "custom_hooks")
+    vis = cfg.get("visualizer")
+    c.type_(VISUALIZERS, vis, "visualizer")
+    if isinstance(vis, Mapping):
+        c.many(VISBACKENDS, vis.get("vis_backends") or [], "visualizer.vis_backends")
+    c.type_(LOG_PROCESSORS, cfg.get("log_processor"), "log_processor")
+    runner_type = cfg.get("runner_type")
+    if isinstance(runner_type, str):
+        c.type_(RUNNERS, {"type": runner_type}, "runner_type")
+    load_from = cfg.get("load_from")
+    if load_from:
+        c.path(load_from, "load_from")
+    if c.errors:
+        raise ConfigError("; ".join(c.errors))
+
+
+# --------------------------------------------------------------------------------------------
+# constyle train
+# --------------------------------------------------------------------------------------------
+def load_config(config: str, cfg_options: Optional[Mapping[str, Any]] = None) -> Config:
+    """Read a config file (its ``custom_imports`` are imported) and merge ``--cfg-options``."""
+    if not osp.isfile(config):
+        raise ConfigError(f"CONFIG: {config!r} is not a file")
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
+    return cfg
+
+
+def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Mapping[str, Any]] = None,
+          resume: Optional[str] = None, amp: bool = False, launcher: str = "none",
+          local_rank: Optional[int] = None) -> Runner:
+    """Train from an MMEngine config, as ``constyle train`` does; returns the finished Runner.
+
+    Args:
+        config: path of a Python config (e.g. ``options/mmengine/nafnet_constyle.py``).
+        work_dir: where logs and checkpoints go; default the config's ``work_dir``, else
+            ``./work_dirs/<config name>``.
+        cfg_options: ``{'dotted.key': value}`` overrides (``--cfg-options``).
+        resume: ``None`` (no resume), ``'auto'`` (the latest checkpoint in the work dir, if any) or
+            a checkpoint path.
+        amp: mixed precision (``AmpOptimWrapper``, dynamic loss scale); needs a CUDA device.
+        launcher: ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
+        local_rank: sets ``LOCAL_RANK`` when the launcher did not.
+    """
+    if local_rank is not None and "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(local_rank)
+    cfg = load_config(config, cfg_options)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get("work_dir") is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(config))[0])
+    if amp:
+        if not torch.cuda.is_available():
+            raise ConfigError("--amp: mixed precision (AmpOptimWrapper) needs a CUDA device; none is available")
+        ow = cfg.optim_wrapper
+        if ow.get("type", "OptimWrapper") == "OptimWrapper":
+            ow.type = "AmpOptimWrapper"
+            ow.setdefault("loss_scale", "dynamic")
+    if resume == "auto":
+        cfg.resume = True
+        cfg.load_from = None
+    elif resume:
+        if not osp.isfile(resume):
+            raise ConfigError(f"--resume: checkpoint {resume!r} not found")
+        cfg.resume = True
+        cfg.load_from = resume
+    if "runner_type" not in cfg:
+        runner = ConStyleRunner.from_cfg(cfg)
+    else:
+        check_config(cfg)
+        runner = RUNNERS.build(cfg)
+    runner.train()
+    return runner
