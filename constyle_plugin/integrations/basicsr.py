@@ -196,8 +196,8 @@ def _build_backbone(backbone: Any, key: str) -> Any:
 def check_network_options(opt: Mapping[str, Any], key: str = "", build: bool = True) -> None:
     """Check a ``{type: ConStyleUNet, backbone: ..., ...}`` dict; errors name ``key.<option>``.
 
-    With ``build=True`` the backbone is constructed (no forward pass) when ``stages`` names
-    modules, to check that they exist.
+    With ``build=True`` the backbone is constructed (no forward pass) to check its options and
+    that the modules ``stages`` names exist.
     """
     if opt.get("type") != "ConStyleUNet":
         return
@@ -215,8 +215,10 @@ def check_network_options(opt: Mapping[str, Any], key: str = "", build: bool = T
     _prompter_path(opt.get("prompter"), _join(key, "prompter"))
     if "inject" in opt:
         _check_inject(opt["inject"], _join(key, "inject"))
-    if opt.get("stages") is not None and build:
-        _check_stage_names(opt["stages"], _build_backbone(backbone, _join(key, "backbone")), _join(key, "stages"))
+    if build:
+        net = _build_backbone(backbone, _join(key, "backbone"))
+        if opt.get("stages") is not None:
+            _check_stage_names(opt["stages"], net, _join(key, "stages"))
 
 
 @_named("ConStyleUNet")
@@ -293,16 +295,20 @@ def build_moco(queue_size: int = 65760, momentum: float = 0.999, temperature: fl
                pretrained: Optional[str] = None):
     """The ``ConStyleMoCo`` architecture: the stage-1 MoCo wrapper (query / key encoder, queue).
 
-    ``pretrained``: start from a checkpoint, either a whole MoCo state (the authors' layout; the
-    queue size is read from it) or a prompter-only file (fresh key encoder and queue).
+    ``pretrained``: start from a checkpoint, either a whole MoCo state (the authors' layout; its
+    queue must hold ``queue_size`` negatives) or a prompter-only file (fresh key encoder and queue).
     """
+    from ..prompter import CheckpointError
     from ..pretrain import ConStyleMoCo
 
     kwargs = dict(momentum=momentum, temperature=temperature, normalize=normalize, enqueue=enqueue)
     if pretrained is not None:
         _check_file("pretrained", pretrained, "checkpoint")
-        return ConStyleMoCo.from_pretrained(os.path.expanduser(str(pretrained)), strict=False,
-                                            queue_size=None, **kwargs)
+        try:
+            return ConStyleMoCo.from_pretrained(os.path.expanduser(str(pretrained)), strict=False,
+                                                queue_size=queue_size, **kwargs)
+        except CheckpointError as exc:
+            raise OptionError("pretrained", str(exc)) from exc
     return ConStyleMoCo(queue_size=queue_size, num_classes=num_classes, **kwargs)
 
 
