@@ -13,6 +13,7 @@ BasicSR's validation does) and the plugin's :func:`~constyle_plugin.pretrain.acc
 """
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -29,6 +30,16 @@ __all__ = ["ConStylePretrainDataset", "MixDegradationDataset", "PSNR", "PairedFo
            "PretextAccuracy", "SSIM", "default_cache_dir"]
 
 SAMPLE_ROOTS = (None, "sample_photos", "sample_classes")
+
+
+def _check_options(owner: str, opt: Dict[str, Any], known: Tuple[str, ...]) -> None:
+    # The wrapped BasicSR-style classes ignore unknown keys (BasicSR passes its own extras); an
+    # MMEngine config has no such extras, so a misspelt option is an error here.
+    unknown = sorted(set(opt) - set(known))
+    if unknown:
+        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+        hints = "; ".join(f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+        raise TypeError(f"{owner}: unknown option(s) {hints}; valid: {sorted(known)}")
 
 
 def default_cache_dir() -> Path:
@@ -74,8 +85,12 @@ class MixDegradationDataset(data.Dataset):
       [0.2], ``split_seed`` [0]), so validation photos are never trained on.
     """
 
+    OPTIONS = ("dataroot_gt", "sample_dir", "photos", "gt_size", "degradations", "phase", "use_hflip", "use_rot",
+               "seed", "val_crop", "scale", "repeat", "io_backend", "check_images", "val_fraction", "split_seed")
+
     def __init__(self, val_fraction: float = 0.2, split_seed: int = 0, **opt: Any) -> None:
         super().__init__()
+        _check_options(type(self).__name__, opt, self.OPTIONS)
         from ..datasets import MixDegradationDataset as _Mix
         from ..samples import split_by_photo
 
@@ -108,8 +123,12 @@ class ConStylePretrainDataset(data.Dataset):
     ``/ 'sample_classes'`` when ``dataroot`` is ``None`` / ``'sample_classes'``.
     """
 
+    OPTIONS = ("dataroot", "sample_dir", "crops_per_photo", "sample_crop_size", "resize", "crop_size", "rrc_scale",
+               "rrc_ratio", "weather_prob", "phase", "seed", "repeat", "check_images", "io_backend")
+
     def __init__(self, **opt: Any) -> None:
         super().__init__()
+        _check_options(type(self).__name__, opt, self.OPTIONS)
         from ..datasets import ConStylePretrainDataset as _Pretrain
 
         if opt.get("dataroot") in SAMPLE_ROOTS and not opt.get("sample_dir"):

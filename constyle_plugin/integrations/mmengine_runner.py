@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import os
 import os.path as osp
 import pickle
@@ -124,7 +125,9 @@ class _Checker:
         self.scope = scope
         self.errors: List[str] = []
 
-    def type_(self, registry: Registry, node: Any, key: str) -> None:
+    def type_(self, registry: Registry, node: Any, key: str, check_args: bool = False) -> None:
+        """``node['type']`` must resolve in ``registry``; with ``check_args``, the other keys must be
+        arguments of the class (unless it takes ``**kwargs``)."""
         if not isinstance(node, Mapping):
             return
         t = node.get("type")
@@ -141,6 +144,31 @@ class _Checker:
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             self.errors.append(f"{key}.type: {t!r} is not registered in MMEngine's {registry.name} registry"
                                f"{hint} (is the package that defines it in custom_imports?)")
+        elif check_args:
+            self.arguments(found, node, key)
+
+    def arguments(self, cls: Any, node: Mapping, key: str) -> None:
+        options = getattr(cls, "OPTIONS", None)  # wrappers taking **opt declare what they accept
+        if isinstance(options, tuple):
+            for k in node:
+                if k != "type" and k not in options:
+                    close = difflib.get_close_matches(str(k), options, n=1)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    self.errors.append(f"{key}.{k}: {cls.__name__} has no option {k!r}{hint}")
+            return
+        try:
+            params = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            return
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        names = [n for n, p in params.items()
+                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+        for k in node:
+            if k != "type" and k not in names:
+                close = difflib.get_close_matches(str(k), names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.errors.append(f"{key}.{k}: {getattr(cls, '__name__', cls)} takes no argument {k!r}{hint}")
 
     def path(self, value: Any, key: str) -> None:
         if isinstance(value, str) and value and value not in SPECIAL_ROOTS and "://" not in value:
@@ -162,7 +190,7 @@ class _Checker:
     def model(self, node: Any, key: str) -> None:
         """Every dict with a ``type`` inside the model config builds from MODELS (except init_cfg)."""
         if isinstance(node, Mapping):
-            self.type_(MODELS, node, key)
+            self.type_(MODELS, node, key, check_args=True)
             for k, v in node.items():
                 if k == "init_cfg":
                     for i, item in enumerate(v if isinstance(v, (list, tuple)) else [v]):
@@ -177,7 +205,7 @@ class _Checker:
     def dataset(self, node: Any, key: str) -> None:
         if not isinstance(node, Mapping):
             return
-        self.type_(DATASETS, node, key)
+        self.type_(DATASETS, node, key, check_args=True)
         for k, v in node.items():
             if k == "pipeline" and isinstance(v, (list, tuple)):
                 for i, t in enumerate(v):
@@ -186,17 +214,18 @@ class _Checker:
                 for i, d in enumerate(v if isinstance(v, (list, tuple)) else [v]):
                     self.dataset(d, f"{key}.{k}" + (f"[{i}]" if isinstance(v, (list, tuple)) else ""))
 
-    def many(self, registry: Registry, node: Any, key: str) -> None:
+    def many(self, registry: Registry, node: Any, key: str, check_args: bool = False) -> None:
         if isinstance(node, (list, tuple)):
             for i, item in enumerate(node):
-                self.type_(registry, item, f"{key}[{i}]")
+                self.type_(registry, item, f"{key}[{i}]", check_args)
         else:
-            self.type_(registry, node, key)
+            self.type_(registry, node, key, check_args)
 
 
 def check_config(cfg: Config) -> None:
-    """Fail early, naming the config key, when a config names an unregistered ``type`` or a
-    missing input file / folder.
+    """Fail early, naming the config key, when a config names an unregistered ``type``, gives a
+    model / dataset / metric / hook an argument it does not take, or names a missing input file
+    or folder.
 
     Checks the model (every nested ``type`` against MODELS), the datasets, samplers and collate
     functions of the three dataloaders, evaluators and metrics, the optimiser wrapper, optimiser,
@@ -226,9 +255,9 @@ def check_config(cfg: Config) -> None:
         key = f"{split}_evaluator"
         if isinstance(ev, Mapping) and "metrics" in ev:
             c.type_(EVALUATOR, ev, key)
-            c.many(METRICS, ev["metrics"], f"{key}.metrics")
+            c.many(METRICS, ev["metrics"], f"{key}.metrics", check_args=True)
         elif ev is not None:
-            c.many(METRICS, ev, key)
+            c.many(METRICS, ev, key, check_args=True)
     ow = cfg.get("optim_wrapper")
     if isinstance(ow, Mapping):
         c.type_(OPTIM_WRAPPERS, ow, "optim_wrapper")
@@ -242,8 +271,8 @@ def check_config(cfg: Config) -> None:
     hooks = cfg.get("default_hooks") or {}
     if isinstance(hooks, Mapping):
         for name, hook in hooks.items():
-            c.type_(HOOKS, hook, f"default_hooks.{name}")
-    c.many(HOOKS, cfg.get("custom_hooks") or [], "custom_hooks")
+            c.type_(HOOKS, hook, f"default_hooks.{name}", check_args=True)
+    c.many(HOOKS, cfg.get("custom_hooks") or [], "custom_hooks", check_args=True)
     vis = cfg.get("visualizer")
     c.type_(VISUALIZERS, vis, "visualizer")
     if isinstance(vis, Mapping):
