@@ -214,6 +214,22 @@ def test_restorer_pads_odd_sizes_and_crops_back():
     assert torch.allclose(losses["loss_pix"], expected.mean(), atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("backbone, multiple", [
+    (dict(type="Restormer", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1]), 8),
+    (dict(type="ConvUNet", width=8, depth=3, blocks_per_level=1), 8),
+])
+def test_restorer_wraps_the_other_reference_backbones(backbone, multiple):
+    torch.manual_seed(0)
+    model = MODELS.build(dict(type="ConStyleRestorer", backbone=backbone, probe_size=64))
+    assert model.data_preprocessor.multiple == multiple  # read from the backbone's size_multiple
+    assert len(model.net.adapters) == 4  # three encoder stages + the bottleneck
+    data = model.data_preprocessor({"inputs": [torch.rand(3, 19, 27)]})
+    assert data["inputs"].shape == (1, 3, 24, 32)
+    with torch.no_grad():
+        assert model(**data, mode="predict")[0].pred_img.shape == (3, 19, 27)
+
+
 def test_origin_twin_is_the_bare_backbone():
     model = _tiny_restorer(prompter=None)
     assert isinstance(model.net, NAFNet) and model.prompter is None
@@ -344,7 +360,8 @@ def test_misspelt_argument_fails_naming_the_key():
     assert "model.backbone.widht: NAFNet takes no argument 'widht'; did you mean 'width'?" in str(info.value)
     assert ("val_dataloader.dataset.gt_sise: MixDegradationDataset has no option 'gt_sise'; "
             "did you mean 'gt_size'?") in str(info.value)
-    check_config(load_config(str(CONFIGS / "constyle_v2_pretrain.py")))  # shipped configs pass
+    for name in ("nafnet_constyle.py", "nafnet_origin.py", "constyle_v2_pretrain.py"):  # shipped configs pass
+        check_config(load_config(str(CONFIGS / name)))
 
 
 def test_bad_paths_fail_naming_the_key(tmp_path):

@@ -171,9 +171,9 @@ class ConStyleRestorer(BaseModel):
     Args:
         backbone: config of the U-Net, built from MMEngine's MODELS (e.g. ``dict(type='NAFNet',
             width=32)``), or a module. It takes and returns ``B x 3 x H x W`` images in [0, 1].
-        prompter: ``dict(pretrained=None | path)``: wrap the backbone with :func:`wrap_unet` and the
-            prompter loaded from ``path`` (``None``: the packaged pre-trained one). ``None``: no
-            prompter, the bare backbone (the "origin" baseline trained on the same data).
+        prompter: ``dict(pretrained=None | path)`` (default): wrap the backbone with :func:`wrap_unet`
+            and the prompter loaded from ``path`` (``None``: the packaged pre-trained one).
+            ``None``: no prompter, the bare backbone (the "origin" baseline trained on the same data).
         inject, stages, probe_size: passed to :func:`wrap_unet` (``stages=None``: the ready spec of a
             known family, else discovery). Ignored without a prompter.
         pixel_loss: config of the pixel loss, built from MODELS (``L1Loss``, ``CharbonnierLoss``,
@@ -190,7 +190,7 @@ class ConStyleRestorer(BaseModel):
     - ``'tensor'``: the network's raw ``B x 3 x Hp x Wp`` output.
     """
 
-    def __init__(self, backbone: ConfigType, prompter: Optional[Mapping[str, Any]] = None,
+    def __init__(self, backbone: ConfigType, prompter: Optional[Mapping[str, Any]] = {"pretrained": None},
                  inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
                  stages: Optional[Mapping[str, Any]] = None, probe_size: Optional[Any] = None,
                  pixel_loss: ConfigType = dict(type="L1Loss", loss_weight=1.0),
