@@ -19,7 +19,7 @@ package such as a BasicSR or OpenMMLab fork that ships its own ``NAFNet``).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple, Type
+from typing import Dict, List, Optional, Tuple
 
 from mmengine.registry import (DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS,
                                Registry)

@@ -16,7 +16,7 @@ import inspect
 import os
 import os.path as osp
 import pickle
-from typing import Any, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Iterator, List, Mapping, Optional
 
 import numpy as np
 import torch
