@@ -18,7 +18,7 @@ re-exported here for the console script.
 from __future__ import annotations
 
 import difflib
-import functools
+import importlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -318,16 +318,16 @@ def build_moco(queue_size: int = 65760, momentum: float = 0.999, temperature: fl
 def _entries() -> Dict[str, List[Tuple[str, Callable[[], Any]]]]:
     """Name -> loader of each entry, per registry (loaders import lazily)."""
     def archs(name: str) -> Callable[[], Any]:
-        return lambda: getattr(importlib_module("constyle_plugin.archs"), name)
+        return lambda: getattr(importlib.import_module("constyle_plugin.archs"), name)
 
     def losses(name: str) -> Callable[[], Any]:
-        return lambda: getattr(importlib_module("constyle_plugin.losses"), name)
+        return lambda: getattr(importlib.import_module("constyle_plugin.losses"), name)
 
     def datasets(name: str) -> Callable[[], Any]:
-        return lambda: getattr(importlib_module("constyle_plugin.datasets"), name)
+        return lambda: getattr(importlib.import_module("constyle_plugin.datasets"), name)
 
     def models(name: str) -> Callable[[], Any]:
-        return lambda: getattr(importlib_module("constyle_plugin.integrations.basicsr_models"), name)
+        return lambda: getattr(importlib.import_module("constyle_plugin.integrations.basicsr_models"), name)
 
     return {
         ARCH: [("ConStyleUNet", lambda: build_constyle_unet), ("ConStyleV2", lambda: build_prompter),
@@ -340,32 +340,30 @@ def _entries() -> Dict[str, List[Tuple[str, Callable[[], Any]]]]:
     }
 
 
-def importlib_module(name: str) -> Any:
-    import importlib
-
-    return importlib.import_module(name)
-
-
 def register() -> Dict[str, Dict[str, List[str]]]:
     """Add the plugin's entries to BasicSR's registries; idempotent; never replaces a host's name.
 
     Returns, per registry (``ARCH``, ``MODEL``, ``LOSS``, ``DATASET``), the names ``added`` by this
     call, those ``kept`` from the host (a different object was already registered under the name:
-    the host's stays), and those ``already`` registered by an earlier call. A basicsr without
+    the host's stays), those ``already`` registered by an earlier call, and those ``unavailable``
+    here (``ConStyleSRModel`` in a fork without BasicSR's ``SRModel``). A basicsr without
     registries (old forks) raises ``ImportError``; see :func:`available`.
     """
     registries = _registries()
     report: Dict[str, Dict[str, List[str]]] = {}
     for kind, entries in _entries().items():
         registry = registries[kind]
-        result = report.setdefault(kind, {"added": [], "kept": [], "already": []})
+        result = report.setdefault(kind, {"added": [], "kept": [], "already": [], "unavailable": []})
         for name, load in entries:
+            try:
+                obj = load()
+            except AttributeError:
+                result["unavailable"].append(name)
+                continue
             existing = _lookup(registry, name)
             if existing is not None:
-                ours = load()
-                result["already" if existing is ours else "kept"].append(name)
+                result["already" if existing is obj else "kept"].append(name)
                 continue
-            obj = load()
             if getattr(obj, "__name__", None) != name:
                 raise RuntimeError(f"constyle_plugin: entry {name!r} is named {getattr(obj, '__name__', None)!r}")
             registry.register(obj)
@@ -396,6 +394,9 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False) -> None:
     if _lookup(registries[MODEL], model_type) is None:
         raise OptionError("model_type", _unknown_name("model (MODEL_REGISTRY)", model_type,
                                                       _registered_names(registries[MODEL])))
+    if model_type == "ConStyleV2PretrainModel" and (opt.get("network_g") or {}).get("type") != "ConStyleMoCo":
+        raise OptionError("network_g.type", "ConStyleV2PretrainModel trains a ConStyleMoCo (stage 1); "
+                                            f"got {(opt.get('network_g') or {}).get('type')!r}")
     for key in [k for k in opt if k.startswith("network_")]:
         net = opt[key]
         if not isinstance(net, Mapping) or "type" not in net:
