@@ -2,6 +2,9 @@
 
 Subcommands:
 
+- ``constyle restore --checkpoint CKPT [--config CFG] --input DIR_OR_FILE --output DIR [--tile N
+  --tile-overlap N] [--compare]``: restore images with a trained network (see
+  :mod:`constyle_plugin.inference`).
 - ``constyle train CONFIG [--work-dir D] [--cfg-options k=v ...] [--resume [CKPT]] [--amp]
   [--launcher none|pytorch|slurm|mpi]``: train from an MMEngine config with MMEngine's Runner
   (both ConStyle v2 stages; configs in ``options/mmengine/``).
@@ -51,8 +54,20 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_restore(subparsers) -> None:
+    from .inference import add_restore_arguments, restore_main
+
+    p = subparsers.add_parser(
+        "restore", help="restore images with a trained network (BasicSR or MMEngine checkpoint)",
+        description="Restore an image or a folder of images with a trained network, e.g. constyle restore "
+                    "--checkpoint experiments/NAFNet_ConStyle/models/net_g_latest.pth --input lq/ --output out/ "
+                    "--tile 512 --tile-overlap 32 --compare")
+    add_restore_arguments(p)
+    p.set_defaults(func=restore_main)
+
+
 # (name, function adding the subparser); each subparser sets ``func`` returning an exit code.
-SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train)]
+SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train), ("restore", _add_restore)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,8 +92,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         # Configuration mistakes get one clear line (the key at fault), not a traceback.
         from .integrations.mmengine_runner import ConfigError
+        from .prompter import CheckpointError
 
-        if isinstance(exc, ConfigError):
+        restore_errors = (FileNotFoundError, CheckpointError, ValueError)
+        if isinstance(exc, ConfigError) or (args.command == "restore" and isinstance(exc, restore_errors)):
             print(f"constyle {args.command}: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -204,10 +204,13 @@ def _basicsr_options(config: Path) -> Dict[str, Any]:
 
 
 def _find_config(checkpoint: Path) -> Optional[Path]:
-    """The options file BasicSR copied into the experiment folder (``experiments/NAME/*.yml``)."""
-    for folder in (checkpoint.parent, checkpoint.parent.parent):
-        found = sorted(folder.glob("*.yml"))
-        if found:
+    """The config the trainer left beside its checkpoints: BasicSR copies the options file into
+    ``experiments/NAME/`` (checkpoints in ``NAME/models/``); MMEngine dumps the merged config into
+    the work dir, beside its checkpoints."""
+    for folder, pattern in ((checkpoint.parent.parent, "*.yml"), (checkpoint.parent, "*.yml"),
+                            (checkpoint.parent, "*.py")):
+        found = sorted(folder.glob(pattern))
+        if len(found) == 1:
             return found[0]
     return None
 
@@ -233,10 +236,8 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
         net = _build_basicsr(config)
         state = read_state_dict(checkpoint)
     elif config.suffix == ".py":
-        from .integrations.mmengine import build_inference_network, read_checkpoint_state
-
-        net = build_inference_network(config)
-        state = read_checkpoint_state(checkpoint)
+        net = _build_mmengine(config)
+        state = _mmengine_state(checkpoint)
     else:
         raise ValueError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
     try:
@@ -245,6 +246,13 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
         raise CheckpointError(f"{checkpoint}: does not fit the network of {config}: "
                               f"{str(exc).splitlines()[0]} {str(exc).splitlines()[1:2]}") from None
     return net.to(device).eval()
+
+
+def _without_prompter_file(prompter_opt: Any) -> Any:
+    """The checkpoint holds the prompter's weights: the file the training run loaded is not needed."""
+    if isinstance(prompter_opt, Mapping) and prompter_opt.get("pretrained") is not None:
+        return {**prompter_opt, "pretrained": None}
+    return prompter_opt
 
 
 def _build_basicsr(config: Path) -> nn.Module:
@@ -256,7 +264,48 @@ def _build_basicsr(config: Path) -> nn.Module:
 
     opt = _basicsr_options(config)
     network_opt = dict(opt["network_g"])
-    return build_network(network_opt)
+    if "prompter" in network_opt:
+        network_opt["prompter"] = _without_prompter_file(network_opt["prompter"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
+        return build_network(network_opt)
+
+
+def _build_mmengine(config: Path) -> nn.Module:
+    import constyle_plugin  # noqa: F401  (registers the plugin's models)
+    from mmengine.registry import MODELS
+
+    from .integrations.mmengine_runner import load_config
+
+    cfg = load_config(str(config))
+    model_cfg = cfg.model.copy()
+    if "prompter" in model_cfg:
+        model_cfg["prompter"] = _without_prompter_file(model_cfg["prompter"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
+        model = MODELS.build(model_cfg)
+    if not hasattr(model, "net"):
+        raise ValueError(f"--config {config}: model type {cfg.model.get('type')!r} is not a restorer "
+                         f"(expected ConStyleRestorer)")
+    return model.net
+
+
+def _mmengine_state(checkpoint: Path) -> Dict[str, Tensor]:
+    """The restorer's weights from a Runner checkpoint: the EMA copy when the run kept one."""
+    from .integrations.mmengine_runner import mmengine_checkpoint_globals
+
+    try:
+        with mmengine_checkpoint_globals():
+            raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (reported with the file's name, nothing run)
+        raise CheckpointError(f"{checkpoint}: not a readable MMEngine checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{checkpoint}: expected an MMEngine checkpoint dict")
+    state = raw.get("ema_state_dict") or raw.get("state_dict") or raw
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
+             if isinstance(v, Tensor) and k != "steps"}
+    return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
 
 
 # ------------------------------------------------------------------------------------------ the job

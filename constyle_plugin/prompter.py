@@ -169,8 +169,9 @@ class ConStyleV2(nn.Module):
             if path is None:
                 raise FileNotFoundError(
                     f"no packaged prompter at {PACKAGED_WEIGHTS}; pass the path of a checkpoint")
-        state = read_state_dict(path, map_location=map_location)
-        model = cls()
+        state = extract_prompter_state(read_state_dict(path, map_location=map_location))
+        head = state.get("classifier.3.weight")  # a pretext head of another size (not ImageNet's 1000)
+        model = cls(num_classes=head.shape[0] if isinstance(head, Tensor) and head.dim() == 2 else NUM_CLASSES)
         model.load_prompter_state(state, source=str(path))
         return model.freeze() if frozen else model
 

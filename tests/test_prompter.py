@@ -231,3 +231,11 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     with pytest.raises(CheckpointError, match="evil_plain.pkl"):
         read_state_dict(plain)
     assert not marker.exists()
+
+
+def test_pretext_head_of_another_size_loads(tmp_path):
+    model = ConStyleV2(num_classes=20)
+    path = model.save_pretrained(tmp_path / "small_head.safetensors")
+    loaded = ConStyleV2.from_pretrained(path)
+    assert loaded.classify(torch.rand(2, 3, 16, 16)).shape == (2, 20)
+    assert torch.equal(loaded.classifier[3].weight, model.classifier[3].weight)
