@@ -128,6 +128,7 @@ def test_readme_style_run_trains_validates_saves_and_tests(tmp_path, prompter_fi
     exp = tmp_path / "experiments" / "NAFNet_ConStyle_v2"
     log = train_log(exp)
     assert re.search(r"# psnr: \d+\.\d+", log) and re.search(r"# ssim: 0\.\d+", log)
+    assert re.search(r"Input \(lq vs gt\) MixDegradation-heldout, for comparison\n\t # psnr: \d+\.\d+", log)
     assert len(list((exp / "sample_photos").glob("*.png"))) >= 18  # exported at first use
     for photo in ("camera", "cell", "gravel", "motorcycle"):  # the held-out photos, nothing else
         assert (exp / "visualization" / photo / f"{photo}_2_lq_out_gt.png").is_file()

@@ -18,8 +18,9 @@
   * the frozen prompter's parameters are left out of the optimiser with one log line instead of
     one warning per tensor;
   * validation can pad inputs to a multiple (``val.pad_multiple``, the authors evaluate at
-    multiples of 32) and saves side-by-side images ``lq | output | gt`` beside BasicSR's output
-    images (``val.save_comparison``, default true).
+    multiples of 32), saves side-by-side images ``lq | output | gt`` beside BasicSR's output
+    images (``val.save_comparison``, default true) and logs the metrics of the degraded input
+    itself for comparison (``val.input_metrics``, default true).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ..compat import ensure_basicsr_importable
 
 ensure_basicsr_importable()
 from basicsr.archs import build_network  # noqa: E402
+from basicsr.metrics import calculate_metric  # noqa: E402
 from basicsr.models.base_model import BaseModel  # noqa: E402
 from basicsr.utils import get_root_logger, imwrite, tensor2img  # noqa: E402
 
@@ -99,10 +101,12 @@ if SRModel is not None:
         """BasicSR's ``SRModel`` with AdamW (any ``torch.optim``), an EMA that keeps the frozen prompter
         bit-identical, optional padding and side-by-side validation images (see the module docstring).
 
-        Options beyond SRModel's: ``val.pad_multiple`` (int or ~), ``val.save_comparison`` (bool).
+        Options beyond SRModel's: ``val.pad_multiple`` (int or ~), ``val.save_comparison`` (bool),
+        ``val.input_metrics`` (bool).
         """
 
         _comparison: Optional[tuple] = None
+        _input_metrics: Optional[Dict[str, List[float]]] = None
         _lq_path: Optional[str] = None
 
         @torch.no_grad()
@@ -139,6 +143,10 @@ if SRModel is not None:
                 self.output = self.output[..., :h * scale, :w * scale]
             if self._comparison is not None:
                 self._save_comparison()
+            if self._input_metrics is not None and hasattr(self, "gt") and self.lq.shape == self.gt.shape:
+                data = {"img": tensor2img([self.lq.detach().cpu()]), "img2": tensor2img([self.gt.detach().cpu()])}
+                for name, metric_opt in self.opt["val"]["metrics"].items():
+                    self._input_metrics[name].append(calculate_metric(data, metric_opt))
 
         def _save_comparison(self) -> None:
             dataset_name, current_iter = self._comparison
@@ -153,12 +161,21 @@ if SRModel is not None:
             imwrite(img, path)
 
         def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-            if save_img and (self.opt.get("val") or {}).get("save_comparison", True):
+            val_opt = self.opt.get("val") or {}
+            if save_img and val_opt.get("save_comparison", True):
                 self._comparison = (dataloader.dataset.opt["name"], current_iter)
+            if val_opt.get("metrics") and val_opt.get("input_metrics", True):
+                self._input_metrics = {name: [] for name in val_opt["metrics"]}
             try:
                 super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+                scores = self._input_metrics
+                if scores and all(scores.values()):
+                    get_root_logger().info(
+                        f"Input (lq vs gt) {dataloader.dataset.opt['name']}, for comparison\n"
+                        + "".join(f"\t # {name}: {sum(v) / len(v):.4f}\n" for name, v in scores.items()))
             finally:
                 self._comparison = None
+                self._input_metrics = None
 
 
 class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
