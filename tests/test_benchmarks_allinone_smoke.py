@@ -1,0 +1,93 @@
+"""Smoke test of benchmarks/allinone.py: the seconds-long mode runs end to end and records what it
+promises (finite metrics for every variant and degradation, a photo split with no overlap, both
+figures). No quality and no timing is asserted."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "allinone.py"
+VARIANTS = ("origin", "constyle", "constyle_untrained")
+DEGRADATIONS = ("noise", "jpeg", "motion_blur", "defocus_blur", "haze", "rain", "snow", "low_light")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("allinone")
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--no-progress",
+                           "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"allinone.py --smoke failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return out, json.loads((out / "allinone.json").read_text()), proc.stdout
+
+
+def test_metrics_are_finite_for_every_variant_and_degradation(smoke_run):
+    _, report, _ = smoke_run
+    assert report["degradations"] == list(DEGRADATIONS)
+    runs = report["runs"]
+    assert sorted(r["variant"] for r in runs) == sorted(VARIANTS)
+    for run in runs:
+        per_deg = run["metrics"]["per_degradation"]
+        assert set(per_deg) == set(DEGRADATIONS)
+        for d in DEGRADATIONS:
+            assert per_deg[d]["n_images"] >= 1
+            for key in ("psnr", "psnr_y", "ssim"):
+                assert math.isfinite(per_deg[d][key]), (run["variant"], d, key, per_deg[d][key])
+        assert math.isfinite(run["metrics"]["average"]["psnr"])
+    for v in VARIANTS:
+        for d in DEGRADATIONS + ("average",):
+            assert math.isfinite(report["summary"]["variants"][v][d]["psnr"]["mean"])
+    # every variant of a seed trained on exactly the same batches
+    assert len({r["data_fingerprint"] for r in runs}) == 1
+    # the probe ran for both prompters and its accuracies are proportions
+    for key in ("pretrained", "untrained"):
+        acc = report["probe"][key]["z2"]["test_accuracy"]
+        assert 0.0 <= acc <= 1.0
+
+
+def test_held_out_photos_never_reach_training(smoke_run):
+    _, report, _ = smoke_run
+    split = report["split"]
+    train, test = set(split["train_photos"]), set(split["test_photos"])
+    assert train and test
+    assert not train & test
+    assert set(split["dataset_photos"]) == train  # what the training dataset actually reads
+    assert {im["photo"] for im in report["test_set"]["images"]} <= test
+    assert report["test_set"]["n_images"] == len(report["test_set"]["images"])
+
+
+def test_outputs_exist_and_the_random_prompter_is_declared(smoke_run):
+    out, report, stdout = smoke_run
+    for name in ("allinone.json", "allinone.md", "allinone_examples.png", "allinone_latents.png"):
+        path = out / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    for name in ("allinone_examples.png", "allinone_latents.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert report["command"].startswith("python benchmarks/allinone.py --smoke")
+    assert report["config"]["smoke"] is True
+    md = (out / "allinone.md").read_text()
+    assert "| **average** |" in md
+    if report["prompter"]["random"]:  # no packaged prompter here: the run must say so, loudly
+        assert "RANDOM" in stdout and "RANDOM" in md
+    assert len(report["prompter"]["sha256"]) == 64
+
+
+def test_refuses_to_run_without_a_prompter_outside_smoke_mode(tmp_path):
+    from constyle_plugin.prompter import default_prompter_path
+
+    args = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--iters", "1", "--seeds", "0"]
+    if default_prompter_path() is not None:
+        args += ["--prompter", str(tmp_path / "missing.safetensors")]
+        expected = "missing.safetensors"
+    else:
+        expected = "--prompter"
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert not (tmp_path / "allinone.json").exists()
