@@ -1,0 +1,57 @@
+"""Smoke runs of the benchmarks in benchmarks/: they run end to end and write sane reports (no timing asserted)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_overhead_smoke(tmp_path):
+    out = tmp_path / "overhead"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--smoke", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "overhead_cpu.json").read_text())
+    assert report["command"].startswith("python benchmarks/overhead.py --smoke")
+    assert report["device"] == "cpu" and report["settings"]["smoke"] is True
+    results = {r["arch"]: r for r in report["results"]}
+    assert sorted(results) == ["convunet", "nafnet", "restormer"]
+    for arch, res in results.items():
+        assert res["size"] == 32
+        for mode in ("forward", "train"):
+            for variant in ("bare", "wrapped"):
+                assert res[mode][f"{variant}_s"] and all(_positive(t) for t in res[mode][f"{variant}_s"]), (arch, mode)
+                assert _positive(res["memory"][mode][variant]["peak"]), (arch, mode, variant)
+            assert _positive(res[mode]["ratio"]["median"]), (arch, mode)
+            assert res[mode]["ratio"]["min"] <= res[mode]["ratio"]["median"] <= res[mode]["ratio"]["max"]
+            assert _positive(res["memory"][mode]["ratio"]), (arch, mode)
+            # The wrapper adds the prompter's and the adapters' work to the bare backbone's.
+            macs = res["macs"][mode]
+            assert macs["wrapped"] > macs["bare"] > 0 and macs["prompter"] > 0 and macs["adapters"] > 0, (arch, mode)
+        fwd = res["macs"]["forward"]
+        assert fwd["wrapped"] == fwd["bare"] + fwd["prompter"] + fwd["adapters"], arch
+        # A training step costs more than a forward pass; the prompter runs forward only.
+        assert res["macs"]["train"]["bare"] > fwd["bare"]
+        assert res["macs"]["train"]["prompter"] == fwd["prompter"]
+        assert res["params"]["adapters"] > 0 and res["params"]["bare"] > 0
+        # The frozen prompter's own tensors are resident in the wrapped model only.
+        assert res["memory"]["forward"]["wrapped"]["resident"] > res["memory"]["forward"]["bare"]["resident"]
+    # SPEC section 5: the query encoder without classifier is 1.19 M parameters, about 0.35 GMACs at 128 x 128.
+    check = report["prompter_check"]
+    assert abs(check["params_without_classifier"] - 1.19e6) < 0.01e6
+    assert abs(check["macs"] - 0.35e9) < 0.02e9
+    assert [t["arch"] for t in report["targets"]] == ["nafnet"]
+    md = (out / "overhead_cpu.md").read_text()
+    assert "python benchmarks/overhead.py --smoke" in md
+    assert all(f"| {arch} (smoke) | 32 |" in md for arch in results)
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out / "overhead_cpu.png").stat().st_size > 1000
