@@ -231,6 +231,9 @@ def atomic_write(path: PathLike, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make exports private to their writer
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -239,3 +239,28 @@ def test_pretext_head_of_another_size_loads(tmp_path):
     loaded = ConStyleV2.from_pretrained(path)
     assert loaded.classify(torch.rand(2, 3, 16, 16)).shape == (2, 20)
     assert torch.equal(loaded.classifier[3].weight, model.classifier[3].weight)
+
+
+def test_export_has_ordinary_file_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = ConStyleV2().save_pretrained(tmp_path / "p.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_packaged_prompter_matches_its_card():
+    import hashlib
+    import json
+
+    from constyle_plugin.prompter import PACKAGED_WEIGHTS, default_prompter_path
+
+    assert default_prompter_path() == PACKAGED_WEIGHTS
+    card = json.loads(PACKAGED_WEIGHTS.with_suffix(".json").read_text())
+    assert hashlib.sha256(PACKAGED_WEIGHTS.read_bytes()).hexdigest() == card["sha256"]
+    for key in ("data", "iterations", "losses_at_end", "wall_time", "command"):
+        assert card[key], key
+    prompter = ConStyleV2.from_pretrained()  # safe loading (safetensors), frozen
+    assert prompter.frozen and not prompter.training
+    assert prompter(torch.rand(2, 3, 32, 32)).latent.shape == (2, 128)
