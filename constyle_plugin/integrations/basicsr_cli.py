@@ -24,7 +24,12 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
   ``num_worker_per_gpu: 0`` the resumed run's losses equal an uninterrupted run's; with workers,
   the data order is the same but workers' random augmentations are re-seeded;
 - validation leaves the global random generators as it found them, so ``val_freq`` does not
-  change the training trajectory.
+  change the training trajectory;
+- checkpoints are written atomically (:func:`atomic_torch_save`: temporary file, fsync, rename), so
+  a run killed while saving keeps its previous checkpoints and ``--auto_resume`` picks the last
+  complete state;
+- ``--launcher pytorch`` without CUDA: the process group uses gloo and DistributedDataParallel
+  runs on the CPU (basicsr sets a CUDA device and asks for NCCL).
 """
 from __future__ import annotations
 
@@ -41,9 +46,10 @@ import numpy as np
 import torch
 
 from ..compat import ensure_basicsr_importable
+from ..prompter import atomic_write
 from .basicsr import OptionError, check_options
 
-__all__ = ["RunFixes", "capture_rng", "load_state_file", "main", "restore_rng"]
+__all__ = ["RunFixes", "atomic_torch_save", "capture_rng", "load_state_file", "main", "restore_rng"]
 
 USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [--launcher {none,pytorch,slurm}] [--auto_resume]
                   [--debug] [--local_rank N] [--force_yml key:sub=value [key:sub=value ...]]
@@ -173,6 +179,11 @@ class RunFixes:
         self._patch(bs_train, "EnlargedSampler", _make_resumable_sampler(bs_train.EnlargedSampler))
         self._patch(bs_train, "build_model", self._wrap_build_model(bs_train.build_model))
         self._patch(bs_test, "build_model", self._wrap_build_model(bs_test.build_model))
+        import basicsr.utils.options as bs_options
+        from basicsr.models.base_model import BaseModel
+
+        self._patch(bs_options, "init_dist", _cpu_aware_init_dist(bs_options.init_dist))
+        self._patch(BaseModel, "model_to_device", _cpu_aware_model_to_device(BaseModel.model_to_device))
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -250,13 +261,12 @@ class RunFixes:
 
             def save_with_rng(epoch: int, current_iter: int) -> None:
                 rng = capture_rng()  # before saving, in case a host's save draws random numbers
-                save(epoch, current_iter)
-                if current_iter != -1:
-                    from ..prompter import atomic_write
-
+                if current_iter != -1:  # first, so that a complete .state always has its .rng
                     states_dir = opt["path"]["training_states"]
                     os.makedirs(states_dir, exist_ok=True)
                     atomic_write(_rng_path(states_dir, current_iter, _rank()), lambda tmp: torch.save(rng, tmp))
+                with atomic_torch_save():
+                    save(epoch, current_iter)
                 restore_rng(rng)
 
             def rng_neutral_validation(*args: Any, **kwargs: Any) -> Any:
@@ -267,6 +277,56 @@ class RunFixes:
             model.validation = rng_neutral_validation
             return model
         return wrapped
+
+
+@contextlib.contextmanager
+def atomic_torch_save() -> Iterator[None]:
+    """Within the block, ``torch.save(obj, path)`` to a file path writes a temporary file beside it,
+    fsyncs it and renames it into place (:func:`~constyle_plugin.prompter.atomic_write`): a crash
+    mid-write leaves the previous file of that name intact and no partial file under the name.
+    Saves to file objects are unchanged. BasicSR's ``save_network`` / ``save_training_state`` write
+    with ``torch.save`` straight to the final path; the ``basicsr`` command runs a model's ``save``
+    inside this block."""
+    original = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if isinstance(f, (str, os.PathLike)):
+            atomic_write(f, lambda tmp: original(obj, tmp, *args, **kwargs))
+        else:
+            original(obj, f, *args, **kwargs)
+
+    torch.save = save
+    try:
+        yield
+    finally:
+        torch.save = original
+
+
+def _cpu_aware_init_dist(init_dist: Callable) -> Callable:
+    """basicsr's ``init_dist`` calls ``torch.cuda.set_device`` and defaults to NCCL; without CUDA the
+    process group is set up with gloo on the CPU instead (``--launcher pytorch`` on a CPU machine)."""
+    def wrapped(launcher: str, backend: str = "nccl", **kwargs: Any) -> None:
+        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            return init_dist(launcher, backend=backend, **kwargs)
+        if launcher != "pytorch":
+            raise OptionError("--launcher", f"{launcher!r} needs CUDA here; on the CPU use --launcher pytorch "
+                                            f"(torch.distributed.run), which runs with the gloo backend")
+        kwargs.pop("port", None)
+        torch.distributed.init_process_group(backend="gloo", **kwargs)
+    return wrapped
+
+
+def _cpu_aware_model_to_device(model_to_device: Callable) -> Callable:
+    """BaseModel.model_to_device passes ``device_ids=[torch.cuda.current_device()]`` to
+    DistributedDataParallel, which fails without CUDA; on the CPU the module is wrapped without
+    device ids."""
+    def wrapped(self: Any, net: torch.nn.Module) -> torch.nn.Module:
+        if not (self.opt.get("dist") and self.device.type == "cpu"):
+            return model_to_device(self, net)
+        net = net.to(self.device)
+        return torch.nn.parallel.DistributedDataParallel(
+            net, find_unused_parameters=self.opt.get("find_unused_parameters", False))
+    return wrapped
 
 
 def _locate(exc: OptionError, opt: Dict[str, Any]) -> OptionError:

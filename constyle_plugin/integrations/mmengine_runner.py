@@ -27,7 +27,7 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, EVALUATOR, FUNCTIONS, HO
                                WEIGHT_INITIALIZERS, Registry)
 from mmengine.runner import Runner
 
-__all__ = ["ConStyleRunner", "ConfigError", "check_config", "mmengine_checkpoint_globals", "train"]
+__all__ = ["ConStyleRunner", "ConfigError", "atomic_local_writes", "check_config", "mmengine_checkpoint_globals", "train"]
 
 
 class ConfigError(ValueError):
@@ -95,7 +95,9 @@ class ConStyleRunner(Runner):
     - :meth:`from_cfg` runs :func:`check_config` first, so an unknown type or a missing file fails
       before anything is built, naming the config key;
     - checkpoints (``resume`` and ``load_from``) load with safe loading plus exactly the globals
-      MMEngine's own checkpoints need (:func:`mmengine_checkpoint_globals`).
+      MMEngine's own checkpoints need (:func:`mmengine_checkpoint_globals`);
+    - checkpoints are saved atomically (:func:`atomic_local_writes`);
+    - ``launcher='pytorch'`` works without CUDA (gloo, DistributedDataParallel on the CPU).
     """
 
     @classmethod
@@ -108,6 +110,59 @@ class ConStyleRunner(Runner):
         with mmengine_checkpoint_globals():
             return super().load_checkpoint(filename, map_location=map_location, strict=strict,
                                            revise_keys=revise_keys)
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        """Runner.save_checkpoint, with local files written atomically (:func:`atomic_local_writes`)."""
+        with atomic_local_writes():
+            return super().save_checkpoint(*args, **kwargs)
+
+    def setup_env(self, env_cfg: Mapping[str, Any]) -> None:
+        """Runner.setup_env; without CUDA, a distributed launch sets up a gloo process group itself
+        (MMEngine's ``init_dist`` calls ``torch.cuda.set_device(local_rank % device_count)``, a
+        division by zero on a CPU machine, and defaults to NCCL)."""
+        if self.distributed and not torch.distributed.is_initialized() and not torch.cuda.is_available():
+            if self.launcher != "pytorch":
+                raise ConfigError(f"launcher: {self.launcher!r} needs CUDA here; on the CPU use the pytorch "
+                                  f"launcher (torch.distributed.run), which runs with the gloo backend")
+            torch.distributed.init_process_group(backend="gloo", rank=int(os.environ["RANK"]),
+                                                 world_size=int(os.environ["WORLD_SIZE"]))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg: Optional[Mapping[str, Any]], model: torch.nn.Module):
+        """Runner.wrap_model; a distributed model on the CPU is wrapped without ``device_ids``
+        (MMEngine passes ``[LOCAL_RANK]``, which DistributedDataParallel refuses for a CPU module)."""
+        if self.distributed and not torch.cuda.is_available():
+            if model_wrapper_cfg is None:
+                model_wrapper_cfg = dict(type="MMDistributedDataParallel", broadcast_buffers=False,
+                                         find_unused_parameters=self.cfg.get("find_unused_parameters", False))
+            model_wrapper_cfg = dict(model_wrapper_cfg)
+            model_wrapper_cfg.setdefault("device_ids", None)
+        return super().wrap_model(model_wrapper_cfg, model)
+
+
+@contextlib.contextmanager
+def atomic_local_writes() -> Iterator[None]:
+    """Within the block, MMEngine's local file backend (``LocalBackend.put``, which checkpoint saving
+    uses) writes a temporary file beside the target, fsyncs it and renames it into place
+    (:func:`constyle_plugin.prompter.atomic_write`): a crash mid-write keeps the previous file of that
+    name intact and never leaves a partial file under the name."""
+    from mmengine.fileio.backends.local_backend import LocalBackend
+
+    from ..prompter import atomic_write
+
+    original = LocalBackend.put
+
+    def put(self: Any, obj: bytes, filepath: Any) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(obj)
+        atomic_write(filepath, write)
+
+    LocalBackend.put = put
+    try:
+        yield
+    finally:
+        LocalBackend.put = original
 
 
 # --------------------------------------------------------------------------------------------
