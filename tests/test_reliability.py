@@ -204,3 +204,68 @@ def test_mmengine_save_killed_mid_write(tmp_path, mode):
     else:  # MMEngine's LocalBackend.put writes in place
         with pytest.raises(Exception):
             _load(folder / "latest.pth")
+
+
+# ------------------------------------------------------------------------------------------------
+# BasicSR runs (tiny NAFNet + ConStyle v2 on the sample photos)
+# ------------------------------------------------------------------------------------------------
+BASICSR_MAIN = "import sys; from constyle_plugin.integrations.basicsr import main; sys.exit(main())"
+NAME = "NAFNet_ConStyle_v2"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    from constyle_plugin.samples import export_sample_photos
+
+    folder = tmp_path_factory.mktemp("sample_photos")
+    export_sample_photos(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prompter_file(tmp_path_factory) -> Path:
+    from constyle_plugin import ConStyleV2
+
+    torch.manual_seed(5)
+    return ConStyleV2().freeze().save_pretrained(tmp_path_factory.mktemp("prompter") / "prompter.safetensors")
+
+
+def _tiny(photos: Path, prompter_file: Path, total_iter: int, ckpt_freq: int) -> List[str]:
+    return [f"train:total_iter={total_iter}", f"val:val_freq={10 * total_iter}", "logger:print_freq=1",
+            f"logger:save_checkpoint_freq={ckpt_freq}", "datasets:train:batch_size_per_gpu=2",
+            "datasets:train:gt_size=32", "datasets:train:num_worker_per_gpu=0", "datasets:val:gt_size=32",
+            f"datasets:train:sample_dir={photos}", f"datasets:val:sample_dir={photos}",
+            "network_g:backbone:width=8", "network_g:backbone:enc_blk_nums=[1,1,1,1]",
+            f"network_g:prompter:pretrained={prompter_file}"]
+
+
+def _losses(log: str):
+    """``{iter: 'l_pix: ...'}`` from BasicSR's log lines."""
+    return {int(m.group(1).replace(",", "")): m.group(2).strip()
+            for m in re.finditer(r"iter:\s*([\d,]+), lr:.*?\] (l_.*)$", log, flags=re.M)}
+
+
+def test_auto_resume_after_sigkill_resumes_from_the_last_complete_state(tmp_path, photos, prompter_file):
+    opts = _tiny(photos, prompter_file, total_iter=8, ckpt_freq=2)
+    cmd = [sys.executable, "-c", BASICSR_MAIN, "train", "-opt", str(OPTIONS / "nafnet_constyle.yml")]
+    states = tmp_path / "experiments" / NAME / "training_states"
+    # killed once iteration 3 is logged: the state of iteration 2 is complete
+    killed = _kill_when(cmd + ["--force_yml", *opts], tmp_path, lambda out: bool(re.search(r"iter:\s+3, lr", out)))
+    saved = sorted(int(p.name.split(".")[0]) for p in states.glob("*.state"))
+    assert saved and saved[0] == 2, saved
+    latest = saved[-1]
+    assert not (tmp_path / "experiments" / NAME / "models" / "net_g_latest.pth").exists()  # it did not finish
+
+    proc = subprocess.run(cmd + ["--auto_resume", "--force_yml", *opts], cwd=tmp_path, capture_output=True,
+                          text=True, env=_env(), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = sorted((tmp_path / "experiments").glob(f"{NAME}*/train_*.log"))
+    resumed = [p.read_text() for p in log if "Resuming training from" in p.read_text()]
+    assert len(resumed) == 1
+    assert f"Resuming training from epoch: 0, iter: {latest}." in resumed[0]
+    again = _losses(resumed[0])
+    assert set(again) == set(range(latest + 1, 9))
+    before = _losses(killed)
+    for i in set(before) & set(again):  # iterations trained by both runs: the same losses
+        assert before[i] == again[i], (i, before[i], again[i])
+    assert (tmp_path / "experiments" / NAME / "models" / "net_g_latest.pth").is_file()
