@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .archs._padding import pad_to_multiple as pad_bottom_right
 from .prompter import CheckpointError, atomic_write, read_state_dict
 
 __all__ = ["IMAGE_EXTENSIONS", "find_images", "load_network", "pad_to_multiple", "read_image",
@@ -36,13 +37,9 @@ def size_multiple_of(net: nn.Module) -> int:
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tuple[Tensor, Tuple[int, int]]:
-    """Pad bottom/right (reflect where possible, else replicate) so H and W divide ``multiple``."""
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph == 0 and pw == 0:
-        return x, (h, w)
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+    """Pad bottom/right (reflect where possible, else replicate) so H and W divide ``multiple``;
+    also returns the original ``(H, W)`` to crop back to."""
+    return pad_bottom_right(x, multiple, "reflect"), tuple(x.shape[-2:])
 
 
 def _image_output(out: Any, like: Tensor) -> Tensor:
