@@ -269,3 +269,78 @@ def test_auto_resume_after_sigkill_resumes_from_the_last_complete_state(tmp_path
     for i in set(before) & set(again):  # iterations trained by both runs: the same losses
         assert before[i] == again[i], (i, before[i], again[i])
     assert (tmp_path / "experiments" / NAME / "models" / "net_g_latest.pth").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. Distributed through the trainers: 2 processes, gloo, on the CPU
+# ------------------------------------------------------------------------------------------------
+def _torchrun(*args: str) -> List[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+
+
+def test_basicsr_launcher_pytorch_on_cpu_two_processes(tmp_path, photos, prompter_file):
+    from constyle_plugin import ConStyleV2
+
+    opts = _tiny(photos, prompter_file, total_iter=2, ckpt_freq=2)
+    proc = subprocess.run(_torchrun("-m", "constyle_plugin.integrations.basicsr_cli", "train", "-opt",
+                                    str(OPTIONS / "nafnet_constyle.yml"), "--launcher", "pytorch",
+                                    "--force_yml", *opts),
+                          cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # both ranks exited 0
+    assert "unused parameters" not in proc.stderr
+    exp = tmp_path / "experiments" / NAME
+    log = next(exp.glob("train_*.log")).read_text()
+    assert re.search(r"^\s*dist: True$", log, re.M) and re.search(r"^\s*world_size: 2$", log, re.M)
+    losses = _losses(log)
+    assert set(losses) == {1, 2}
+    assert all(float(v) == float(v) and abs(float(v)) < 1e6
+               for line in losses.values() for v in re.findall(r"l_\w+: ([-\d.e+]+)", line))
+    # each rank saved its generator state; the networks and the training state were written once,
+    # by rank 0 (BasicSR's @master_only), and load
+    assert _visible(exp / "training_states") == ["2.rank0.rng", "2.rank1.rng", "2.state"]
+    assert _visible(exp / "models") == ["net_g_2.pth", "net_g_latest.pth"]
+    ckpt = torch.load(exp / "models" / "net_g_latest.pth", weights_only=True)
+    reference = ConStyleV2.from_pretrained(prompter_file).state_dict()
+    for key in ("params", "params_ema"):  # the prompter stayed frozen (BatchNorm buffers included)
+        assert all(torch.equal(ckpt[key][f"prompter.{n}"], v) for n, v in reference.items()), key
+    assert not any(k.startswith("module.") for k in ckpt["params"])
+
+
+def test_mmengine_launcher_pytorch_on_cpu_two_processes(tmp_path, prompter_file):
+    import uuid
+
+    from constyle_plugin import ConStyleV2
+
+    work = tmp_path / "work"
+    opts = {
+        "experiment_name": f"t{uuid.uuid4().hex[:12]}",
+        "train_cfg.max_iters": 2, "train_cfg.val_interval": 100, "default_hooks.checkpoint.interval": 2,
+        "default_hooks.logger.interval": 1, "model.backbone.width": 8, "model.backbone.enc_blk_nums": [1, 1, 1],
+        "model.backbone.dec_blk_nums": [1, 1, 1], "model.probe_size": 64, "model.prompter.pretrained": prompter_file,
+        "train_dataloader.batch_size": 2, "train_dataloader.num_workers": 0,
+        "train_dataloader.persistent_workers": False, "train_dataloader.dataset.gt_size": 32,
+    }
+    cli_opts = [f"{k}={v}".replace(" ", "") for k, v in opts.items()]
+    proc = subprocess.run(_torchrun("-m", "constyle_plugin.cli", "train", str(ROOT / "options" / "mmengine" /
+                                    "nafnet_constyle.py"), "--launcher", "pytorch", "--work-dir", str(work),
+                                    "--cfg-options", *cli_opts),
+                          cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=400)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "unused parameters" not in out
+    logs = list(work.glob("*/*.log"))
+    assert logs, out[-2000:]
+    log = logs[0].read_text()
+    assert "Distributed training: True" in log and "GPU number: 2" in log, log[:3000]  # world size 2
+    losses = [float(v) for v in re.findall(r"Iter\(train\) \[\s*\d+/2\].*?\bloss: ([-\d.e+]+)", log)]
+    assert len(losses) == 2 and all(abs(v) < 1e6 for v in losses), log[-2000:]
+    assert _visible(work).count("iter_2.pth") == 1
+    from constyle_plugin.integrations.mmengine_runner import mmengine_checkpoint_globals
+
+    with mmengine_checkpoint_globals():
+        ckpt = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=True)
+    reference = ConStyleV2.from_pretrained(prompter_file).state_dict()
+    state = ckpt["state_dict"]
+    names = {n: [k for k in state if k.endswith("prompter." + n)] for n in reference}
+    assert all(names.values()), [n for n, v in names.items() if not v][:5]
+    assert all(torch.equal(state[k], reference[n]) for n, ks in names.items() for k in ks)
