@@ -344,3 +344,144 @@ def test_mmengine_launcher_pytorch_on_cpu_two_processes(tmp_path, prompter_file)
     names = {n: [k for k in state if k.endswith("prompter." + n)] for n in reference}
     assert all(names.values()), [n for n, v in names.items() if not v][:5]
     assert all(torch.equal(state[k], reference[n]) for n, ks in names.items() for k in ks)
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. Option checks (hypothesis): one broken key, and the error names it
+# ------------------------------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+TINY = {"nafnet": {"width": 8, "enc_blk_nums": [1, 1, 1, 1]},
+        "restormer": {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 1, 1, 1]},
+        "convunet": {"width": 8, "blocks_per_level": 1}}
+READY_STAGES = {"nafnet": (["downs.0", "downs.1", "downs.2"], "middle_blks"),
+                "restormer": (["down1_2", "down2_3", "down3_4"], "latent"),
+                "convunet": (["downs.0", "downs.1", "downs.2"], "bottleneck")}
+BREAKS = ("model_type", "backbone_type", "data_folder", "prompter_file", "inject_target", "stage_name",
+          "dataset_type")
+names = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=3, max_size=12).map(lambda s: "No" + s)
+
+
+def _bad_basicsr_options(family: str, widths: int, phase: str, kind: str, name: str, position: int, tmp: Path):
+    """A shipped options file (tiny, randomly widened) with ONE key broken; returns (opt, key path)."""
+    import yaml
+
+    opt = yaml.safe_load((OPTIONS / f"{family}_constyle.yml").read_text())
+    opt["network_g"]["backbone"].update(TINY[family])
+    opt["network_g"]["backbone"]["width" if family != "restormer" else "dim"] = widths
+    encoder, bottleneck = READY_STAGES[family]
+    if position % 2:  # an explicit (valid) stage spec instead of the ready one
+        opt["network_g"]["stages"] = {"encoder": list(encoder), "bottleneck": bottleneck}
+    missing = str(tmp / name)
+    if kind == "model_type":
+        opt["model_type"] = name
+        return opt, "model_type"
+    if kind == "backbone_type":
+        opt["network_g"]["backbone"]["type"] = name
+        return opt, "network_g.backbone.type"
+    if kind == "data_folder":
+        opt["datasets"][phase]["dataroot_gt"] = missing
+        return opt, f"datasets.{phase}.dataroot_gt"
+    if kind == "prompter_file":
+        opt["network_g"]["prompter"]["pretrained"] = missing + ".pth"
+        return opt, "network_g.prompter.pretrained"
+    if kind == "inject_target":
+        inject = ["encoder", "bottleneck"]
+        inject.insert(position % 3, name)
+        opt["network_g"]["inject"] = inject
+        return opt, "network_g.inject"
+    if kind == "stage_name":
+        stages = {"encoder": list(encoder), "bottleneck": bottleneck}
+        if position % 4 == 3:
+            stages["bottleneck"] = name
+            opt["network_g"]["stages"] = stages
+            return opt, "network_g.stages.bottleneck"
+        stages["encoder"][position % 3] = name
+        opt["network_g"]["stages"] = stages
+        return opt, f"network_g.stages.encoder[{position % 3}]"
+    opt["datasets"][phase]["type"] = name  # dataset_type
+    return opt, f"datasets.{phase}.type"
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(family=st.sampled_from(sorted(TINY)), widths=st.sampled_from([8, 16]), phase=st.sampled_from(["train", "val"]),
+       kind=st.sampled_from(BREAKS), name=names, position=st.integers(0, 11))
+def test_basicsr_check_options_names_the_broken_key(tmp_path, family, widths, phase, kind, name, position):
+    from constyle_plugin.compat import ensure_basicsr_importable
+
+    ensure_basicsr_importable()
+    from constyle_plugin.integrations.basicsr import OptionError, check_options, register
+
+    register()
+    opt, key = _bad_basicsr_options(family, widths, phase, kind, name, position, tmp_path)
+    with pytest.raises(OptionError) as info:
+        check_options(opt)
+    assert info.value.key == key, (kind, str(info.value))
+    assert str(info.value).startswith(f"{key}: ")
+
+
+def test_basicsr_check_options_accepts_the_unbroken_options(tmp_path):
+    """The control for the property above: the same dicts without the break pass."""
+    import yaml
+
+    from constyle_plugin.integrations.basicsr import check_options, register
+
+    register()
+    for family in sorted(TINY):
+        opt = yaml.safe_load((OPTIONS / f"{family}_constyle.yml").read_text())
+        opt["network_g"]["backbone"].update(TINY[family])
+        encoder, bottleneck = READY_STAGES[family]
+        check_options(opt)
+        opt["network_g"]["stages"] = {"encoder": list(encoder), "bottleneck": bottleneck}
+        check_options(opt)
+
+
+MM_BREAKS = ("backbone_type", "prompter_file", "dataset_type", "metric_type", "load_from", "loss_type")
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(MM_BREAKS), name=names, split=st.sampled_from(["train", "val"]))
+def test_mmengine_check_config_names_the_broken_key(kind, name, split):
+    import constyle_plugin  # noqa: F401  (registers)
+    from mmengine.config import Config
+
+    from constyle_plugin.integrations.mmengine_runner import ConfigError, check_config
+
+    cfg = _mm_config()
+    if kind == "backbone_type":
+        cfg.model.backbone.type, key = name, "model.backbone.type"
+    elif kind == "prompter_file":
+        cfg.model.prompter.pretrained, key = f"/nonexistent/{name}.pth", "model.prompter.pretrained"
+    elif kind == "dataset_type":
+        cfg[f"{split}_dataloader"].dataset.type, key = name, f"{split}_dataloader.dataset.type"
+    elif kind == "metric_type":
+        ev = cfg.val_evaluator
+        metrics = ev["metrics"] if isinstance(ev, dict) and "metrics" in ev else ev
+        first = metrics[0] if isinstance(metrics, (list, tuple)) else metrics
+        first["type"] = name
+        key = "val_evaluator" + (".metrics" if isinstance(ev, dict) and "metrics" in ev else "") + \
+              ("[0]" if isinstance(metrics, (list, tuple)) else "") + ".type"
+    elif kind == "load_from":
+        cfg.load_from, key = f"/nonexistent/{name}.pth", "load_from"
+    else:
+        cfg.model.pixel_loss.type, key = name, "model.pixel_loss.type"
+    assert isinstance(cfg, Config)
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    assert str(info.value).startswith(f"{key}: "), (kind, str(info.value))
+
+
+_MM_CFG = []
+
+
+def _mm_config():
+    from mmengine.config import Config
+
+    if not _MM_CFG:
+        import constyle_plugin  # noqa: F401
+        from constyle_plugin.integrations.mmengine_runner import check_config
+
+        _MM_CFG.append(Config.fromfile(str(ROOT / "options" / "mmengine" / "nafnet_constyle.py")))
+        check_config(_MM_CFG[0])  # the unbroken config passes
+    return Config(_MM_CFG[0].to_dict())
