@@ -530,3 +530,30 @@ def test_torch_export_and_jit_trace_of_a_wrapped_nafnet_match_eager():
         assert torch.isnan(exported(bad)).any() and torch.isnan(traced(bad)).any()
     with pytest.raises(Exception, match="variable number of arguments"):
         torch.jit.script(net)
+
+
+# ------------------------------------------------------------------------------------------------
+# Untrusted training states (BasicSR resume)
+# ------------------------------------------------------------------------------------------------
+class _RunsCodeOnLoad:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_basicsr_resume_state_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    from constyle_plugin.compat import ensure_basicsr_importable
+
+    ensure_basicsr_importable()
+    from constyle_plugin.integrations.basicsr_cli import load_state_file
+
+    marker, path = tmp_path / "pwned", tmp_path / "4.state"
+    torch.save({"epoch": 0, "iter": 4, "optimizers": [], "schedulers": [], "x": _RunsCodeOnLoad(marker)}, path)
+    with pytest.raises(RuntimeError, match=re.escape(str(path))):
+        load_state_file(str(path))
+    assert not marker.exists()
+    good = tmp_path / "2.state"
+    torch.save({"epoch": 0, "iter": 2, "optimizers": [], "schedulers": [{"milestones": __import__("collections").Counter({1: 1})}]}, good)
+    assert load_state_file(str(good))["iter"] == 2
