@@ -1,0 +1,100 @@
+"""``constyle restore`` end to end: a network trained by each trainer (tiny runs), restored from its
+checkpoint alone (the config is found beside it), with tiling, odd sizes and comparison panels."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from constyle_plugin.inference import load_network, read_image, tiled_forward
+
+from test_basicsr_cli import OPTIONS, overrides, run
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def restore(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "restore", *args], capture_output=True,
+                          text=True, timeout=600, env=ENV)
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lq")
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(folder / "odd.png"), (rng.random((37, 53, 3)) * 255).astype(np.uint8))
+    cv2.imwrite(str(folder / "wide.jpg"), (rng.random((40, 90, 3)) * 255).astype(np.uint8))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def basicsr_checkpoint(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("basicsr_run")
+    run(work, "train", "-opt", str(OPTIONS / "nafnet_constyle.yml"), "--force_yml", *overrides("nafnet_constyle"))
+    return work / "experiments" / "NAFNet_ConStyle_v2" / "models" / "net_g_latest.pth"
+
+
+def check_outputs(images: Path, out: Path) -> None:
+    for name, shape in (("odd", (37, 53, 3)), ("wide", (40, 90, 3))):
+        restored = cv2.imread(str(out / f"{name}.png"))
+        assert restored is not None and restored.shape == shape
+        panel = cv2.imread(str(out / f"{name}_compare.png"))
+        assert panel.shape == (shape[0], 2 * shape[1] + 8, 3)
+
+
+def test_restore_basicsr_checkpoint_with_tiles(basicsr_checkpoint, images, tmp_path):
+    proc = restore("--checkpoint", str(basicsr_checkpoint), "--input", str(images), "--output", str(tmp_path),
+                   "--tile", "32", "--tile-overlap", "8", "--compare", "--device", "cpu")
+    assert "restored 2 image(s)" in proc.stdout
+    check_outputs(images, tmp_path)
+    # the command's output is the EMA network of the run, tiled as asked (8-bit rounding aside)
+    net = load_network(basicsr_checkpoint)
+    assert net.backbone.intro.out_channels == 8  # the run's --force_yml width, read from the experiment's copy
+    state = torch.load(basicsr_checkpoint, weights_only=True)["params_ema"]
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    x = torch.from_numpy(read_image(images / "odd.png")).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = tiled_forward(net, x, tile=32, overlap=8, multiple=16)[0].clamp(0, 1)
+    got = torch.from_numpy(read_image(tmp_path / "odd.png")).permute(2, 0, 1)
+    assert (got - expected).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_restore_mmengine_checkpoint(images, tmp_path):
+    work = tmp_path / "work"
+    cfg_options = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "model.backbone.width=8",
+                   "model.backbone.enc_blk_nums=[1,1,1]", "model.backbone.dec_blk_nums=[1,1,1]",
+                   "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
+                   "train_dataloader.persistent_workers=False", "train_dataloader.dataset.gt_size=32",
+                   "val_dataloader.num_workers=0", "val_dataloader.persistent_workers=False",
+                   "val_dataloader.dataset.gt_size=32"]
+    train = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "train",
+                            str(ROOT / "options" / "mmengine" / "nafnet_constyle.py"), "--work-dir", str(work),
+                            "--cfg-options", *cfg_options], capture_output=True, text=True, timeout=600, env=ENV,
+                           cwd=tmp_path)
+    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
+    checkpoint = work / "iter_2.pth"
+    assert checkpoint.is_file()
+    out = tmp_path / "out"
+    restore("--checkpoint", str(checkpoint), "--input", str(images), "--output", str(out), "--compare",
+            "--device", "cpu")
+    check_outputs(images, out)
+
+
+def test_restore_errors_name_the_option(tmp_path, images):
+    proc = restore("--checkpoint", str(tmp_path / "missing.pth"), "--input", str(images), "--output",
+                   str(tmp_path / "o"), ok=False)
+    assert proc.returncode == 2 and "--checkpoint" in proc.stderr
+    lone = tmp_path / "lone.pth"
+    torch.save({"params": {"w": torch.zeros(1)}}, lone)
+    proc = restore("--checkpoint", str(lone), "--input", str(images), "--output", str(tmp_path / "o"), ok=False)
+    assert proc.returncode == 2 and "--config" in proc.stderr
