@@ -31,6 +31,15 @@ OURS = {
 REGISTRIES = {"ARCH": ARCH_REGISTRY, "MODEL": MODEL_REGISTRY, "LOSS": LOSS_REGISTRY, "DATASET": DATASET_REGISTRY}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: one intra-op thread is as fast, and far faster on a shared, busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def prompter_file(tmp_path: Path) -> Path:
     torch.manual_seed(3)
