@@ -160,7 +160,6 @@ class RunFixes:
         self.command = command
         self.resume: Optional[_Resume] = None
         self._saved: List[tuple] = []
-        self.logger_messages: List[str] = []
 
     # -------------------------------------------------------------------------------- patching
     def _patch(self, module: Any, name: str, value: Any) -> None:
