@@ -191,6 +191,7 @@ def test_pretrain_options_file_trains_and_its_checkpoint_is_a_prompter(tmp_path)
     assert "l_class" in losses[2] and "l_class" not in losses[3]  # class_iter 3
     assert all("l_kl" in losses[i] and "l_infonce" in losses[i] and "l_style" in losses[i] for i in losses)
     assert re.search(r"# top1: \d+\.\d+", log) and re.search(r"# top5: \d+\.\d+", log)
+    assert re.search(r"# latent_spread: \d+\.\d+", log)
     assert sorted(p.name for p in (exp / "sample_classes").iterdir())[:2] == ["astronaut", "brick"]
     prompter = ConStyleV2.from_pretrained(exp / "models" / "net_g_latest.pth")  # params_ema -> encoder_q
     exported = ConStyleV2.from_pretrained(exp / "models" / "prompter_latest.safetensors")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import pickle
@@ -338,6 +339,28 @@ def test_pretext_accuracy_metric():
     assert metric.compute_metrics(metric.results) == {"top1": 25.0, "top2": 50.0}
 
 
+def test_pretext_accuracy_reports_latent_spread_and_warns_on_collapse(monkeypatch):
+    from mmengine.registry import METRICS
+    from constyle_plugin.integrations import mmengine_data
+
+    logged = []
+    monkeypatch.setattr(mmengine_data, "print_log", lambda msg, **kw: logged.append((msg, kw.get("level"))))
+    logits, labels = torch.eye(3)[[0, 1, 2, 0]], [0, 1, 2, 0]
+    varied = torch.randn(4, 128, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for name, latents in (("varied", varied), ("collapsed", torch.ones(4, 128))):
+        metric = METRICS.build(dict(type="PretextAccuracy", topk=(1,)))
+        metric.process({}, [{"pred_logits": l, "gt_label": torch.tensor(y), "pred_latent": z}
+                            for l, y, z in zip(logits, labels, latents)])
+        logged.clear()
+        results[name] = (metric.compute_metrics(metric.results), list(logged))
+    assert results["varied"][0]["top1"] == 100.0 and results["varied"][0]["latent_spread"] > 0.5
+    assert results["varied"][1] == []
+    assert results["collapsed"][0]["latent_spread"] == 0.0
+    ((msg, level),) = results["collapsed"][1]
+    assert "normalize: true" in msg and level == logging.WARNING
+
+
 # ------------------------------------------------------------------------------------------------
 # Config checks and safe loading
 # ------------------------------------------------------------------------------------------------
@@ -550,6 +573,7 @@ def test_pretrain_then_stage_two_loads_the_exported_prompter(tmp_path):
                      "--cfg-options", *_as_cli(_pretrain_options())]) == 0
     scores = _val_scores(stage1)
     assert 0.0 <= scores["top1"] <= scores["top5"] <= 100.0
+    assert scores["latent_spread"] >= 0.0  # the collapse diagnostic reaches the scalar log
     exported = stage1 / "constyle_v2_prompter.safetensors"
     prompter = ConStyleV2.from_pretrained(exported)
     ckpt = _load(stage1 / "iter_3.pth")

@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 
 from constyle_plugin.prompter import CheckpointError, ConStyleV2
 from constyle_plugin.pretrain import (ConStyleMoCo, ConStylePretrainLoss, MoCoOutput, accuracy,
+                                     collapse_message, latent_spread,
                                       pretrain_losses)
 
 torch.set_num_threads(1)
@@ -425,3 +426,24 @@ def test_enqueue_gathers_across_ranks(tmp_path):
             assert torch.all(queue[:, col] == value), (rank, col)
         assert torch.equal(queue[:, 2:6], initial[:, 2:6])
         assert "queue_size 6" in res["error"] and "2 rank(s)" in res["error"]
+
+
+# ---------------------------------------------------------------- collapse diagnostic
+def test_latent_spread_is_zero_for_one_prompt_and_near_one_for_varied_prompts():
+    g = torch.Generator().manual_seed(0)
+    same = torch.randn(1, 128, generator=g).expand(32, 128)
+    assert latent_spread(same) == pytest.approx(0.0, abs=1e-6)
+    varied = torch.randn(512, 128, generator=g)
+    assert latent_spread(varied) == pytest.approx(1.0, abs=0.05)  # zero-mean: std over the batch = rms
+    assert latent_spread(varied * 1e-3) == pytest.approx(latent_spread(varied), rel=1e-4)  # scale-free
+    offset = varied * 0.01 + 1.0  # large common part, small image-dependent part
+    assert latent_spread(offset) == pytest.approx(0.01, rel=0.1)
+    assert latent_spread(torch.zeros(4, 128)) == 0.0
+    with pytest.raises(ValueError, match="latents"):
+        latent_spread(torch.randn(1, 128))
+
+
+def test_collapse_message_only_below_the_threshold():
+    assert collapse_message(0.8) is None
+    msg = collapse_message(0.01)
+    assert msg is not None and "0.01" in msg and "normalize: true" in msg

@@ -299,7 +299,7 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
     @torch.no_grad()
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img) -> None:
         from ..degradations import RealESRGANDegradation
-        from ..pretrain import accuracy
+        from ..pretrain import accuracy, collapse_message, latent_spread
 
         train_opt = self.opt.get("train") or {}
         deg_opt = dict(train_opt.get("degradation") or {})
@@ -308,12 +308,14 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         encoder = self._eval_encoder()
         was_training = encoder.training
         encoder.eval()
-        logits, labels = [], []
+        logits, labels, latents = [], [], []
         try:
             for data in dataloader:
                 self.feed_data(data)
                 query = self._degraded_query(degradation)
-                logits.append(encoder.classifier(encoder.encode(query).pooled).float().cpu())
+                encoded = encoder.encode(query)
+                logits.append(encoder.classifier(encoded.pooled).float().cpu())
+                latents.append(encoded.z2.float().cpu())
                 labels.append(self.label.cpu())
         finally:
             encoder.train(was_training)
@@ -336,7 +338,16 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
             log += f"\t # {metric}: {value:.4f}\tBest: {best[metric][0]:.4f} @ {best[metric][1]} iter\n"
             if tb_logger:
                 tb_logger.add_scalar(f"metrics/{dataset_name}/{metric}", value, current_iter)
+        latents_t, warning = torch.cat(latents), None
+        if latents_t.shape[0] >= 2:
+            spread = latent_spread(latents_t)
+            log += f"\t # latent_spread: {spread:.4f} (0: every image gets the same prompt)\n"
+            if tb_logger:
+                tb_logger.add_scalar(f"metrics/{dataset_name}/latent_spread", spread, current_iter)
+            warning = collapse_message(spread)
         get_root_logger().info(log)
+        if warning:
+            get_root_logger().warning(warning)
 
     # -------------------------------------------------------------------------------- saving
     def save(self, epoch: int, current_iter: int) -> None:

@@ -14,6 +14,7 @@ BasicSR's validation does) and the plugin's :func:`~constyle_plugin.pretrain.acc
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -21,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
+from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 from torch.utils import data
 
@@ -261,7 +263,10 @@ class PretextAccuracy(BaseMetric):
     """Top-k accuracy (percent) of the prompter's pretext classifier: keys ``'top1'``, ``'top5'``.
 
     Reads ``pred_logits`` (``C``) and ``gt_label`` from each prediction of
-    :class:`~constyle_plugin.integrations.mmengine_models.ConStylePretrainer`.
+    :class:`~constyle_plugin.integrations.mmengine_models.ConStylePretrainer`. Where the predictions
+    carry ``pred_latent`` (``128``) it also reports ``'latent_spread'``
+    (:func:`~constyle_plugin.pretrain.latent_spread`: 0 when every image gets the same prompt) and
+    logs a warning when the latents have collapsed.
     """
 
     default_prefix = ""
@@ -275,13 +280,21 @@ class PretextAccuracy(BaseMetric):
         for i, ds in enumerate(data_samples):
             if "pred_logits" not in ds or "gt_label" not in ds:
                 raise KeyError(f"PretextAccuracy: data sample {i} needs 'pred_logits' and 'gt_label'")
+            latent = ds["pred_latent"].detach().float().cpu() if "pred_latent" in ds else None
             self.results.append((ds["pred_logits"].detach().float().cpu(),
-                                 int(torch.as_tensor(ds["gt_label"]).reshape(()))))
+                                 int(torch.as_tensor(ds["gt_label"]).reshape(())), latent))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        from ..pretrain import accuracy
+        from ..pretrain import accuracy, collapse_message, latent_spread
 
         logits = torch.stack([r[0] for r in results])
         labels = torch.tensor([r[1] for r in results], dtype=torch.long)
         values = accuracy(logits, labels, self.topk)
-        return {f"top{k}": float(v) for k, v in zip(self.topk, values)}
+        metrics = {f"top{k}": float(v) for k, v in zip(self.topk, values)}
+        latents = [r[2] for r in results if r[2] is not None]
+        if len(latents) == len(results) >= 2:
+            metrics["latent_spread"] = latent_spread(torch.stack(latents))
+            warning = collapse_message(metrics["latent_spread"])
+            if warning:
+                print_log(warning, logger="current", level=logging.WARNING)
+        return metrics

@@ -287,7 +287,8 @@ class ConStylePretrainer(BaseModel):
 
     ``forward`` modes: ``'loss'``: ``{'loss_infonce', 'loss_content', 'loss_style', 'loss_class',
     'loss_kl'}`` (the active ones); ``'predict'``: one ``BaseDataElement`` per sample with
-    ``pred_logits`` (the query encoder's pretext logits, ``C``) and ``gt_label``; ``'tensor'``: the
+    ``pred_logits`` (the query encoder's pretext logits, ``C``), ``pred_latent`` (its latent prompt,
+    ``128``) and ``gt_label``; ``'tensor'``: the
     latent prompt ``B x 128`` of the query view.
     """
 
@@ -360,12 +361,15 @@ class ConStylePretrainer(BaseModel):
         if mode == "tensor":
             return self.moco.encoder_q(query).latent
         if mode == "predict":
-            logits = self.moco.encoder_q.classify(query)
+            encoder = self.moco.encoder_q
+            encoded = encoder.encode(query)
+            logits = encoder.classifier(encoded.pooled)
             results = []
             for i in range(query.shape[0]):
                 ds = data_samples[i] if data_samples is not None else None
                 res = BaseDataElement(metainfo=dict(ds.metainfo) if ds is not None else {})
                 res.pred_logits = logits[i].detach()
+                res.pred_latent = encoded.z2[i].detach()
                 if ds is not None and "gt_label" in ds:
                     res.gt_label = torch.as_tensor(ds.gt_label).reshape(()).long()
                 results.append(res)

@@ -20,6 +20,8 @@ model = dict(
     momentum=0.999,
     temperature=0.07,
     normalize=False,    # the authors do not L2-normalise q, k or the queue
+    # (short runs on small data can collapse this way: PretextAccuracy reports latent_spread and
+    # warns below 0.1; normalize=True, MoCo's choice, trained the packaged prompter)
     enqueue='query',    # the authors enqueue the query latents
     num_classes=1000,
     pretrained=None,
