@@ -489,6 +489,8 @@ def tsne_2d(train: torch.Tensor, test: torch.Tensor) -> Tuple[Optional[Tuple[np.
 
 def investigate(prompters: Dict, probe_items: List[Dict], test_items: List[Dict],
                 degradation_names: Sequence[str], device: torch.device, batch: int) -> Tuple[Dict, Dict]:
+    from constyle_plugin.pretrain import latent_spread
+
     index = {d: i for i, d in enumerate(degradation_names)}
     y_train = torch.tensor([index[it["degradation"]] for it in probe_items])
     y_test = torch.tensor([index[it["degradation"]] for it in test_items])
@@ -504,6 +506,7 @@ def investigate(prompters: Dict, probe_items: List[Dict], test_items: List[Dict]
             probe = fit_probe(tr[feat], y_train, te[feat], y_test, n)
             probe["test_recall"] = dict(zip(degradation_names, probe["test_recall"]))
             probe["separability_test"] = separability(te[feat], y_test, n)
+            probe["spread_test"] = latent_spread(te[feat])
             results[key][feat] = probe
         norms = te["z2"].norm(dim=1)
         results[key]["z2_norm_per_degradation"] = {
@@ -707,15 +710,16 @@ def markdown(report: Dict) -> str:
               f"{probe['meta']['n_train']} degraded crops of the training photos, tested on the "
               f"{probe['meta']['n_test']} test inputs (held-out photos). Chance: "
               f"{probe['meta']['chance'] * 100:.1f}%. Separability: between- / within-class scatter on the "
-              f"test inputs.", "",
-              "| prompter | features | train acc. | test acc. | separability | " +
+              f"test inputs. Spread: `constyle_plugin.pretrain.latent_spread` on the test inputs (0: every "
+              f"image gets the same vector; below 0.1 the training logs call it collapsed).", "",
+              "| prompter | features | train acc. | test acc. | separability | spread | " +
               " | ".join(degs) + " |",
-              "|" + "---|" * (5 + len(degs))]
+              "|" + "---|" * (6 + len(degs))]
     for key in keys:
         for feat, label in (("z2", "z2 (latent prompt)"), ("f3_mean", "mean of f3 (1/8 features)")):
             p = probe[key][feat]
             lines.append(f"| {key} | {label} | {p['train_accuracy'] * 100:.1f}% | {p['test_accuracy'] * 100:.1f}% "
-                         f"| {p['separability_test']:.3f} | " +
+                         f"| {p['separability_test']:.3f} | {p['spread_test']:.3f} | " +
                          " | ".join(f"{p['test_recall'][d] * 100:.0f}%" for d in degs) + " |")
     lines += ["", f"(per-degradation columns: test recall of that class.) 2-D projections in "
               f"`{report['files']['latents']}`: PCA; t-SNE: {probe['meta']['tsne']}.", "",
