@@ -264,3 +264,20 @@ def test_packaged_prompter_matches_its_card():
     prompter = ConStyleV2.from_pretrained()  # safe loading (safetensors), frozen
     assert prompter.frozen and not prompter.training
     assert prompter(torch.rand(2, 3, 32, 32)).latent.shape == (2, 128)
+
+
+def test_packaged_prompter_gives_different_photos_different_prompts():
+    """A collapsed prompter (one prompt for every image) is useless however well it loads."""
+    from constyle_plugin.pretrain import COLLAPSE_SPREAD, latent_spread
+    from constyle_plugin.samples import sample_photos
+
+    crops = [torch.from_numpy(img[:96, :96].copy()).permute(2, 0, 1).float() / 255
+             for _, img in sample_photos(["astronaut", "coffee", "chelsea", "rocket", "brick", "moon",
+                                          "retina", "grace_hopper"])]
+    x = torch.stack(crops)
+    with torch.no_grad():
+        packaged = ConStyleV2.from_pretrained()(x).latent
+        torch.manual_seed(0)
+        untrained = ConStyleV2().eval()(x).latent
+    assert latent_spread(untrained) < COLLAPSE_SPREAD  # the measure can fail: a random prompter does
+    assert latent_spread(packaged) > COLLAPSE_SPREAD
