@@ -100,6 +100,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="seconds-long run for CI: a few iterations, one seed, tiny sizes; a random "
                         "prompter when no prompter file exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--probe-only", action="store_true",
+                   help="run only the investigation of the prompters' latents (no training; about a "
+                        "minute) and write allinone_probe.json / allinone_probe.md")
     args = p.parse_args(argv)
     if args.smoke:
         args.iters, args.seeds, args.width, args.levels, args.blocks = 3, args.seeds[:1], 8, 3, 1
@@ -494,6 +497,8 @@ def investigate(prompters: Dict, probe_items: List[Dict], test_items: List[Dict]
     index = {d: i for i, d in enumerate(degradation_names)}
     y_train = torch.tensor([index[it["degradation"]] for it in probe_items])
     y_test = torch.tensor([index[it["degradation"]] for it in test_items])
+    photo_names = sorted({it["photo"] for it in test_items})
+    photo_test = torch.tensor([photo_names.index(it["photo"]) for it in test_items])
     x_train_img = to_tensor([it["lq"] for it in probe_items])
     x_test_img = to_tensor([it["lq"] for it in test_items])
     n = len(degradation_names)
@@ -507,6 +512,7 @@ def investigate(prompters: Dict, probe_items: List[Dict], test_items: List[Dict]
             probe["test_recall"] = dict(zip(degradation_names, probe["test_recall"]))
             probe["separability_test"] = separability(te[feat], y_test, n)
             probe["spread_test"] = latent_spread(te[feat])
+            probe["separability_by_photo_test"] = separability(te[feat], photo_test, len(photo_names))
             results[key][feat] = probe
         norms = te["z2"].norm(dim=1)
         results[key]["z2_norm_per_degradation"] = {
@@ -639,6 +645,38 @@ def summarise(runs: List[Dict], variants: Sequence[str], degradation_names: Sequ
     return {"variants": summary, "paired_deltas": deltas}
 
 
+def markdown_probe(probe: Dict, degs: Sequence[str], latents_png: str) -> List[str]:
+    """The investigation's tables (linear probe, separability, spread, latent norms)."""
+    keys = [k for k in ("pretrained", "untrained") if k in probe]
+    lines = ["### Do the prompter's latents separate the degradation types?", "",
+             f"Linear probe (multinomial logistic regression) predicting the degradation type, fitted on "
+             f"{probe['meta']['n_train']} degraded crops of the training photos, tested on the "
+             f"{probe['meta']['n_test']} test inputs (held-out photos). Chance: "
+             f"{probe['meta']['chance'] * 100:.1f}%. Separability: between- / within-class scatter on the "
+             f"test inputs, grouped by degradation and, for comparison, by source photo. Spread: "
+             f"`constyle_plugin.pretrain.latent_spread` on the test inputs (0: every image gets the same "
+             f"vector; below 0.1 the training logs call it collapsed).", "",
+             "| prompter | features | train acc. | test acc. | separability (degradation) | "
+             "separability (photo) | spread | " + " | ".join(degs) + " |",
+             "|" + "---|" * (7 + len(degs))]
+    for key in keys:
+        for feat, label in (("z2", "z2 (latent prompt)"), ("f3_mean", "mean of f3 (1/8 features)")):
+            p = probe[key][feat]
+            lines.append(f"| {key} | {label} | {p['train_accuracy'] * 100:.1f}% | {p['test_accuracy'] * 100:.1f}% "
+                        f"| {p['separability_test']:.3f} | {p.get('separability_by_photo_test', float('nan')):.3f} "
+                        f"| {p['spread_test']:.3f} | " +
+                        " | ".join(f"{p['test_recall'][d] * 100:.0f}%" for d in degs) + " |")
+    lines += ["", f"(per-degradation columns: test recall of that class.) 2-D projections in "
+             f"`{latents_png}`: PCA; t-SNE: {probe['meta']['tsne']}.", "",
+             "Mean norm of the latent prompt z2 on the test inputs, per degradation:", "",
+             "| prompter | " + " | ".join(degs) + " |", "|" + "---|" * (1 + len(degs))]
+    for key in keys:
+        norms = probe[key]["z2_norm_per_degradation"]
+        lines.append(f"| {key} | " + " | ".join(f"{norms[d]:.3g}" for d in degs) + " |")
+    lines.append("")
+    return lines
+
+
 def markdown(report: Dict) -> str:
     cfg, degs = report["config"], report["degradations"]
     variants = cfg["variants"]
@@ -703,32 +741,7 @@ def markdown(report: Dict) -> str:
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
 
-    probe = report["probe"]
-    keys = [k for k in ("pretrained", "untrained") if k in probe]
-    lines += ["### Do the prompter's latents separate the degradation types?", "",
-              f"Linear probe (multinomial logistic regression) predicting the degradation type, fitted on "
-              f"{probe['meta']['n_train']} degraded crops of the training photos, tested on the "
-              f"{probe['meta']['n_test']} test inputs (held-out photos). Chance: "
-              f"{probe['meta']['chance'] * 100:.1f}%. Separability: between- / within-class scatter on the "
-              f"test inputs. Spread: `constyle_plugin.pretrain.latent_spread` on the test inputs (0: every "
-              f"image gets the same vector; below 0.1 the training logs call it collapsed).", "",
-              "| prompter | features | train acc. | test acc. | separability | spread | " +
-              " | ".join(degs) + " |",
-              "|" + "---|" * (6 + len(degs))]
-    for key in keys:
-        for feat, label in (("z2", "z2 (latent prompt)"), ("f3_mean", "mean of f3 (1/8 features)")):
-            p = probe[key][feat]
-            lines.append(f"| {key} | {label} | {p['train_accuracy'] * 100:.1f}% | {p['test_accuracy'] * 100:.1f}% "
-                         f"| {p['separability_test']:.3f} | {p['spread_test']:.3f} | " +
-                         " | ".join(f"{p['test_recall'][d] * 100:.0f}%" for d in degs) + " |")
-    lines += ["", f"(per-degradation columns: test recall of that class.) 2-D projections in "
-              f"`{report['files']['latents']}`: PCA; t-SNE: {probe['meta']['tsne']}.", "",
-              "Mean norm of the latent prompt z2 on the test inputs, per degradation:", "",
-              "| prompter | " + " | ".join(degs) + " |", "|" + "---|" * (1 + len(degs))]
-    for key in keys:
-        norms = probe[key]["z2_norm_per_degradation"]
-        lines.append(f"| {key} | " + " | ".join(f"{norms[d]:.3g}" for d in degs) + " |")
-    lines.append("")
+    lines += markdown_probe(report["probe"], degs, report["files"]["latents"])
 
     lines += ["### Runs", "", "| variant | seed | trainable params | train time (s) | final L1 | data fingerprint |",
               "|---|---|---|---|---|---|"]
@@ -743,6 +756,26 @@ def markdown(report: Dict) -> str:
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
+
+def write_probe_only(out: Path, args: argparse.Namespace, argv: Optional[Sequence[str]], probe: Dict,
+                     prompter_path: Path, degradation_names: Sequence[str], t_start: float, workdir_obj) -> int:
+    """``--probe-only``: the investigation's numbers and its table, nothing trained."""
+    report = {
+        "command": "python " + shlex.join(["benchmarks/allinone.py"] + list(sys.argv[1:] if argv is None else argv)),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": time.perf_counter() - t_start, "versions": versions(),
+        "prompter": {"path": str(prompter_path), "sha256": sha256_file(prompter_path),
+                     "untrained_seed": UNTRAINED_PROMPTER_SEED},
+        "degradations": list(degradation_names), "probe": probe,
+    }
+    (out / "allinone_probe.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
+    md = "\n".join(markdown_probe(probe, list(degradation_names), "(not drawn with --probe-only)"))
+    (out / "allinone_probe.md").write_text(f"Command: `{report['command']}`  \nDate: {report['date']}; prompter "
+                                           f"sha256 `{report['prompter']['sha256'][:16]}…`\n\n" + md)
+    print(f"[allinone] wrote {out / 'allinone_probe.json'}, {out / 'allinone_probe.md'}", flush=True)
+    workdir_obj.cleanup()
+    return 0
+
 
 def resolve_prompter(args: argparse.Namespace, workdir: Path) -> Tuple[Path, bool, str]:
     """(path, is_random, note) of the prompter for the ``constyle`` variant."""
@@ -824,6 +857,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[allinone] linear probe on z2, {key} prompter: test accuracy "
               f"{probe[key]['z2']['test_accuracy'] * 100:.1f}% (chance {100 / len(degradation_names):.1f}%)",
               flush=True)
+
+    if args.probe_only:
+        return write_probe_only(out, args, argv, probe, prompter_path, degradation_names, t_start, workdir_obj)
 
     # ---- training and evaluation
     input_baseline = evaluate(test_lq.permute(0, 2, 3, 1).numpy(), test_items, degradation_names)

@@ -91,3 +91,21 @@ def test_refuses_to_run_without_a_prompter_outside_smoke_mode(tmp_path):
     assert proc.returncode != 0
     assert expected in proc.stderr
     assert not (tmp_path / "allinone.json").exists()
+
+
+def test_probe_only_trains_nothing_and_records_both_separabilities(tmp_path):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--probe-only", "--threads", "1",
+                           "--no-progress", "--out", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert not (tmp_path / "allinone.json").exists()  # nothing trained, no full report
+    report = json.loads((tmp_path / "allinone_probe.json").read_text())
+    assert "--probe-only" in report["command"]
+    for key in ("pretrained", "untrained"):
+        for feat in ("z2", "f3_mean"):
+            p = report["probe"][key][feat]
+            assert p["separability_test"] >= 0 and p["separability_by_photo_test"] >= 0
+            assert 0.0 <= p["test_accuracy"] <= 1.0 and p["spread_test"] >= 0
+    md = (tmp_path / "allinone_probe.md").read_text()
+    assert "separability (photo)" in md and "| pretrained | z2" in md
