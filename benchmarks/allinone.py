@@ -757,11 +757,16 @@ def markdown(report: Dict) -> str:
 # main
 # ---------------------------------------------------------------------------------------------
 
+def command_line(argv: Optional[Sequence[str]]) -> str:
+    """The command as recorded in the outputs: ``python benchmarks/allinone.py ARGS``."""
+    return "python " + shlex.join(["benchmarks/allinone.py"] + list(sys.argv[1:] if argv is None else argv))
+
+
 def write_probe_only(out: Path, args: argparse.Namespace, argv: Optional[Sequence[str]], probe: Dict,
                      prompter_path: Path, degradation_names: Sequence[str], t_start: float, workdir_obj) -> int:
     """``--probe-only``: the investigation's numbers and its table, nothing trained."""
     report = {
-        "command": "python " + shlex.join(["benchmarks/allinone.py"] + list(sys.argv[1:] if argv is None else argv)),
+        "command": command_line(argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": time.perf_counter() - t_start, "versions": versions(),
         "prompter": {"path": str(prompter_path), "sha256": sha256_file(prompter_path),
@@ -894,7 +899,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if hasattr(os, "getloadavg"):
         host["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {
-        "command": "python " + shlex.join(["benchmarks/allinone.py"] + list(sys.argv[1:] if argv is None else argv)),
+        "command": command_line(argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": time.perf_counter() - t_start,
         "versions": versions(), "host": host,

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from constyle_plugin import CheckpointError, ConStyleV2, Prompt
 from constyle_plugin.prompter import read_state_dict
 
+from payloads import RunsCodeOnLoad
+
 # SPEC section 1, written out: name -> shape of the released query encoder (without "encoder_q.").
 SPEC_SHAPES = {
     "stage1.0.0.weight": (16, 3, 3, 3), "stage1.1.0.weight": (16, 16, 3, 3), "stage1.2.0.weight": (32, 16, 3, 3),
@@ -211,23 +213,15 @@ def test_wrong_shapes_and_missing_keys_name_the_keys(tmp_path):
         ConStyleV2.from_pretrained(tmp_path / "missing_keys.pth")
 
 
-class _RunsCodeOnLoad:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    torch.save({"params": {"encoder_q.stage1.0.0.weight": torch.zeros(1)}, "payload": _RunsCodeOnLoad(marker)}, path)
+    torch.save({"params": {"encoder_q.stage1.0.0.weight": torch.zeros(1)}, "payload": RunsCodeOnLoad(marker)}, path)
     with pytest.raises(CheckpointError, match=r"evil.pth.*refused.*Nothing in it was run"):
         ConStyleV2.from_pretrained(path)
     assert not marker.exists()
     plain = tmp_path / "evil_plain.pkl"
-    plain.write_bytes(pickle.dumps(_RunsCodeOnLoad(marker)))
+    plain.write_bytes(pickle.dumps(RunsCodeOnLoad(marker)))
     with pytest.raises(CheckpointError, match="evil_plain.pkl"):
         read_state_dict(plain)
     assert not marker.exists()

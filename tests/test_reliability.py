@@ -18,6 +18,8 @@ from typing import List
 import pytest
 import torch
 
+from payloads import RunsCodeOnLoad
+
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ROOT / "options"
 
@@ -535,14 +537,6 @@ def test_torch_export_and_jit_trace_of_a_wrapped_nafnet_match_eager():
 # ------------------------------------------------------------------------------------------------
 # Untrusted training states (BasicSR resume)
 # ------------------------------------------------------------------------------------------------
-class _RunsCodeOnLoad:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_basicsr_resume_state_that_runs_code_is_refused_and_nothing_runs(tmp_path):
     from constyle_plugin.compat import ensure_basicsr_importable
 
@@ -550,7 +544,7 @@ def test_basicsr_resume_state_that_runs_code_is_refused_and_nothing_runs(tmp_pat
     from constyle_plugin.integrations.basicsr_cli import load_state_file
 
     marker, path = tmp_path / "pwned", tmp_path / "4.state"
-    torch.save({"epoch": 0, "iter": 4, "optimizers": [], "schedulers": [], "x": _RunsCodeOnLoad(marker)}, path)
+    torch.save({"epoch": 0, "iter": 4, "optimizers": [], "schedulers": [], "x": RunsCodeOnLoad(marker)}, path)
     with pytest.raises(RuntimeError, match=re.escape(str(path))):
         load_state_file(str(path))
     assert not marker.exists()
