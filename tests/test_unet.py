@@ -210,15 +210,35 @@ def test_prompt_parameters_are_the_adapters():
 
 
 def test_prompt_maps_are_resized_for_padding_backbones():
-    # 37 x 53 pads to 40 x 56 inside the backbone: stages are larger than the prompter's maps
+    # 37 x 53 pads to 40 x 56 inside the backbone: stage 1/2 is 20 x 28, the prompter's f1 19 x 27
     unet, x = make("modulelist_odd_padded")
-    net = wrap_unet(unet, prompter=random_prompter())
+    net = wrap_unet(unet, prompter=random_prompter()).eval()
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for adapter in net.adapters.values():
-            for p in adapter.parameters():
-                p.normal_(0, 0.1)
-    out = net(x)
+        for p in net.adapters.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    keys = ("encoder1", "encoder2", "encoder3")
+    seen, stage_out = {}, {}
+    for key in keys:
+        net.adapters[key].register_forward_hook(lambda m, args, out, key=key: seen.__setitem__(key, (*args, out)))
+    for k, module in enumerate(unet.down):  # registered after the wrapper's hook: sees the stage's final output
+        module.register_forward_hook(lambda m, args, out, k=k: stage_out.__setitem__(k, out))
+    with torch.no_grad():
+        out = net(x)
+        features = net.prompter(x).features
     assert out.shape == x.shape and torch.isfinite(out).all()
+    assert [tuple(f.shape[-2:]) for f in features] == [(19, 27), (10, 14), (5, 7)]
+    assert [tuple(seen[k][0].shape[-2:]) for k in keys] == [(20, 28), (10, 14), (5, 7)]
+    for k, key in enumerate(keys):
+        stage, feature, got = seen[key]
+        assert torch.equal(feature, features[k]), key  # the prompter's own map, not a re-computed one
+        adapter = net.adapters[key]
+        # SPEC section 3 written out: LeakyReLU(0.1)(1x1 conv, no bias), resized bilinearly to the stage
+        p = F.leaky_relu(torch.einsum("oc,bchw->bohw", adapter.proj.weight[:, :, 0, 0], feature), 0.1)
+        p = F.interpolate(p, size=stage.shape[-2:], mode="bilinear", align_corners=False)
+        fused = torch.einsum("oc,bchw->bohw", adapter.fuse.weight[:, :, 0, 0], torch.cat([stage, p], 1))
+        torch.testing.assert_close(got, stage + fused + adapter.fuse.bias[:, None, None], atol=1e-5, rtol=1e-5)
+        assert torch.equal(stage_out[k], got), key  # and that is what the rest of the network gets
 
 
 @pytest.mark.parametrize("bad, needle", [
@@ -268,5 +288,12 @@ def test_backbone_called_directly_is_the_bare_network():
     net = wrap_unet(unet, prompter=random_prompter())
     train_steps(net, x, steps=2)
     net.eval()
+    bare = ModuleListUNet().eval()  # the same class and trained weights, never hooked
+    bare.load_state_dict(unet.state_dict())
     with torch.no_grad():
-        assert not torch.equal(net.backbone(x), net(x))
+        wrapped = net(x)
+        direct = net.backbone(x)
+        assert torch.equal(direct, bare(x))
+        assert not torch.equal(direct, wrapped)
+        net(x.flip(-1))  # no prompt is left behind by an earlier wrapped call
+        assert torch.equal(net.backbone(x), bare(x))

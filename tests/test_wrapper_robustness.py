@@ -97,8 +97,19 @@ def test_grey_backbone_gets_rgb_prompt():
 
     net = live_adapters(wrap_unet(GreyUNet(), prompter=prompter())).eval()
     x = torch.rand(2, 1, 32, 32)
+    seen = []
+    net.prompter.stage1.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    prompts = []
+    net.prompter.register_forward_hook(lambda m, args, out: prompts.append(out))
     with torch.no_grad():
-        assert net(x).shape == x.shape
+        out = net(x)
+        bare = net.backbone(x)
+        rgb = net.prompter(x.repeat(1, 3, 1, 1))  # the prompt of the grey image as RGB
+    assert out.shape == x.shape
+    assert seen[0].shape == (2, 3, 32, 32) and torch.equal(seen[0], x.repeat(1, 3, 1, 1))
+    assert torch.equal(prompts[0].latent, rgb.latent)
+    assert all(torch.equal(a, b) for a, b in zip(prompts[0].features, rgb.features))
+    assert (out - bare).abs().max() > 1e-4  # and the prompt reaches the grey network's output
 
 
 # ---------------------------------------------------------------------------- property-based
