@@ -88,6 +88,29 @@ def test_restore_mmengine_checkpoint(images, tmp_path):
     restore("--checkpoint", str(checkpoint), "--input", str(images), "--output", str(out), "--compare",
             "--device", "cpu")
     check_outputs(images, out)
+    # the command's output is the run's EMA network (MMEngine's EMAHook keeps it as module.net.*)
+    from constyle_plugin.integrations.mmengine_runner import mmengine_checkpoint_globals
+
+    with mmengine_checkpoint_globals():
+        raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ema = {k[len("module.net."):]: v for k, v in raw["ema_state_dict"].items() if k.startswith("module.net.")}
+    live = {k[len("net."):]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+    assert any(not torch.equal(ema[k], live[k]) for k in ema)  # the EMA copy is not the trained weights
+    net = load_network(checkpoint)
+    assert net.backbone.intro.out_channels == 8  # the run's --cfg-options width, read from the work dir's config
+    assert net.backbone.size_multiple == 8
+    assert set(net.state_dict()) == set(ema)
+    assert all(torch.equal(v, ema[k]) for k, v in net.state_dict().items())
+    for name in ("odd", "wide"):
+        x = torch.from_numpy(read_image(images / ("odd.png" if name == "odd" else "wide.jpg")))
+        with torch.no_grad():  # whole images (no --tile), padded to the backbone's multiple (3 levels: 8)
+            expected = tiled_forward(net, x.permute(2, 0, 1)[None], multiple=8)[0].clamp(0, 1)
+        got = torch.from_numpy(read_image(out / f"{name}.png")).permute(2, 0, 1)
+        assert (got - expected).abs().max() <= 1 / 255 + 1e-6, name
+        panel = torch.from_numpy(read_image(out / f"{name}_compare.png"))
+        w = x.shape[1]
+        assert (panel[:, :w] - x).abs().max() <= 1 / 255 + 1e-6  # input | gap | output
+        assert torch.equal(panel[:, w + 8:], got.permute(1, 2, 0))
 
 
 def test_restore_errors_name_the_option(tmp_path, images):
