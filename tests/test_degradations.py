@@ -278,6 +278,20 @@ def test_realesrgan_external_kernels_are_used():
     a = D.RealESRGANDegradation(seed=9)(x, kernels)
     b = D.RealESRGANDegradation(seed=9)(x, kernels)
     assert torch.equal(a, b)
+    # the kernels passed in are the ones the pipeline filters with, not kernels it draws itself
+    seen = []
+    spy = D.RealESRGANDegradation(seed=9)
+    real = spy._degrade
+    spy._degrade = lambda x_, k1, k2, ks: seen.append((k1, k2, ks)) or real(x_, k1, k2, ks)
+    assert torch.equal(spy(x, kernels), a)
+    assert all(torch.equal(got, kernels[name]) for got, name in zip(seen[0], ("kernel1", "kernel2", "sinc_kernel")))
+    # and they change the result: the same seed (same noise, resizes, JPEG) with a 21 x 21 box blur
+    # instead is blurrier: adjacent pixels differ less
+    box = {name: torch.full_like(k, 1 / k[0].numel()) for name, k in kernels.items()}
+    blurred = D.RealESRGANDegradation(seed=9)(x, box)
+    assert not torch.equal(blurred, a)
+    tv = lambda y: (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., 1:] - y[..., :-1]).abs().mean()  # noqa: E731
+    assert tv(blurred) < tv(a)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -100,5 +100,16 @@ def test_restore_images_writes_pngs_and_panels_and_skips_bad_files(tmp_path):
     assert out.shape == img.shape
     panel = cv2.imread(str(tmp_path / "out" / "a_compare.png"))
     assert panel.shape == (37, 53 * 2 + 8, 3)
-    # the network is the identity at wrap time (plus a residual U-Net): untrained output differs from input
     assert size_multiple_of(net) == 1
+    # the PNG is the network's output on the image, tiled as asked (8-bit rounding aside)
+    x = torch.from_numpy(read_image(src / "a.png")).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = tiled_forward(net, x, tile=24, overlap=8)[0].clamp(0, 1)
+    got = torch.from_numpy(read_image(written[0])).permute(2, 0, 1)
+    assert (got - expected).abs().max() <= 1 / 255 + 1e-6
+    # the adapters are the identity at wrap time, but the U-Net under them is untrained: output != input
+    assert (got - x[0]).abs().mean() > 2 / 255  # measured: 3.5 / 255
+    # the panel: input | 8 white columns | output
+    panel = torch.from_numpy(read_image(tmp_path / "out" / "a_compare.png")).permute(2, 0, 1)
+    assert torch.equal(panel[:, :, :53], x[0]) and torch.equal(panel[:, :, 61:], got)
+    assert torch.equal(panel[:, :, 53:61], torch.ones(3, 37, 8))
