@@ -1,9 +1,10 @@
 """constyle-plugin: the ConStyle v2 prompter for any U-Net restoration network.
 
-``wrap_unet(unet)`` hooks the frozen, pre-trained prompter into a U-Net's encoder and bottleneck;
-importing the package also registers the plugin's archs, models, losses, datasets and metrics with
-BasicSR and MMEngine when they are importable (idempotent; names a host already registered are
-left alone).
+``wrap_unet(unet)`` hooks the frozen, pre-trained prompter into a U-Net's encoder and bottleneck.
+Importing the package imports torch and the core only; the plugin's archs, models, losses, datasets
+and metrics are registered with BasicSR (any flavour, forks included) and MMEngine when the program
+imports them, or at once if it already has (idempotent; names a host already has are left alone).
+See :mod:`constyle_plugin.integrations`.
 """
 from .prompter import CheckpointError, ConStyleV2, Prompt
 from .unet import ConStyleUNet, StageSpec, UNetStructureError, unwrap_unet, wrap_unet
@@ -13,12 +14,12 @@ __all__ = ["CheckpointError", "ConStyleUNet", "ConStyleV2", "Prompt", "StageSpec
            "__version__", "unwrap_unet", "wrap_unet"]
 
 
-def _register_integrations() -> None:
+def _install_integrations() -> None:
     try:
-        from .integrations import register_all
+        from .integrations import install
     except ImportError:  # the integrations package is optional glue; the core works without it
         return
-    register_all()
+    install()
 
 
-_register_integrations()
+_install_integrations()

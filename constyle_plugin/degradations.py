@@ -27,12 +27,31 @@ from torch import Tensor, nn
 
 from .compat import ensure_basicsr_importable
 
-ensure_basicsr_importable()
-from basicsr.data.degradations import (  # noqa: E402
-    circular_lowpass_kernel, random_add_gaussian_noise_pt, random_add_poisson_noise_pt,
-    random_mixed_kernels)
-from basicsr.utils import DiffJPEG  # noqa: E402
-from basicsr.utils.img_process_util import USMSharp, filter2D  # noqa: E402
+
+class _BasicSROps:
+    """BasicSR >= 1.3's degradation utilities, imported on first use: only the Real-ESRGAN pipeline
+    (stage 1) needs them, so the all-in-one degradations below also work inside 1.2-era forks."""
+
+    def __getattr__(self, name: str):
+        try:
+            ensure_basicsr_importable()
+            from basicsr.data import degradations
+            from basicsr.utils import DiffJPEG
+            from basicsr.utils.img_process_util import USMSharp, filter2D
+        except ImportError as exc:
+            raise ImportError(f"the Real-ESRGAN degradation (stage 1) needs BasicSR >= 1.3's DiffJPEG, kernels and "
+                              f"filter2D ({exc}); install it with: pip install 'constyle-plugin[basicsr]' (in an "
+                              f"environment without a 1.2-era BasicSR fork)") from None
+        found = {"circular_lowpass_kernel": degradations.circular_lowpass_kernel,
+                 "random_add_gaussian_noise_pt": degradations.random_add_gaussian_noise_pt,
+                 "random_add_poisson_noise_pt": degradations.random_add_poisson_noise_pt,
+                 "random_mixed_kernels": degradations.random_mixed_kernels,
+                 "DiffJPEG": DiffJPEG, "USMSharp": USMSharp, "filter2D": filter2D}
+        vars(self).update(found)
+        return found[name]
+
+
+_bsr = _BasicSROps()
 
 __all__ = [
     "RealESRGANDegradation", "line_kernel", "disk_kernel", "contrast", "snow", "weather",
@@ -71,7 +90,7 @@ def _pad_to_min(x: Tensor, min_size: int) -> Tuple[Tensor, Tuple[int, int]]:
 def _filter(x: Tensor, kernel: Tensor) -> Tensor:
     """BasicSR's ``filter2D`` (reflect border), also on images smaller than the kernel."""
     x, (h, w) = _pad_to_min(x, kernel.shape[-1] // 2 + 1)
-    return filter2D(x.contiguous(), kernel)[..., :h, :w]
+    return _bsr.filter2D(x.contiguous(), kernel)[..., :h, :w]
 
 
 class RealESRGANDegradation(nn.Module):
@@ -169,8 +188,8 @@ class RealESRGANDegradation(nn.Module):
         self.final_sinc_prob = final_sinc_prob
         self.usm_sharpen = usm_sharpen
         self._rs = np.random.RandomState(seed) if seed is not None else None
-        self.jpeger = DiffJPEG(differentiable=False)
-        self.usm = USMSharp()
+        self.jpeger = _bsr.DiffJPEG(differentiable=False)
+        self.usm = _bsr.USMSharp()
         self.requires_grad_(False)
 
     @classmethod
@@ -219,9 +238,9 @@ class RealESRGANDegradation(nn.Module):
         if np.random.uniform() < p["sinc_prob"]:
             # the cut-off range Real-ESRGAN uses for kernels of size 7..21
             low = np.pi / 3 if size < 13 else np.pi / 5
-            kernel = circular_lowpass_kernel(np.random.uniform(low, np.pi), size, pad_to=False)
+            kernel = _bsr.circular_lowpass_kernel(np.random.uniform(low, np.pi), size, pad_to=False)
         else:
-            kernel = random_mixed_kernels(p["kernel_list"], p["kernel_prob"], size,
+            kernel = _bsr.random_mixed_kernels(p["kernel_list"], p["kernel_prob"], size,
                                           p["blur_sigma"], p["blur_sigma"], [-math.pi, math.pi],
                                           p["betag_range"], p["betap_range"], noise_range=None)
         pad = (p["kernel_size"] - size) // 2
@@ -231,7 +250,7 @@ class RealESRGANDegradation(nn.Module):
         k = self.first["kernel_size"]
         if np.random.uniform() < self.final_sinc_prob:
             size = int(np.random.choice(list(range(7, k + 1, 2))))
-            return circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), size, pad_to=k)
+            return _bsr.circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), size, pad_to=k)
         pulse = np.zeros((k, k), np.float32)  # identity: no final filter for this sample
         pulse[k // 2, k // 2] = 1
         return pulse
@@ -278,9 +297,9 @@ class RealESRGANDegradation(nn.Module):
     @staticmethod
     def _noise(x: Tensor, p: dict) -> Tensor:
         if np.random.uniform() < p["gaussian_noise_prob"]:
-            return random_add_gaussian_noise_pt(x, sigma_range=p["noise_range"], clip=True,
+            return _bsr.random_add_gaussian_noise_pt(x, sigma_range=p["noise_range"], clip=True,
                                                 rounds=False, gray_prob=p["gray_noise_prob"])
-        return random_add_poisson_noise_pt(x, scale_range=p["poisson_scale_range"],
+        return _bsr.random_add_poisson_noise_pt(x, scale_range=p["poisson_scale_range"],
                                            gray_prob=p["gray_noise_prob"], clip=True,
                                            rounds=False)
 

@@ -29,7 +29,7 @@ from constyle_plugin.integrations.basicsr_cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ROOT / "options"
-COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr import main; sys.exit(main())"]
+COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr_cli import main; sys.exit(main())"]
 
 TINY_BACKBONE = {
     "nafnet": ["width=8", "enc_blk_nums=[1,1,1,1]"],

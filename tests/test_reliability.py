@@ -211,7 +211,7 @@ def test_mmengine_save_killed_mid_write(tmp_path, mode):
 # ------------------------------------------------------------------------------------------------
 # BasicSR runs (tiny NAFNet + ConStyle v2 on the sample photos)
 # ------------------------------------------------------------------------------------------------
-BASICSR_MAIN = "import sys; from constyle_plugin.integrations.basicsr import main; sys.exit(main())"
+BASICSR_MAIN = "import sys; from constyle_plugin.integrations.basicsr_cli import main; sys.exit(main())"
 NAME = "NAFNet_ConStyle_v2"
 
 

@@ -1,37 +1,88 @@
 """Trainer integrations: BasicSR (``integrations.basicsr``) and MMEngine (``integrations.mmengine``).
 
-:func:`register_all` registers the plugin's entries with every trainer that is importable here. It is
-what ``import constyle_plugin`` runs; it is idempotent and never replaces a name the host code base
-already registered.
+``import constyle_plugin`` calls :func:`install`, which imports neither trainer: it asks
+:func:`constyle_plugin.compat.when_imported` to register the plugin's entries once the program
+imports one (or at once, for a trainer already imported):
+
+- PyPI BasicSR (>= 1.3, registries): after the ``basicsr`` package has loaded, into its registries;
+- 1.2-era BasicSR forks (NAFNet, Restormer: no registries, look-ups by module scans): after each of
+  ``basicsr.models.archs``, ``basicsr.models``, ``basicsr.data`` and ``basicsr.models.losses`` has
+  loaded, into the lists and module those look-ups read;
+- MMEngine: after the ``mmengine`` package has loaded, into its root registries.
+
+:func:`register_all` registers at once with every trainer importable here (importing them).
+Registration is idempotent and never replaces a name the host code base already has.
 """
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Dict
 
-__all__ = ["register_all"]
+from ..compat import when_imported
 
-_TRAINERS = (("basicsr", "basicsr"), ("mmengine", "mmengine"))
+__all__ = ["FORK_LOOKUP_MODULES", "install", "register_all"]
+
+# The modules through which a 1.2-era BasicSR fork finds archs, models, datasets and losses.
+FORK_LOOKUP_MODULES = ("basicsr.models.archs", "basicsr.models", "basicsr.data", "basicsr.models.losses")
+_installed = False
+
+
+def _on_basicsr(module: types.ModuleType) -> None:
+    if "basicsr.utils.registry" in sys.modules:  # PyPI BasicSR: the package has imported its registries
+        from . import basicsr
+
+        basicsr.register()
+
+
+def _on_fork_module(module: types.ModuleType) -> None:
+    from . import basicsr
+
+    basicsr.register_with_fork_module(module)
+
+
+def _on_mmengine(module: types.ModuleType) -> None:
+    from . import mmengine
+
+    mmengine.register()
+
+
+def install() -> None:
+    """Register with BasicSR (any flavour) and MMEngine whenever the program imports them."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    when_imported("basicsr", _on_basicsr)
+    for name in FORK_LOOKUP_MODULES:
+        when_imported(name, _on_fork_module)
+    when_imported("mmengine", _on_mmengine)
 
 
 def register_all() -> Dict[str, object]:
-    """Register with BasicSR and MMEngine where each is importable.
+    """Register now with BasicSR and MMEngine where each is importable (this imports them).
 
-    Returns ``{trainer: its register() report}`` for the trainers that were found; a trainer that
-    is not installed (or whose integration module is not part of this installation) is left out.
-    Errors inside an integration module are not hidden.
+    Returns ``{trainer: its register() report}`` for the trainers found. A trainer that is not
+    installed is left out; errors inside an integration module are not hidden.
     """
     reports: Dict[str, object] = {}
-    for trainer, module_name in _TRAINERS:
-        qualified = f"{__name__}.{module_name}"
-        try:
-            module = importlib.import_module(qualified)
-        except ModuleNotFoundError as exc:
-            # Only a missing integration module (or its trainer) is skipped, nothing else.
-            if exc.name in (qualified, trainer) or (exc.name or "").startswith(trainer + "."):
-                continue
-            raise
-        if hasattr(module, "available") and not module.available():
-            continue
-        reports[trainer] = module.register()
+    try:
+        from ..compat import ensure_basicsr_importable
+
+        ensure_basicsr_importable()
+    except ImportError:
+        pass
+    else:
+        from . import basicsr
+
+        reports["basicsr"] = basicsr.register_here()
+    try:
+        importlib.import_module("mmengine")
+    except ImportError:
+        pass
+    else:
+        from . import mmengine
+
+        reports["mmengine"] = mmengine.register()
     return reports

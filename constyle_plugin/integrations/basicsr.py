@@ -1,83 +1,82 @@
-"""BasicSR integration: registry entries, option checks and the ``basicsr`` command.
+"""BasicSR integration: the plugin's entries, registered with every flavour of BasicSR, and option checks.
 
-``register()`` (run by ``import constyle_plugin`` when basicsr is importable) adds to BasicSR's
-registries, skipping every name the host code base already has (a BasicSR fork with its own
-``NAFNet`` keeps it, and ``ConStyleUNet`` then wraps the fork's class):
+BasicSR comes in three flavours, and each finds ``type: X`` in its own way (a *host*, here):
 
-- ARCH: ``ConStyleUNet`` (:func:`build_constyle_unet`), ``ConStyleV2`` (the prompter,
-  :func:`build_prompter`), ``ConStyleMoCo`` (its pre-training wrapper, :func:`build_moco`), and the
-  reference ``NAFNet``, ``Restormer``, ``ConvUNet``.
-- MODEL: ``ConStyleV2PretrainModel`` (stage 1) and ``ConStyleSRModel`` (stage 2; BasicSR's
-  ``SRModel`` plus what basicsr 1.4.2's cannot do, see :mod:`.basicsr_models`).
+- **PyPI BasicSR >= 1.3**: registries (``basicsr.utils.registry``). :func:`register` adds the entries;
+  ``import constyle_plugin`` arranges for it to run once ``basicsr`` is imported.
+- **1.2-era forks** (megvii-research/NAFNet, swz30/Restormer, ...): no registries; ``define_network``
+  / ``create_model`` / ``create_dataset`` take the first module in ``_arch_modules`` /
+  ``_model_modules`` / ``_dataset_modules`` with an attribute of that name, and losses are attributes
+  of ``basicsr.models.losses``. :func:`register_with_fork_module` appends one entries module *at the
+  end* of each list (so every name the fork has stays the fork's) and sets the missing loss names;
+  ``import constyle_plugin`` arranges for it to run as each of those modules is imported.
+- **Vendored registries** (the authors' ConStyle v2 release keeps BasicSR's registry classes in
+  top-level ``utils/registry.py``): :func:`register_into` registers into the registries passed in.
+
+Entries (a name the host already has is never replaced; ``ConStyleUNet`` then wraps the host's class):
+
+- ARCH: ``ConStyleUNet`` (a backbone found through the same host, wrapped by ``wrap_unet``),
+  ``ConStyleV2`` (the prompter), ``ConStyleMoCo`` (its pre-training wrapper), and the reference
+  ``NAFNet``, ``Restormer``, ``ConvUNet``, ``MAXIM``.
+- MODEL: ``ConStyleV2PretrainModel`` (stage 1) and ``ConStyleSRModel`` (stage 2); both build on
+  PyPI BasicSR's ``BaseModel`` / ``SRModel``, so a 1.2-era fork trains with its own model classes.
 - LOSS: ``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``.
 - DATASET: ``MixDegradationDataset``, ``ConStylePretrainDataset``.
 
-The command line (``basicsr train|test -opt X.yml ...``) lives in :mod:`.basicsr_cli`; ``main`` is
-re-exported here for the console script.
+The ``basicsr`` command lives in :mod:`.basicsr_cli`.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
 import os
-from pathlib import Path
+import sys
+import types
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..builder import (OptionError, check_file, check_inject, check_stage_names, join_keys, prompter_path,
+                       wrap_from_options)
 from ..compat import ensure_basicsr_importable
 
 __all__ = [
-    "OptionError",
-    "available",
-    "build_constyle_unet",
-    "build_moco",
-    "build_prompter",
-    "check_network_options",
-    "check_options",
-    "main",
-    "register",
+    "ARCH", "DATASET", "LOSS", "MODEL",
+    "BasicSRHost", "ForkHost", "OptionError", "RegistryHost",
+    "available", "check_network_options", "check_options", "current_host", "register", "register_here",
+    "register_into", "register_with_fork_module",
 ]
 
 ARCH, MODEL, LOSS, DATASET = "ARCH", "MODEL", "LOSS", "DATASET"
-
-
-class OptionError(ValueError):
-    """A bad entry in a BasicSR options file; ``key`` is its path, e.g. ``network_g.backbone.type``."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        self.message = message
-        super().__init__(f"{key}: {message}" if key else message)
-
-    def under(self, prefix: str) -> "OptionError":
-        """The same error for an option nested under ``prefix``."""
-        return OptionError(_join(prefix, self.key), self.message)
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
+_join = join_keys
 
 
 # ------------------------------------------------------------------------------------------------
-# Availability and the registries
+# Hosts: where a BasicSR-style code base finds `type: X`
 # ------------------------------------------------------------------------------------------------
-def available() -> bool:
-    """True when basicsr imports here and has registries (old forks instantiate by module lookup)."""
-    try:
-        _registries()
-    except ImportError:
-        return False
-    return True
+class BasicSRHost:
+    """Name look-ups of one BasicSR flavour."""
+
+    flavour = "?"
+
+    def find(self, kind: str, name: Any) -> Any:
+        """The object ``type: name`` builds for ``kind`` (``ARCH``, ``MODEL``, ``LOSS``, ``DATASET``), or None."""
+        raise NotImplementedError
+
+    def names(self, kind: str) -> List[str]:
+        """The names ``kind`` knows (for error messages)."""
+        raise NotImplementedError
+
+    def unknown(self, kind: str, name: Any) -> str:
+        known = self.names(kind)
+        close = difflib.get_close_matches(str(name), known, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        listed = ", ".join(known) if len(known) <= 40 else ", ".join(known[:40]) + ", ..."
+        return f"{name!r} is not a registered {_KIND_WORDS[kind]} ({self.flavour}){hint} (known: {listed})"
 
 
-def _registries() -> Dict[str, Any]:
-    ensure_basicsr_importable()
-    from basicsr.utils import registry
-
-    return {ARCH: registry.ARCH_REGISTRY, MODEL: registry.MODEL_REGISTRY,
-            LOSS: registry.LOSS_REGISTRY, DATASET: registry.DATASET_REGISTRY}
+_KIND_WORDS = {ARCH: "architecture", MODEL: "model", LOSS: "loss", DATASET: "dataset"}
 
 
-def _lookup(registry: Any, name: str) -> Any:
+def _lookup(registry: Any, name: Any) -> Any:
     """The object registered as ``name``, or None (without BasicSR's 'not found' print)."""
     obj_map = getattr(registry, "_obj_map", None)
     if isinstance(obj_map, Mapping):
@@ -88,9 +87,189 @@ def _lookup(registry: Any, name: str) -> Any:
         return None
 
 
-def _registered_names(registry: Any) -> List[str]:
-    obj_map = getattr(registry, "_obj_map", None)
-    return sorted(obj_map) if isinstance(obj_map, Mapping) else []
+class RegistryHost(BasicSRHost):
+    """BasicSR >= 1.3 registries, or registries of the same class vendored by a code base."""
+
+    def __init__(self, registries: Mapping[str, Any], flavour: str) -> None:
+        self.registries = {k: v for k, v in registries.items() if v is not None}
+        self.flavour = flavour
+
+    def find(self, kind: str, name: Any) -> Any:
+        registry = self.registries.get(kind)
+        return None if registry is None or not isinstance(name, str) else _lookup(registry, name)
+
+    def names(self, kind: str) -> List[str]:
+        obj_map = getattr(self.registries.get(kind), "_obj_map", None)
+        return sorted(obj_map) if isinstance(obj_map, Mapping) else []
+
+    def key(self) -> Tuple[int, ...]:
+        return tuple(id(self.registries.get(k)) for k in (ARCH, MODEL, LOSS, DATASET))
+
+
+_FORK_LISTS = {"basicsr.models.archs": ("_arch_modules", ARCH), "basicsr.models": ("_model_modules", MODEL),
+               "basicsr.data": ("_dataset_modules", DATASET)}
+_FORK_LOSSES = "basicsr.models.losses"
+
+
+class ForkHost(BasicSRHost):
+    """A 1.2-era fork: ``_arch_modules`` / ``_model_modules`` / ``_dataset_modules`` scans, losses as
+    attributes of ``basicsr.models.losses`` (the same order of look-up as the fork's own code)."""
+
+    flavour = "BasicSR 1.2-era fork"
+
+    def _modules(self, kind: str) -> List[types.ModuleType]:
+        if kind == LOSS:
+            return [importlib.import_module(_FORK_LOSSES)]
+        package = next(p for p, (_, k) in _FORK_LISTS.items() if k == kind)
+        return list(getattr(importlib.import_module(package), _FORK_LISTS[package][0]))
+
+    def find(self, kind: str, name: Any) -> Any:
+        if not isinstance(name, str) or not name.isidentifier():
+            return None
+        for module in self._modules(kind):
+            obj = getattr(module, name, None)
+            if obj is not None:
+                return obj
+        return None
+
+    def names(self, kind: str) -> List[str]:
+        found = set()
+        for module in self._modules(kind):
+            if isinstance(module, _ForkEntries):
+                found.update(module.available_names())
+                continue
+            found.update(n for n, v in vars(module).items()
+                         if not n.startswith("_") and isinstance(v, type) and v.__module__ == module.__name__)
+        return sorted(found)
+
+
+def _pypi_registries() -> Dict[str, Any]:
+    from basicsr.utils import registry
+
+    return {ARCH: registry.ARCH_REGISTRY, MODEL: registry.MODEL_REGISTRY,
+            LOSS: registry.LOSS_REGISTRY, DATASET: registry.DATASET_REGISTRY}
+
+
+def current_host() -> BasicSRHost:
+    """The flavour of the ``basicsr`` importable here: PyPI's registries or a 1.2-era fork's scans.
+
+    Raises ImportError when basicsr is missing or is neither.
+    """
+    ensure_basicsr_importable()
+    try:
+        return RegistryHost(_pypi_registries(), "BasicSR registries")
+    except ImportError:
+        pass
+    try:
+        archs = importlib.import_module("basicsr.models.archs")
+    except ImportError as exc:
+        raise ImportError("basicsr here has neither registries (basicsr.utils.registry, BasicSR >= 1.3) nor "
+                          "the module scans of 1.2-era forks (basicsr.models.archs)") from exc
+    if not isinstance(getattr(archs, "_arch_modules", None), list):
+        raise ImportError("basicsr.models.archs has no _arch_modules list: not a BasicSR flavour the plugin knows")
+    return ForkHost()
+
+
+def available() -> bool:
+    """True when a basicsr of a known flavour imports here."""
+    try:
+        current_host()
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# Architectures
+# ------------------------------------------------------------------------------------------------
+def _build_backbone(host: BasicSRHost, backbone: Any, key: str) -> Any:
+    if not isinstance(backbone, Mapping) or "type" not in backbone:
+        raise OptionError(key, f"expected a network dict with a `type`, e.g. {{type: NAFNet, width: 32}}, "
+                               f"got {backbone!r}")
+    opts = dict(backbone)
+    arch_type = opts.pop("type")
+    if arch_type in ("ConStyleUNet", "ConStyleV2", "ConStyleMoCo"):
+        raise OptionError(_join(key, "type"), f"{arch_type!r} cannot be the backbone of a ConStyleUNet")
+    cls = host.find(ARCH, arch_type)
+    if cls is None:
+        raise OptionError(_join(key, "type"), host.unknown(ARCH, arch_type))
+    try:
+        return cls(**opts)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(key, f"{arch_type}(...) could not be built: {exc}") from exc
+
+
+_UNET_OPTIONS = {"type", "backbone", "prompter", "inject", "stages", "probe_size", "in_channels"}
+
+
+def check_network_options(opt: Mapping[str, Any], key: str = "", build: bool = True,
+                          host: Optional[BasicSRHost] = None) -> None:
+    """Check a ``{type: ConStyleUNet, backbone: ..., ...}`` dict; errors name ``key.<option>``.
+
+    With ``build=True`` the backbone is constructed (no forward pass) to check its options and
+    that the modules ``stages`` names exist.
+    """
+    if opt.get("type") != "ConStyleUNet":
+        return
+    host = host or current_host()
+    unknown = sorted(set(opt) - _UNET_OPTIONS)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(_UNET_OPTIONS - {"type"}), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise OptionError(_join(key, unknown[0]), f"unknown option of ConStyleUNet; {hint}"
+                                                  f"expected {sorted(_UNET_OPTIONS - {'type'})}")
+    backbone = opt.get("backbone")
+    if not isinstance(backbone, Mapping) or "type" not in backbone:
+        raise OptionError(_join(key, "backbone"), "expected a network dict with a `type`, e.g. {type: NAFNet, width: 32}")
+    if host.find(ARCH, backbone["type"]) is None:
+        raise OptionError(_join(key, "backbone", "type"), host.unknown(ARCH, backbone["type"]))
+    try:
+        prompter_path(opt.get("prompter"))
+        if "inject" in opt:
+            check_inject(opt["inject"])
+    except OptionError as exc:
+        raise exc.under(key) from None
+    if build:
+        net = _build_backbone(host, backbone, _join(key, "backbone"))
+        if opt.get("stages") is not None:
+            try:
+                check_stage_names(opt["stages"], net)
+            except OptionError as exc:
+                raise exc.under(key) from None
+
+
+def _unet_builder(host_of: Callable[[], BasicSRHost]) -> Callable:
+    def ConStyleUNet(backbone: Mapping[str, Any], prompter: Optional[Mapping[str, Any]] = None,
+                     inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
+                     stages: Optional[Mapping[str, Any]] = None,
+                     probe_size: Optional[Union[int, Sequence[int]]] = None,
+                     in_channels: Optional[int] = None):
+        """The ``ConStyleUNet`` architecture: a backbone of this code base wrapped by ``wrap_unet``.
+
+        Options (``network_g: {type: ConStyleUNet, ...}``):
+            backbone: the backbone's own options, e.g. ``{type: NAFNet, width: 32}``; found the way this
+                code base finds archs, so a BasicSR fork's own ``NAFNet`` is the one wrapped.
+            prompter: ``{pretrained: PATH}`` (the authors' .pth or an export), or ``{pretrained: ~}`` /
+                ``~`` for the packaged prompter.
+            inject: any of ``encoder``, ``bottleneck``, ``decoder``.
+            stages: ``{encoder: [...], bottleneck: ..., decoder: [...]}`` (module names), or ``~`` for
+                the ready spec of a known family, else discovery by a probe forward.
+            probe_size, in_channels: passed to ``wrap_unet``.
+
+        Returns a :class:`constyle_plugin.unet.ConStyleUNet`: ``B x C x H x W`` in, the backbone's
+        output out. Bad options raise :class:`OptionError` naming the option.
+        """
+        host = host_of()
+        opt = {"type": "ConStyleUNet", "backbone": backbone, "prompter": prompter, "inject": inject,
+               "stages": stages}
+        check_network_options(opt, build=False, host=host)
+        net = _build_backbone(host, backbone, "backbone")
+        return wrap_from_options(net, prompter=prompter, inject=inject, stages=stages, probe_size=probe_size,
+                                 in_channels=in_channels)
+    return ConStyleUNet
+
+
+build_constyle_unet = _unet_builder(current_host)
 
 
 def _named(name: str) -> Callable[[Callable], Callable]:
@@ -100,174 +279,6 @@ def _named(name: str) -> Callable[[Callable], Callable]:
         fn.__qualname__ = name
         return fn
     return deco
-
-
-# ------------------------------------------------------------------------------------------------
-# Architectures
-# ------------------------------------------------------------------------------------------------
-def _arch(name: str) -> Any:
-    return _lookup(_registries()[ARCH], name)
-
-
-def _unknown_name(kind: str, name: Any, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(known), n=3)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    return f"{name!r} is not a registered {kind}{hint} (registered: {', '.join(known)})"
-
-
-def _check_file(key: str, path: Any, what: str) -> None:
-    if not isinstance(path, (str, os.PathLike)):
-        raise OptionError(key, f"expected the path of {what}, got {path!r}")
-    if not Path(os.path.expanduser(str(path))).is_file():
-        raise OptionError(key, f"{what} not found: {str(path)!r}")
-
-
-def _prompter_path(prompter: Any, key: str) -> Optional[str]:
-    """The ``pretrained`` path of a ``prompter:`` option (None: the packaged default)."""
-    if prompter is None:
-        return None
-    if isinstance(prompter, (str, os.PathLike)):
-        prompter = {"pretrained": prompter}
-    if not isinstance(prompter, Mapping):
-        raise OptionError(key, f"expected {{pretrained: PATH}} or {{pretrained: ~}}, got {prompter!r}")
-    unknown = sorted(set(prompter) - {"pretrained"})
-    if unknown:
-        raise OptionError(_join(key, unknown[0]), "unknown option; a prompter takes only `pretrained`")
-    path = prompter.get("pretrained")
-    if path is not None:
-        _check_file(_join(key, "pretrained"), path, "prompter checkpoint")
-        path = os.path.expanduser(str(path))
-    return path
-
-
-def _check_inject(inject: Any, key: str) -> Tuple[str, ...]:
-    from ..unet import INJECT_TARGETS
-
-    values = (inject,) if isinstance(inject, str) else inject
-    if not isinstance(values, (list, tuple)) or not values:
-        raise OptionError(key, f"expected a list of {list(INJECT_TARGETS)}, got {inject!r}")
-    bad = [v for v in values if v not in INJECT_TARGETS]
-    if bad:
-        raise OptionError(key, f"{bad[0]!r} is not an injection target; choose from {list(INJECT_TARGETS)}")
-    return tuple(values)
-
-
-def _check_stage_names(stages: Any, backbone: Any, key: str) -> None:
-    """Every name in ``stages`` must be a submodule of ``backbone``."""
-    from torch import nn
-
-    if not isinstance(stages, Mapping):
-        raise OptionError(key, f"expected {{encoder: [...], bottleneck: ..., decoder: [...]}}, got {stages!r}")
-    unknown = sorted(set(stages) - {"encoder", "bottleneck", "decoder"})
-    if unknown:
-        raise OptionError(_join(key, unknown[0]), "unknown key; expected encoder, bottleneck, decoder")
-    modules = dict(backbone.named_modules())
-    for role in ("encoder", "bottleneck", "decoder"):
-        value = stages.get(role)
-        if value is None:
-            continue
-        names = [value] if isinstance(value, str) else list(value)
-        for i, name in enumerate(names):
-            where = _join(key, role) + ("" if isinstance(value, str) else f"[{i}]")
-            if not isinstance(name, str) or not name or not isinstance(modules.get(name), nn.Module):
-                close = difflib.get_close_matches(str(name), [n for n in modules if n], n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise OptionError(where, f"{name!r} is not a module of {type(backbone).__name__}{hint}")
-
-
-def _build_backbone(backbone: Any, key: str) -> Any:
-    if not isinstance(backbone, Mapping) or "type" not in backbone:
-        raise OptionError(key, f"expected a network dict with a `type`, e.g. {{type: NAFNet, width: 32}}, "
-                               f"got {backbone!r}")
-    opts = dict(backbone)
-    arch_type = opts.pop("type")
-    if arch_type in ("ConStyleUNet", "ConStyleV2", "ConStyleMoCo"):
-        raise OptionError(_join(key, "type"), f"{arch_type!r} cannot be the backbone of a ConStyleUNet")
-    cls = _arch(arch_type)
-    if cls is None:
-        raise OptionError(_join(key, "type"),
-                          _unknown_name("architecture (ARCH_REGISTRY)", arch_type, _registered_names(_registries()[ARCH])))
-    try:
-        return cls(**opts)
-    except (TypeError, ValueError) as exc:
-        raise OptionError(key, f"{arch_type}(...) could not be built: {exc}") from exc
-
-
-def check_network_options(opt: Mapping[str, Any], key: str = "", build: bool = True) -> None:
-    """Check a ``{type: ConStyleUNet, backbone: ..., ...}`` dict; errors name ``key.<option>``.
-
-    With ``build=True`` the backbone is constructed (no forward pass) to check its options and
-    that the modules ``stages`` names exist.
-    """
-    if opt.get("type") != "ConStyleUNet":
-        return
-    allowed = {"type", "backbone", "prompter", "inject", "stages", "probe_size", "in_channels"}
-    unknown = sorted(set(opt) - allowed)
-    if unknown:
-        raise OptionError(_join(key, unknown[0]), f"unknown option of ConStyleUNet; expected {sorted(allowed - {'type'})}")
-    backbone = opt.get("backbone")
-    if not isinstance(backbone, Mapping) or "type" not in backbone:
-        raise OptionError(_join(key, "backbone"), "expected a network dict with a `type`, e.g. {type: NAFNet, width: 32}")
-    if _arch(backbone["type"]) is None:
-        raise OptionError(_join(key, "backbone", "type"),
-                          _unknown_name("architecture (ARCH_REGISTRY)", backbone["type"],
-                                        _registered_names(_registries()[ARCH])))
-    _prompter_path(opt.get("prompter"), _join(key, "prompter"))
-    if "inject" in opt:
-        _check_inject(opt["inject"], _join(key, "inject"))
-    if build:
-        net = _build_backbone(backbone, _join(key, "backbone"))
-        if opt.get("stages") is not None:
-            _check_stage_names(opt["stages"], net, _join(key, "stages"))
-
-
-@_named("ConStyleUNet")
-def build_constyle_unet(backbone: Mapping[str, Any], prompter: Optional[Mapping[str, Any]] = None,
-                        inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
-                        stages: Optional[Mapping[str, Any]] = None,
-                        probe_size: Optional[Union[int, Sequence[int]]] = None,
-                        in_channels: Optional[int] = None):
-    """The ``ConStyleUNet`` architecture: a backbone from ARCH_REGISTRY wrapped by ``wrap_unet``.
-
-    Options (``network_g: {type: ConStyleUNet, ...}``):
-        backbone: the backbone's own options, e.g. ``{type: NAFNet, width: 32}``; built through
-            ARCH_REGISTRY, so a BasicSR fork's own ``NAFNet`` is the one wrapped.
-        prompter: ``{pretrained: PATH}`` (the authors' .pth or an export), or ``{pretrained: ~}`` /
-            ``~`` for the packaged prompter (untrained, with a warning, if none is packaged).
-        inject: any of ``encoder``, ``bottleneck``, ``decoder``.
-        stages: ``{encoder: [...], bottleneck: ..., decoder: [...]}`` (module names), or ``~`` for
-            the ready spec of a known family, else discovery by a probe forward.
-        probe_size, in_channels: passed to ``wrap_unet``.
-
-    Returns a :class:`constyle_plugin.unet.ConStyleUNet`: ``B x C x H x W`` in, the backbone's output
-    out. Bad options raise :class:`OptionError` naming the option.
-    """
-    from ..prompter import CheckpointError, ConStyleV2
-    from ..unet import UNetStructureError, wrap_unet
-
-    opt = {"type": "ConStyleUNet", "backbone": backbone, "prompter": prompter, "inject": inject,
-           "stages": stages}
-    check_network_options(opt, build=False)
-    net = _build_backbone(backbone, "backbone")
-    if stages is not None:
-        _check_stage_names(stages, net, "stages")
-    path = _prompter_path(prompter, "prompter")
-    prompter_net = None
-    if path is not None:
-        try:
-            prompter_net = ConStyleV2.from_pretrained(path)
-        except (CheckpointError, OSError) as exc:
-            raise OptionError("prompter.pretrained", str(exc)) from exc
-    kwargs: Dict[str, Any] = {}
-    if probe_size is not None:
-        kwargs["probe_size"] = probe_size if isinstance(probe_size, int) else tuple(probe_size)
-    if in_channels is not None:
-        kwargs["in_channels"] = in_channels
-    try:
-        return wrap_unet(net, prompter=prompter_net, stages=stages, inject=_check_inject(inject, "inject"),
-                         **kwargs)
-    except UNetStructureError as exc:
-        raise OptionError("stages", str(exc)) from exc
 
 
 @_named("ConStyleV2")
@@ -280,8 +291,7 @@ def build_prompter(pretrained: Optional[str] = None, frozen: bool = True, num_cl
     from ..prompter import ConStyleV2
 
     if pretrained is not None:
-        _check_file("pretrained", pretrained, "prompter checkpoint")
-        return ConStyleV2.from_pretrained(os.path.expanduser(str(pretrained)), frozen=frozen)
+        return ConStyleV2.from_pretrained(check_file("pretrained", pretrained, "prompter checkpoint"), frozen=frozen)
     if frozen:
         from ..unet import _default_prompter
 
@@ -298,66 +308,69 @@ def build_moco(queue_size: int = 65760, momentum: float = 0.999, temperature: fl
     ``pretrained``: start from a checkpoint, either a whole MoCo state (the authors' layout; its
     queue must hold ``queue_size`` negatives) or a prompter-only file (fresh key encoder and queue).
     """
-    from ..prompter import CheckpointError
     from ..pretrain import ConStyleMoCo
+    from ..prompter import CheckpointError
 
     kwargs = dict(momentum=momentum, temperature=temperature, normalize=normalize, enqueue=enqueue)
     if pretrained is not None:
-        _check_file("pretrained", pretrained, "checkpoint")
+        path = check_file("pretrained", pretrained, "checkpoint")
         try:
-            return ConStyleMoCo.from_pretrained(os.path.expanduser(str(pretrained)), strict=False,
-                                                queue_size=queue_size, **kwargs)
+            return ConStyleMoCo.from_pretrained(path, strict=False, queue_size=queue_size, **kwargs)
         except CheckpointError as exc:
             raise OptionError("pretrained", str(exc)) from exc
     return ConStyleMoCo(queue_size=queue_size, num_classes=num_classes, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
-# Registration
+# Entries
 # ------------------------------------------------------------------------------------------------
-def _entries() -> Dict[str, List[Tuple[str, Callable[[], Any]]]]:
+class EntryUnavailable(Exception):
+    """An entry that cannot exist in this environment (``ConStyleSRModel`` without PyPI BasicSR)."""
+
+
+def _from(module: str, name: str) -> Callable[[], Any]:
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+def _model(name: str) -> Callable[[], Any]:
+    def load() -> Any:
+        try:
+            module = importlib.import_module("constyle_plugin.integrations.basicsr_models")
+        except ImportError as exc:
+            raise EntryUnavailable(
+                f"model_type {name} builds on PyPI BasicSR >= 1.3 ({exc}). Inside a 1.2-era fork, keep the "
+                f"fork's own model_type (NAFNet: ImageRestorationModel, Restormer: ImageCleanModel) and set "
+                f"network_g: {{type: ConStyleUNet, backbone: {{type: <the fork's arch>, ...}}}}") from None
+        return getattr(module, name)
+    return load
+
+
+def _entries(unet_builder: Callable) -> Dict[str, List[Tuple[str, Callable[[], Any]]]]:
     """Name -> loader of each entry, per registry (loaders import lazily)."""
-    def archs(name: str) -> Callable[[], Any]:
-        return lambda: getattr(importlib.import_module("constyle_plugin.archs"), name)
-
-    def losses(name: str) -> Callable[[], Any]:
-        return lambda: getattr(importlib.import_module("constyle_plugin.losses"), name)
-
-    def datasets(name: str) -> Callable[[], Any]:
-        return lambda: getattr(importlib.import_module("constyle_plugin.datasets"), name)
-
-    def models(name: str) -> Callable[[], Any]:
-        return lambda: getattr(importlib.import_module("constyle_plugin.integrations.basicsr_models"), name)
-
+    archs = "constyle_plugin.archs"
     return {
-        ARCH: [("ConStyleUNet", lambda: build_constyle_unet), ("ConStyleV2", lambda: build_prompter),
-               ("ConStyleMoCo", lambda: build_moco), ("NAFNet", archs("NAFNet")),
-               ("Restormer", archs("Restormer")), ("ConvUNet", archs("ConvUNet"))],
-        MODEL: [("ConStyleV2PretrainModel", models("ConStyleV2PretrainModel")),
-                ("ConStyleSRModel", models("ConStyleSRModel"))],
-        LOSS: [(n, losses(n)) for n in ("InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss")],
-        DATASET: [(n, datasets(n)) for n in ("MixDegradationDataset", "ConStylePretrainDataset")],
+        ARCH: [("ConStyleUNet", lambda: unet_builder), ("ConStyleV2", lambda: build_prompter),
+               ("ConStyleMoCo", lambda: build_moco),
+               *[(n, _from(archs, n)) for n in ("NAFNet", "Restormer", "ConvUNet", "MAXIM")]],
+        MODEL: [(n, _model(n)) for n in ("ConStyleV2PretrainModel", "ConStyleSRModel")],
+        LOSS: [(n, _from("constyle_plugin.losses", n))
+               for n in ("InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss")],
+        DATASET: [(n, _from("constyle_plugin.datasets", n))
+                  for n in ("MixDegradationDataset", "ConStylePretrainDataset")],
     }
 
 
-def register() -> Dict[str, Dict[str, List[str]]]:
-    """Add the plugin's entries to BasicSR's registries; idempotent; never replaces a host's name.
-
-    Returns, per registry (``ARCH``, ``MODEL``, ``LOSS``, ``DATASET``), the names ``added`` by this
-    call, those ``kept`` from the host (a different object was already registered under the name:
-    the host's stays), those ``already`` registered by an earlier call, and those ``unavailable``
-    here (``ConStyleSRModel`` in a fork without BasicSR's ``SRModel``). A basicsr without
-    registries (old forks) raises ``ImportError``; see :func:`available`.
-    """
-    registries = _registries()
+def _register_into_host(host: RegistryHost, unet_builder: Callable) -> Dict[str, Dict[str, List[str]]]:
     report: Dict[str, Dict[str, List[str]]] = {}
-    for kind, entries in _entries().items():
-        registry = registries[kind]
+    for kind, entries in _entries(unet_builder).items():
+        registry = host.registries.get(kind)
+        if registry is None:
+            continue
         result = report.setdefault(kind, {"added": [], "kept": [], "already": [], "unavailable": []})
         for name, load in entries:
             try:
                 obj = load()
-            except AttributeError:
+            except (AttributeError, EntryUnavailable):
                 result["unavailable"].append(name)
                 continue
             existing = _lookup(registry, name)
@@ -371,29 +384,145 @@ def register() -> Dict[str, Dict[str, List[str]]]:
     return report
 
 
+def register() -> Dict[str, Dict[str, List[str]]]:
+    """Add the plugin's entries to PyPI BasicSR's registries; idempotent; never replaces a host's name.
+
+    Returns, per registry (``ARCH``, ``MODEL``, ``LOSS``, ``DATASET``), the names ``added`` by this
+    call, those ``kept`` from the host (a different object was already registered under the name:
+    the host's stays), those ``already`` registered by an earlier call, and those ``unavailable``
+    here. A basicsr without registries (1.2-era forks) raises ``ImportError``: see
+    :func:`register_here`.
+    """
+    ensure_basicsr_importable()
+    return _register_into_host(RegistryHost(_pypi_registries(), "BasicSR registries"), build_constyle_unet)
+
+
+_VENDORED_BUILDERS: Dict[Tuple[int, ...], Callable] = {}
+
+
+def register_into(arch: Any = None, model: Any = None, loss: Any = None,
+                  dataset: Any = None) -> Dict[str, Dict[str, List[str]]]:
+    """Register into registries a code base vendors under its own name (BasicSR's ``Registry`` class
+    copied, as the authors' ConStyle v2 release does in ``utils/registry.py``)::
+
+        from utils.registry import ARCH_REGISTRY, MODEL_REGISTRY, LOSS_REGISTRY, DATASET_REGISTRY
+        from constyle_plugin.integrations.basicsr import register_into
+        register_into(arch=ARCH_REGISTRY, model=MODEL_REGISTRY, loss=LOSS_REGISTRY, dataset=DATASET_REGISTRY)
+
+    Registries left out (``None``) are not touched. ``ConStyleUNet`` registered here builds its
+    backbone from ``arch``. Idempotent; never replaces a name already registered; returns the same
+    report as :func:`register` (models are ``unavailable`` without PyPI BasicSR).
+    """
+    host = RegistryHost({ARCH: arch, MODEL: model, LOSS: loss, DATASET: dataset}, "vendored registries")
+    for kind, registry in host.registries.items():
+        if not callable(getattr(registry, "register", None)):
+            raise TypeError(f"register_into: {kind.lower()}= must be a BasicSR-style Registry "
+                            f"(with .register), got {type(registry).__name__}")
+    builder = _VENDORED_BUILDERS.get(host.key())
+    if builder is None:
+        builder = _VENDORED_BUILDERS[host.key()] = _named("ConStyleUNet")(_unet_builder(lambda: host))
+    return _register_into_host(host, builder)
+
+
+# --------------------------------------------------------------------------------- 1.2-era forks
+class _ForkEntries(types.ModuleType):
+    """The module appended to a fork's look-up list: attributes are the plugin's entries of one kind,
+    loaded on first access; any other name is an AttributeError, as in any module."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"constyle_plugin.integrations.basicsr.fork_{kind.lower()}_entries",
+                         f"constyle-plugin {_KIND_WORDS[kind]}s, found after the fork's own")
+        self._kind = kind
+
+    def _loaders(self) -> Dict[str, Callable[[], Any]]:
+        return dict(_entries(_fork_unet_builder)[self._kind])
+
+    def available_names(self) -> List[str]:
+        return sorted(self._loaders())
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        load = self._loaders().get(name)
+        if load is None:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        try:
+            obj = load()
+        except EntryUnavailable as exc:
+            raise ImportError(str(exc)) from None
+        setattr(self, name, obj)
+        return obj
+
+
+_fork_unet_builder = _named("ConStyleUNet")(_unet_builder(ForkHost))
+_FORK_ENTRIES = {kind: _ForkEntries(kind) for kind in (ARCH, MODEL, DATASET)}
+
+
+def register_with_fork_module(module: types.ModuleType) -> bool:
+    """Make the plugin's entries findable through one of a 1.2-era fork's look-up modules
+    (``basicsr.models.archs``, ``basicsr.models``, ``basicsr.data``, ``basicsr.models.losses``).
+
+    The entries module goes at the end of the fork's list, so the fork's own names win; losses are
+    set only where the fork has no attribute of that name. Idempotent. Returns False for a module
+    that is not laid out as a 1.2-era fork's (PyPI BasicSR's ``basicsr.data``, for instance).
+    """
+    name = module.__name__
+    if name in _FORK_LISTS:
+        modules = getattr(module, _FORK_LISTS[name][0], None)
+        if not isinstance(modules, list):
+            return False
+        entries = _FORK_ENTRIES[_FORK_LISTS[name][1]]
+        if not any(m is entries for m in modules):
+            modules.append(entries)
+        return True
+    if name == _FORK_LOSSES and "basicsr.utils.registry" not in sys.modules:
+        for loss_name, load in _entries(_fork_unet_builder)[LOSS]:
+            if getattr(module, loss_name, None) is None:
+                setattr(module, loss_name, load())
+        return True
+    return False
+
+
+def register_here() -> Dict[str, Any]:
+    """Register with the basicsr importable here, whichever its flavour (imports it)."""
+    host = current_host()
+    if isinstance(host, RegistryHost):
+        return register()
+    done = {}
+    for name in (*_FORK_LISTS, _FORK_LOSSES):
+        try:
+            done[name] = register_with_fork_module(importlib.import_module(name))
+        except ImportError:
+            done[name] = False
+    return {"fork": done}
+
+
 # ------------------------------------------------------------------------------------------------
 # Option checks (run by the `basicsr` command before anything is built)
 # ------------------------------------------------------------------------------------------------
-_PLUGIN_DATASETS = ("MixDegradationDataset", "ConStylePretrainDataset")
 _SAMPLE_ROOTS = {"MixDegradationDataset": ("dataroot_gt", "sample_photos"),
                  "ConStylePretrainDataset": ("dataroot", "sample_classes")}
 
 
-def check_options(opt: Mapping[str, Any], *, resuming: bool = False) -> None:
+def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optional[BasicSRHost] = None) -> None:
     """Check a parsed BasicSR options dict before training / testing starts.
 
-    Checks the model type, every ``network_*`` (type registered; for ``ConStyleUNet``: backbone
-    type, prompter file, inject targets, stage module names), the datasets (type registered, data
-    folders present), ``path.pretrain_network_*`` files (unless resuming) and, for the plugin's
-    models, the optimiser type. Raises :class:`OptionError` naming the first bad option.
+    Checks the model type, every ``network_*`` (type known; for ``ConStyleUNet``: backbone type,
+    prompter file, inject targets, stage module names), the datasets (type known, data folders
+    present), ``path.pretrain_network_*`` files (unless resuming) and, for the plugin's models, the
+    optimiser type. Names are looked up the way ``host`` (default: the basicsr importable here)
+    looks them up. Raises :class:`OptionError` naming the first bad option.
     """
     import torch
 
-    registries = _registries()
+    host = host or current_host()
     model_type = opt.get("model_type")
-    if _lookup(registries[MODEL], model_type) is None:
-        raise OptionError("model_type", _unknown_name("model (MODEL_REGISTRY)", model_type,
-                                                      _registered_names(registries[MODEL])))
+    try:
+        found_model = host.find(MODEL, model_type)
+    except ImportError as exc:  # a fork asked for a model that needs PyPI BasicSR
+        raise OptionError("model_type", str(exc)) from None
+    if found_model is None:
+        raise OptionError("model_type", host.unknown(MODEL, model_type))
     if model_type == "ConStyleV2PretrainModel" and (opt.get("network_g") or {}).get("type") != "ConStyleMoCo":
         raise OptionError("network_g.type", "ConStyleV2PretrainModel trains a ConStyleMoCo (stage 1); "
                                             f"got {(opt.get('network_g') or {}).get('type')!r}")
@@ -401,21 +530,19 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False) -> None:
         net = opt[key]
         if not isinstance(net, Mapping) or "type" not in net:
             raise OptionError(key, "expected a network dict with a `type`")
-        if _lookup(registries[ARCH], net["type"]) is None:
-            raise OptionError(_join(key, "type"), _unknown_name("architecture (ARCH_REGISTRY)", net["type"],
-                                                                _registered_names(registries[ARCH])))
+        if host.find(ARCH, net["type"]) is None:
+            raise OptionError(_join(key, "type"), host.unknown(ARCH, net["type"]))
         if net["type"] == "ConStyleUNet":
-            check_network_options(net, key)
+            check_network_options(net, key, host=host)
         elif net["type"] in ("ConStyleV2", "ConStyleMoCo") and net.get("pretrained") is not None:
-            _check_file(_join(key, "pretrained"), net["pretrained"], "checkpoint")
+            check_file(_join(key, "pretrained"), net["pretrained"], "checkpoint")
 
     for phase, dataset in (opt.get("datasets") or {}).items():
         key = _join("datasets", phase)
         if not isinstance(dataset, Mapping) or "type" not in dataset:
             raise OptionError(key, "expected a dataset dict with a `type`")
-        if _lookup(registries[DATASET], dataset["type"]) is None:
-            raise OptionError(_join(key, "type"), _unknown_name("dataset (DATASET_REGISTRY)", dataset["type"],
-                                                                _registered_names(registries[DATASET])))
+        if host.find(DATASET, dataset["type"]) is None:
+            raise OptionError(_join(key, "type"), host.unknown(DATASET, dataset["type"]))
         special = _SAMPLE_ROOTS.get(dataset["type"])
         for name, value in dataset.items():
             if not (name.startswith("dataroot") or name == "meta_info_file") or value is None:
@@ -429,7 +556,7 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False) -> None:
     if not resuming:
         for name, value in (opt.get("path") or {}).items():
             if name.startswith("pretrain_network") and value is not None:
-                _check_file(_join("path", name), value, "checkpoint")
+                check_file(_join("path", name), value, "checkpoint")
 
     if model_type in ("ConStyleSRModel", "ConStyleV2PretrainModel") and opt.get("is_train"):
         for name, value in (opt.get("train") or {}).items():
@@ -437,10 +564,3 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False) -> None:
                 optim = value.get("type")
                 if not isinstance(getattr(torch.optim, str(optim), None), type):
                     raise OptionError(_join("train", name, "type"), f"{optim!r} is not an optimiser of torch.optim")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The ``basicsr`` console script (see :mod:`.basicsr_cli`)."""
-    from .basicsr_cli import main as cli_main
-
-    return cli_main(argv)

@@ -45,7 +45,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..compat import ensure_basicsr_importable
 from ..prompter import atomic_write
 from .basicsr import OptionError, check_options
 
@@ -57,7 +56,11 @@ USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [--launcher {none,pytorc
 Runs BasicSR's own training or test pipeline with the constyle-plugin registered
 (ConStyleUNet, ConStyleV2, NAFNet/Restormer/ConvUNet where absent, ConStyleV2PretrainModel,
 ConStyleSRModel, the stage-1 losses and the plugin's datasets). Experiments are written under
-./experiments, test results under ./results. `basicsr train -h` shows BasicSR's own flags."""
+./experiments, test results under ./results. `basicsr train -h` shows BasicSR's own flags.
+
+Inside a 1.2-era BasicSR fork (NAFNet, Restormer: a `basicsr` package without registries), it
+runs the fork's own basicsr/train.py or basicsr/test.py with the plugin's names findable there;
+--force_yml works there too, and the fork resumes by itself from its newest state."""
 
 # The classes a BasicSR .state file may hold beside tensors and plain containers.
 STATE_SAFE_GLOBALS = (collections.Counter, collections.OrderedDict)
@@ -428,11 +431,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"basicsr: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
 
-    import constyle_plugin  # noqa: F401  (registers the plugin where the package __init__ does)
-    from .basicsr import register
+    import constyle_plugin  # noqa: F401  (registers with basicsr as it is imported)
+    from .basicsr import ForkHost, current_host, register_here
 
-    ensure_basicsr_importable()
-    register()
+    try:
+        host = current_host()
+    except ImportError as exc:
+        print(f"basicsr {command}: no usable basicsr here ({exc}). Install BasicSR with "
+              f"pip install 'constyle-plugin[basicsr]', or run inside a BasicSR fork installed with its "
+              f"`python setup.py develop`.", file=sys.stderr)
+        return 2
+    register_here()
+    if isinstance(host, ForkHost):
+        from .basicsr_fork import run_fork
+
+        return run_fork(command, rest)
     import basicsr.test
     import basicsr.train
 

@@ -40,7 +40,7 @@ from basicsr.metrics import calculate_metric  # noqa: E402
 from basicsr.models.base_model import BaseModel  # noqa: E402
 from basicsr.utils import get_root_logger, imwrite, tensor2img  # noqa: E402
 
-from .basicsr import OptionError  # noqa: E402
+from ..builder import OptionError  # noqa: E402
 
 __all__ = ["ConStyleSRModel", "ConStyleV2PretrainModel"]
 

@@ -1,0 +1,3 @@
+from .losses import L1Loss, PSNRLoss
+
+__all__ = ['L1Loss', 'PSNRLoss']
