@@ -8,16 +8,19 @@ pass, or named explicitly with a :class:`StageSpec`.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
+from .hooks import HookSet, PromptLedger, mark_wrapped, wrapper_of
 from .injection import FeatureInjector, LatentFiLM, LatentModulator
-from .prompter import FEATURE_CHANNELS, LATENT_DIM, ConStyleV2, Prompt, default_prompter_path
+from .prompter import FEATURE_CHANNELS, LATENT_DIM, ConStyleV2, default_prompter_path, prepare_image
 
 __all__ = ["ConStyleUNet", "StageInfo", "StageSpec", "UNetStructureError", "wrap_unet", "unwrap_unet",
            "discover_stages"]
@@ -76,18 +79,28 @@ class StageSpec:
 
 @dataclass(frozen=True)
 class StageInfo:
-    """One hook point: its role, module name, scale (1/2**scale of the input) and channel count."""
+    """One hook point: its role, module name, scale (1/2**scale of the input) and channel count.
+
+    ``layout`` is how the stage hands its feature on: ``"BCHW"`` (a map), ``"BHWC"`` (channels last,
+    as MLP-mixer and Swin-style blocks do) or ``"BLC"`` (``B x L x C`` tokens, as Uformer-style
+    transformers do); the hook converts to ``B x C x H x W`` for the adapter and back.
+    """
 
     role: str
     name: str
     scale: int
     channels: int
     output_index: Optional[int] = None  # which element of a tuple/list output holds the feature
+    layout: str = "BCHW"
 
 
 # --------------------------------------------------------------------------------------------
 # The probe
 # --------------------------------------------------------------------------------------------
+PROBE_BATCH = 2  # not 1: a window-attention matrix (windows x heads x N x N) never passes for a map
+Shape = Tuple[int, ...]
+
+
 @dataclass
 class _Call:
     name: str
@@ -95,60 +108,106 @@ class _Call:
     start: int
     end: int = -1
     calls: int = 0
+    in_shapes: Tuple[Shape, ...] = ()
+    out_shapes: Tuple[Tuple[Optional[int], Shape], ...] = ()
+    fed_by: Optional[str] = None  # the module whose output tensor is this module's first input
+    # filled in once the reference size is known:
     in_hw: Optional[Tuple[int, int]] = None
-    outs: Tuple[Tuple[Optional[int], Tuple[int, int], int], ...] = ()  # (index, (h, w), channels)
+    outs: Tuple[Tuple[Optional[int], Tuple[int, int], int, str], ...] = ()  # (index, (h, w), channels, layout)
 
 
-def _first_map(obj: Any) -> Optional[Tensor]:
-    if isinstance(obj, Tensor):
-        return obj if obj.dim() == 4 else None
-    if isinstance(obj, (list, tuple)):
-        for item in obj:
-            found = _first_map(item)
-            if found is not None:
-                return found
-    if isinstance(obj, Mapping):
-        return _first_map(list(obj.values()))
-    return None
+def _flat_tensors(obj: Any, limit: int = 4) -> List[Tensor]:
+    found: List[Tensor] = []
+
+    def walk(o: Any) -> None:
+        if len(found) >= limit:
+            return
+        if isinstance(o, Tensor):
+            if o.dim() in (3, 4):
+                found.append(o)
+        elif isinstance(o, (list, tuple)):
+            for item in o:
+                walk(item)
+        elif isinstance(o, Mapping):
+            for item in o.values():
+                walk(item)
+
+    walk(obj)
+    return found
 
 
-def _output_maps(out: Any) -> Tuple[Tuple[Optional[int], Tuple[int, int], int], ...]:
+def _output_tensors(out: Any) -> List[Tuple[Optional[int], Tensor]]:
     if isinstance(out, Tensor):
-        return ((None, tuple(out.shape[-2:]), out.shape[1]),) if out.dim() == 4 else ()
+        return [(None, out)] if out.dim() in (3, 4) else []
     if isinstance(out, (list, tuple)):
-        return tuple((i, tuple(t.shape[-2:]), t.shape[1])
-                     for i, t in enumerate(out) if isinstance(t, Tensor) and t.dim() == 4)
-    return ()
+        return [(i, t) for i, t in enumerate(out) if isinstance(t, Tensor) and t.dim() in (3, 4)]
+    return []
 
 
-def _probe(backbone: nn.Module, size: Tuple[int, int], in_channels: int) -> Tuple[Dict[str, _Call], Any]:
-    """Run one forward pass on a random input, recording every submodule's input and output maps."""
+@dataclass
+class _ProbeResult:
+    calls: Dict[str, _Call]
+    output_shapes: Tuple[Shape, ...]
+    size: Tuple[int, int]
+    batch: int
+    in_channels: int
+    note: str = ""
+
+    def describe(self) -> str:
+        return f"{self.batch} x {self.in_channels} x {self.size[0]} x {self.size[1]}"
+
+
+class _ProbeFailed(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+def _probe(backbone: nn.Module, size: Tuple[int, int], in_channels: int,
+           batch: int = PROBE_BATCH) -> _ProbeResult:
+    """Run one forward pass on a random input, recording every submodule's input and output shapes.
+
+    The network is left exactly as it was: modes, every buffer (BatchNorm statistics, counters) and
+    the random number generators are restored, whatever its forward did.
+    """
     param = next(iter(backbone.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     calls: Dict[str, _Call] = {}
     clock = iter(range(1 << 62))
     handles = []
+    made_by: Dict[int, Tuple[str, "weakref.ref[Tensor]"]] = {}
 
     def pre_hook(name):
         def hook(module, args, kwargs):
             rec = calls.get(name)
             if rec is None:
-                first = _first_map((args, kwargs))
+                inputs = _flat_tensors((args, kwargs))
+                fed_by = None
+                if inputs:
+                    maker = made_by.get(id(inputs[0]))
+                    if maker is not None and maker[1]() is inputs[0]:
+                        fed_by = maker[0]
                 rec = calls[name] = _Call(name, name.count(".") + 1, next(clock),
-                                          in_hw=tuple(first.shape[-2:]) if first is not None else None)
+                                          in_shapes=tuple(tuple(t.shape) for t in inputs), fed_by=fed_by)
             rec.calls += 1
         return hook
 
     def post_hook(name):
         def hook(module, args, output):
             rec = calls[name]
+            tensors = _output_tensors(output)
             if rec.calls == 1:
                 rec.end = next(clock)
-                rec.outs = _output_maps(output)
+                rec.out_shapes = tuple((i, tuple(t.shape)) for i, t in tensors)
+            for _, t in tensors:
+                made_by[id(t)] = (name, weakref.ref(t))
         return hook
 
     modes = {m: m.training for m in backbone.modules()}
+    buffers = [(module, key, buf, buf.detach().clone()) for module in backbone.modules()
+               for key, buf in module.named_buffers(recurse=False) if buf is not None]
+    rng_devices = [device] if device.type == "cuda" else []
     try:
         for name, module in backbone.named_modules():
             if name:
@@ -156,24 +215,72 @@ def _probe(backbone: nn.Module, size: Tuple[int, int], in_channels: int) -> Tupl
                 handles.append(module.register_forward_hook(post_hook(name)))
         backbone.eval()
         generator = torch.Generator().manual_seed(0)
-        x = torch.rand(1, in_channels, *size, generator=generator).to(device=device, dtype=dtype)
-        with torch.no_grad():
-            output = backbone(x)
+        x = torch.rand(batch, in_channels, *size, generator=generator).to(device=device, dtype=dtype)
+        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+            try:
+                output = backbone(x)
+            except Exception as exc:  # the user's network refused the probe: reported by the caller
+                raise _ProbeFailed(exc) from exc
     finally:
         for handle in handles:
             handle.remove()
         for module, mode in modes.items():
             module.training = mode
-    return calls, output
+        with torch.no_grad():
+            for module, key, buf, saved in buffers:
+                if getattr(module, key, None) is not buf:
+                    setattr(module, key, buf)
+                buf.copy_(saved)
+    return _ProbeResult(calls, tuple(tuple(t.shape) for t in _flat_tensors(output)), tuple(size), batch,
+                        in_channels)
 
 
-class _Scales:
-    """Maps a spatial size to its scale s (size = R / 2**s, with stride-2 rounding) or None."""
+def _probe_with_fallback(backbone: nn.Module, size: Tuple[int, int], in_channels: int) -> _ProbeResult:
+    """The probe at ``size``; if the network raises on it and ``size`` is not square, a square probe.
 
-    def __init__(self, reference: Tuple[int, int]) -> None:
-        self.reference = reference
+    Token-based transformers (Uformer-style, ``h = w = sqrt(L)``) accept square inputs only. When even
+    that fails, the network's own error is reported as a :class:`UNetStructureError`, with advice.
+    """
+    try:
+        return _probe(backbone, size, in_channels)
+    except _ProbeFailed as first:
+        failure = first
+    tried = f"{PROBE_BATCH} x {in_channels} x {size[0]} x {size[1]}"
+    if size[0] != size[1]:
+        side = max(size)
+        try:
+            result = _probe(backbone, (side, side), in_channels)
+        except _ProbeFailed as second:
+            raise UNetStructureError(
+                f"the probe forward failed inside {type(backbone).__name__}: with a {tried} input: "
+                f"{failure}; with a square {side} x {side} one too: {second}. Pass probe_size=(H, W) that "
+                f"the network accepts and in_channels= if {in_channels} is wrong. " + _HOW_TO_SPEC) from second.cause
+        result.note = (f"square probe {side} x {side}: the network raised on the {size[0]} x {size[1]} probe "
+                       f"({str(failure)[:160]})")
+        return result
+    raise UNetStructureError(
+        f"the probe forward failed inside {type(backbone).__name__} with a {tried} input: {failure}. Pass "
+        f"probe_size=(H, W) that the network accepts and in_channels= if {in_channels} is wrong. "
+        + _HOW_TO_SPEC) from failure.cause
 
-    def __call__(self, hw: Tuple[int, int]) -> Optional[int]:
+
+class _Layouts:
+    """Reads recorded shapes as maps: scale s (size = R / 2**s, stride-2 rounding), channels, layout."""
+
+    def __init__(self, probe: _ProbeResult) -> None:
+        ph, pw = probe.size
+        sizes = [probe.size]
+        shapes = [s for r in probe.calls.values() for s in r.in_shapes]
+        shapes += [s for r in probe.calls.values() for _, s in r.out_shapes]
+        for shape in shapes:  # a network that pads its input: the padded size is the reference
+            if len(shape) == 4 and shape[0] == probe.batch and ph <= shape[2] < 2 * ph and pw <= shape[3] < 2 * pw:
+                sizes.append(shape[2:])
+        self.reference = (max(h for h, _ in sizes), max(w for _, w in sizes))
+        self.batch = probe.batch
+
+    def scale(self, hw: Optional[Tuple[int, int]]) -> Optional[int]:
+        if hw is None or tuple(hw) == (1, 1):  # a global pooling is never a stage
+            return None
         found = []
         for n, ref in zip(hw, self.reference):
             if n <= 0:
@@ -184,18 +291,70 @@ class _Scales:
             found.append(s)
         return found[0] if found[0] == found[1] else None
 
+    def _token_hw(self, length: int) -> Optional[Tuple[int, int]]:
+        rh, rw = self.reference
+        for s in range(0, 16):
+            for h in {math.floor(rh / 2 ** s), math.ceil(rh / 2 ** s)}:
+                for w in {math.floor(rw / 2 ** s), math.ceil(rw / 2 ** s)}:
+                    if h * w == length and (h, w) != (1, 1) and self.scale((h, w)) == s:
+                        return h, w
+        return None
+
+    def read(self, shape: Shape) -> Optional[Tuple[Tuple[int, int], int, str]]:
+        """((h, w), channels, layout) of a recorded shape, or None if it is no feature map."""
+        if not shape or shape[0] != self.batch:
+            return None
+        if len(shape) == 4:
+            if self.scale(shape[2:]) is not None:
+                return tuple(shape[2:]), shape[1], "BCHW"
+            if self.scale(shape[1:3]) is not None:
+                return tuple(shape[1:3]), shape[3], "BHWC"
+        elif len(shape) == 3:
+            hw = self._token_hw(shape[1])
+            if hw is not None:
+                return hw, shape[2], "BLC"
+        return None
+
+    def fill(self, probe: _ProbeResult) -> None:
+        for rec in probe.calls.values():
+            rec.in_hw = next((m[0] for m in map(self.read, rec.in_shapes) if m is not None), None)
+            outs = []
+            for index, shape in rec.out_shapes:
+                m = self.read(shape)
+                if m is not None:
+                    outs.append((index, m[0], m[1], m[2]))
+            rec.outs = tuple(outs)
+
 
 def _infer_in_channels(backbone: nn.Module) -> int:
-    for module in backbone.modules():
+    return _input_conv(backbone)[1]
+
+
+def _input_conv(backbone: nn.Module) -> Tuple[Optional[str], int]:
+    """(name, in_channels) of the first Conv2d, or (None, 3) when the network has none."""
+    for name, module in backbone.named_modules():
         if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
+            return name, module.in_channels
+    return None, 3
 
 
 def _outermost(records: List[_Call]) -> List[_Call]:
     names = {r.name for r in records}
     return [r for r in records
             if not any(r.name.startswith(other + ".") for other in names if other != r.name)]
+
+
+def _seen(probe: _ProbeResult, layouts: _Layouts, limit: int = 14) -> str:
+    """What the probe saw, module by module at the top level: 'name: in -> out' scales."""
+    def fmt(rec: _Call) -> str:
+        outs = ", ".join(f"1/{2 ** layouts.scale(hw)} {c}ch{'' if lay == 'BCHW' else ' ' + lay}"
+                         + ("" if i is None else f" [{i}]") for i, hw, c, lay in rec.outs) or "no map"
+        s_in = layouts.scale(rec.in_hw)
+        return f"{rec.name}: {'-' if s_in is None else f'1/{2 ** s_in}'} -> {outs}"
+    top = sorted((r for r in probe.calls.values() if r.depth == 1), key=lambda r: r.start)
+    lines = [fmt(r) for r in top[:limit]] + ([f"... {len(top) - limit} more"] if len(top) > limit else [])
+    return f"the probe ({probe.describe()}{'; ' + probe.note if probe.note else ''}) saw, at the top level: " \
+           + "; ".join(lines) + "."
 
 
 def discover_stages(backbone: nn.Module, probe_size: Tuple[int, int] = DEFAULT_PROBE_SIZE,
@@ -206,20 +365,29 @@ def discover_stages(backbone: nn.Module, probe_size: Tuple[int, int] = DEFAULT_P
     scale s-1 and returns one at scale s (measured against the largest resolution the probe saw);
     where downsampling is functional (``F.max_pool2d`` in ``forward``), the first module that runs
     at scale s stands in. The bottleneck is the last module at the coarsest scale before the
-    resolution climbs back; decoder stages are the modules that climb (scale s -> s-1).
+    resolution climbs back; decoder stages are the modules that climb (scale s -> s-1), preferring
+    a chain where each climbing module is fed directly by the previous one. Maps may be
+    ``B x C x H x W``, channels-last ``B x H x W x C`` or ``B x L x C`` tokens.
     """
+    spec, infos, _ = _discover(backbone, tuple(probe_size), in_channels)
+    return spec, infos
+
+
+def _discover(backbone: nn.Module, probe_size: Tuple[int, int],
+              in_channels: Optional[int]) -> Tuple[StageSpec, List[StageInfo], str]:
     in_channels = in_channels or _infer_in_channels(backbone)
-    calls, output = _probe(backbone, tuple(probe_size), in_channels)
-    sizes = [r.in_hw for r in calls.values() if r.in_hw] + [hw for r in calls.values() for _, hw, _ in r.outs]
-    sizes.append(tuple(probe_size))
-    scale_of = _Scales((max(h for h, _ in sizes), max(w for _, w in sizes)))
+    probe = _probe_with_fallback(backbone, probe_size, in_channels)
+    layouts = _Layouts(probe)
+    layouts.fill(probe)
+    calls = probe.calls
+    scale_of = layouts.scale
     once = [r for r in calls.values() if r.calls == 1 and r.in_hw is not None and r.end >= 0]
 
-    def out_at(rec: _Call, s: int) -> Optional[Tuple[Optional[int], int]]:
-        """(output index, channels) if ``rec`` returns exactly one map at scale s and none coarser."""
-        scales = [(i, scale_of(hw), c) for i, hw, c in rec.outs]
-        hits = [(i, c) for i, sc, c in scales if sc == s]
-        if len(hits) != 1 or any(sc is not None and sc > s for _, sc, _ in scales):
+    def out_at(rec: _Call, s: int) -> Optional[Tuple[Optional[int], int, str]]:
+        """(output index, channels, layout) if ``rec`` returns exactly one map at scale s and none coarser."""
+        scales = [(i, scale_of(hw), c, lay) for i, hw, c, lay in rec.outs]
+        hits = [(i, c, lay) for i, sc, c, lay in scales if sc == s]
+        if len(hits) != 1 or any(sc is not None and sc > s for _, sc, _, _ in scales):
             return None
         return hits[0]
 
@@ -227,7 +395,7 @@ def discover_stages(backbone: nn.Module, probe_size: Tuple[int, int] = DEFAULT_P
         records = _outermost(list(records))
         return min(records, key=lambda r: r.start) if records else None
 
-    encoder: List[Tuple[_Call, int, Tuple[Optional[int], int]]] = []
+    encoder: List[Tuple[_Call, int, Tuple[Optional[int], int, str]]] = []
     after = -1
     for s in range(1, 32):
         strict = first(r for r in once if r.start > after and scale_of(r.in_hw) == s - 1 and out_at(r, s))
@@ -237,22 +405,24 @@ def discover_stages(backbone: nn.Module, probe_size: Tuple[int, int] = DEFAULT_P
         encoder.append((chosen, s, out_at(chosen, s)))
         after = chosen.end
 
-    out_map = _first_map(output)
-    seen = sorted({s for s in (scale_of(hw) for hw in sizes) if s is not None})
+    out_map = next((m for m in map(layouts.read, probe.output_shapes) if m is not None), None)
+    seen = sorted({s for r in calls.values() for s in [scale_of(r.in_hw)] + [scale_of(o[1]) for o in r.outs]
+                   if s is not None})
     if not encoder:
         raise UNetStructureError(
-            f"no downsampling found: the probe ({in_channels} x {probe_size[0]} x {probe_size[1]}) saw feature maps "
-            f"only at scale(s) {seen} (1/2**s of the input) and no module that halves the resolution. "
+            f"no downsampling found: the probe ({probe.describe()}) saw feature maps only at scale(s) {seen} "
+            f"(1/2**s of the input) and no module that halves the resolution; {_seen(probe, layouts)} "
             + _HOW_TO_SPEC)
-    if out_map is None or scale_of(tuple(out_map.shape[-2:])) != 0:
-        got = "no image-shaped output" if out_map is None else f"an output of {tuple(out_map.shape[-2:])}"
+    if out_map is None or scale_of(out_map[0]) != 0:
+        got = "no image-shaped output" if out_map is None else f"an output of {out_map[0]}"
         raise UNetStructureError(
             f"no way back up: the network goes down to 1/{2 ** encoder[-1][1]} of the input but returns {got}, "
-            f"not a map at the input's resolution. " + _HOW_TO_SPEC)
+            f"not a map at the input's resolution; {_seen(probe, layouts)} " + _HOW_TO_SPEC)
 
     deepest, depth, _ = encoder[-1]
+
     def climbs(rec: _Call) -> bool:
-        scales = [scale_of(rec.in_hw)] + [scale_of(hw) for _, hw, _ in rec.outs]
+        scales = [scale_of(rec.in_hw)] + [scale_of(hw) for _, hw, _, _ in rec.outs]
         return rec.start > deepest.end and any(sc is not None and sc < depth for sc in scales)
 
     t_climb = min((r.start for r in calls.values() if r.in_hw is not None and climbs(r)), default=1 << 62)
@@ -261,22 +431,42 @@ def discover_stages(backbone: nn.Module, probe_size: Tuple[int, int] = DEFAULT_P
                           and scale_of(r.in_hw) == depth and out_at(r, depth)])
     bottleneck = max(middles, key=lambda r: r.end) if middles else deepest
 
-    decoder: List[Tuple[_Call, int, Tuple[Optional[int], int]]] = []
-    after = bottleneck.end
-    for s in range(depth, 0, -1):
-        up = first(r for r in once if r.start > after and scale_of(r.in_hw) == s and out_at(r, s - 1))
-        if up is None:
-            break
-        decoder.append((up, s - 1, out_at(up, s - 1)))
-        after = up.end
+    def climbing(after: int, s: int) -> List[_Call]:
+        found = _outermost([r for r in once if r.start > after and scale_of(r.in_hw) == s and out_at(r, s - 1)])
+        return sorted(found, key=lambda r: r.start)
 
-    infos = [StageInfo("encoder", rec.name, s, hit[1], hit[0]) for rec, s, hit in encoder[:3]]
+    def fed(rec: _Call, prev: str) -> bool:
+        return rec.fed_by is not None and (rec.fed_by == prev or rec.fed_by.startswith(prev + "."))
+
+    def fed_chain(prev: _Call, s: int) -> Optional[List[_Call]]:
+        """Climbing modules each fed directly by the previous one, down to full resolution."""
+        if s == 0:
+            return []
+        for rec in climbing(prev.end, s):
+            if fed(rec, prev.name):
+                rest = fed_chain(rec, s - 1)
+                if rest is not None:
+                    return [rec] + rest
+        return None
+
+    chain = fed_chain(bottleneck, depth)
+    if chain is None:  # the climb goes through functional code: the first climbing module per scale
+        chain, after = [], bottleneck.end
+        for s in range(depth, 0, -1):
+            ups = climbing(after, s)
+            if not ups:
+                break
+            chain.append(ups[0])
+            after = ups[0].end
+    decoder = [(rec, depth - k - 1, out_at(rec, depth - k - 1)) for k, rec in enumerate(chain)]
+
+    infos = [StageInfo("encoder", rec.name, s, hit[1], hit[0], hit[2]) for rec, s, hit in encoder[:3]]
     hit = out_at(bottleneck, depth)
-    infos.append(StageInfo("bottleneck", bottleneck.name, depth, hit[1], hit[0]))
-    infos += [StageInfo("decoder", rec.name, s, hit[1], hit[0]) for rec, s, hit in decoder]
+    infos.append(StageInfo("bottleneck", bottleneck.name, depth, hit[1], hit[0], hit[2]))
+    infos += [StageInfo("decoder", rec.name, s, hit[1], hit[0], hit[2]) for rec, s, hit in decoder]
     spec = StageSpec(encoder=tuple(i.name for i in infos if i.role == "encoder"), bottleneck=bottleneck.name,
                      decoder=tuple(i.name for i in infos if i.role == "decoder"))
-    return spec, infos
+    return spec, infos, probe.note
 
 
 _HOW_TO_SPEC = (
@@ -286,7 +476,7 @@ _HOW_TO_SPEC = (
 
 
 def _resolve_spec(backbone: nn.Module, spec: StageSpec, probe_size: Tuple[int, int],
-                  in_channels: Optional[int]) -> List[StageInfo]:
+                  in_channels: Optional[int]) -> Tuple[List[StageInfo], str]:
     """Check that every name in ``spec`` is a module run once per forward, and read its channels."""
     modules = dict(backbone.named_modules())
     for name in spec.names():
@@ -295,7 +485,10 @@ def _resolve_spec(backbone: nn.Module, spec: StageSpec, probe_size: Tuple[int, i
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UNetStructureError(f"stages: {name!r} is not a module of {type(backbone).__name__}{hint}")
     in_channels = in_channels or _infer_in_channels(backbone)
-    calls, _ = _probe(backbone, tuple(probe_size), in_channels)
+    probe = _probe_with_fallback(backbone, tuple(probe_size), in_channels)
+    layouts = _Layouts(probe)
+    layouts.fill(probe)
+    calls = probe.calls
     infos = []
     roles = ([("encoder", n, i + 1) for i, n in enumerate(spec.encoder)]
              + ([("bottleneck", spec.bottleneck, -1)] if spec.bottleneck else [])
@@ -308,70 +501,45 @@ def _resolve_spec(backbone: nn.Module, spec: StageSpec, probe_size: Tuple[int, i
             raise UNetStructureError(
                 f"stages: module {name!r} runs {rec.calls} times per forward; a hook point must run once")
         if not rec.outs:
-            raise UNetStructureError(f"stages: module {name!r} returns no B x C x H x W feature map")
-        index, hw, channels = rec.outs[0]
+            shapes = [s for _, s in rec.out_shapes]
+            raise UNetStructureError(
+                f"stages: module {name!r} returns no feature map (B x C x H x W, B x H x W x C or B x L x C "
+                f"at a scale of the input); the probe saw output shape(s) {shapes or 'none'}")
+        index, hw, channels, layout = rec.outs[0]
         if role == "encoder":  # for tuple outputs, take the element nearest the expected scale
-            target = (probe_size[0] / 2 ** scale)
-            index, hw, channels = min(rec.outs, key=lambda o: abs(o[1][0] - target))
-        infos.append(StageInfo(role, name, scale, channels, index))
-    return infos
+            index, hw, channels, layout = min(rec.outs, key=lambda o: abs((layouts.scale(o[1]) or 0) - scale))
+        found = layouts.scale(hw)
+        infos.append(StageInfo(role, name, found if found is not None else scale, channels, index, layout))
+    return infos, probe.note
 
 
 # --------------------------------------------------------------------------------------------
-# The wrapper
+# The wrapper (the hooks themselves: hooks.py)
 # --------------------------------------------------------------------------------------------
-class _StageHook:
-    """A forward hook that sends a stage's output through its adapter.
-
-    A plain object (not a closure) so that ``copy.deepcopy`` of the wrapper gives hooks bound to the
-    copy's adapters, and so that pickling works.
-    """
-
-    def __init__(self, owner: "ConStyleUNet", info: StageInfo, key: str, feature: Optional[int]) -> None:
-        self.owner = owner
-        self.info = info
-        self.key = key
-        self.feature = feature
-
-    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
-        prompt = self.owner._active_prompt
-        if prompt is None:  # the backbone was called on its own, not through the wrapper
-            return None
-        index = self.info.output_index
-        x = output if index is None else output[index]
-        if not isinstance(x, Tensor) or x.dim() != 4:
-            raise RuntimeError(f"ConStyle hook on {self.info.name!r}: expected a B x C x H x W output, "
-                               f"got {type(x).__name__}")
-        adapter = self.owner.adapters[self.key]
-        if self.feature is not None:
-            y = adapter(x, prompt.features[self.feature])
-        else:
-            y = adapter(x, prompt.latent)
-        if index is None:
-            return y
-        items = list(output)
-        items[index] = y
-        return type(output)(items) if isinstance(output, tuple) else items
-
-
 class ConStyleUNet(nn.Module):
     """A U-Net with the frozen ConStyle v2 prompter hooked into its stages (build with :func:`wrap_unet`).
 
     ``forward`` takes exactly what the backbone takes and returns what it returns; the first
     positional argument (or ``x`` / ``inp`` / ``img`` keyword) is the ``B x C x H x W`` image in
     [0, 1] that the prompter sees (grey inputs are replicated to RGB for the prompter).
+
+    Precision: the prompter keeps its own dtype (``wrap_unet`` leaves the loaded fp32 weights as they
+    are, also for a half-precision backbone); the image is cast to the prompter's dtype, and each
+    adapter casts the prompt to its stage's dtype. ``net.half()`` afterwards converts everything.
     """
 
     def __init__(self, backbone: nn.Module, prompter: ConStyleV2, stages: StageSpec,
-                 infos: Sequence[StageInfo], inject: Sequence[str]) -> None:
+                 infos: Sequence[StageInfo], inject: Sequence[str], probe_note: str = "") -> None:
         super().__init__()
         self.backbone = backbone
         self.prompter = prompter.freeze()
         self.stages = stages
         self.stage_info = tuple(infos)
         self.inject = tuple(inject)
+        self.probe_note = probe_note
         self.adapters = nn.ModuleDict()
-        self._active_prompt: Optional[Prompt] = None
+        self._ledger = PromptLedger()
+        self._hooks = HookSet()
         for key, info, feature in self._plan():
             if info.role == "encoder":
                 self.adapters[key] = FeatureInjector(FEATURE_CHANNELS[feature], info.channels)
@@ -396,27 +564,36 @@ class ConStyleUNet(nn.Module):
                 yield f"decoder{k + 1}", info, None
 
     def _attach(self) -> None:
-        modules = dict(self.backbone.named_modules())
-        for key, info, feature in self._plan():
-            modules[info.name].register_forward_hook(_StageHook(self, info, key, feature))
+        self._hooks.attach(self, list(self._plan()))
+        mark_wrapped(self.backbone, self)
 
     def _detach(self) -> None:
-        for module in self.backbone.modules():
-            for hook_id, hook in list(module._forward_hooks.items()):
-                if isinstance(hook, _StageHook) and hook.owner is self:
-                    del module._forward_hooks[hook_id]
+        self._hooks.remove()
+        mark_wrapped(self.backbone, None)
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:  # deepcopy / unpickle: the copy owns its hooks
+        super().__setstate__(state)
+        if len(self.__dict__.get("_hooks", ())):
+            mark_wrapped(self.backbone, self)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         image = args[0] if args else next((kwargs[k] for k in ("x", "inp", "img", "input") if k in kwargs), None)
         if image is None:
             raise TypeError("ConStyleUNet: pass the image batch as the first positional argument (or x=...)")
+        image = prepare_image(image, "x")
+        weight = next(iter(self.prompter.parameters()), None)
+        if weight is not None and image.dtype != weight.dtype and weight.is_floating_point():
+            image = image.to(weight.dtype)
         with torch.no_grad():
             prompt = self.prompter(image)
-        self._active_prompt = prompt
+        self._ledger.begin(prompt, tuple(image.shape[-2:]))
         try:
-            return self.backbone(*args, **kwargs)
-        finally:
-            self._active_prompt = None
+            output = self.backbone(*args, **kwargs)
+        except BaseException:
+            self._ledger.abort()
+            raise
+        self._ledger.end(output)
+        return output
 
     def train(self, mode: bool = True) -> "ConStyleUNet":
         super().train(mode)
@@ -431,8 +608,11 @@ class ConStyleUNet(nn.Module):
         """A table of the hook points: role, module, scale, channels, and whether a prompt goes there."""
         hooked = {info.name + info.role for _, info, _ in self._plan()}
         rows = [f"  {i.role:<10} {i.name:<32} 1/{2 ** i.scale if i.scale >= 0 else '?':<5} {i.channels:>5} ch"
+                f"{'' if i.layout == 'BCHW' else ' ' + i.layout}"
                 f"{'  <- prompt' if i.name + i.role in hooked else ''}" for i in self.stage_info]
-        return f"{type(self.backbone).__name__} with ConStyle v2 at:\n" + "\n".join(rows) + f"\n{self.stages!r}"
+        note = f"\n  ({self.probe_note})" if self.probe_note else ""
+        return (f"{type(self.backbone).__name__} with ConStyle v2 at:\n" + "\n".join(rows) + note
+                + f"\n{self.stages!r}")
 
     def extra_repr(self) -> str:
         return f"stages={self.stages!r}, inject={self.inject}"
@@ -455,6 +635,28 @@ def _check_inject(inject: Union[str, Sequence[str]]) -> Tuple[str, ...]:
     return inject
 
 
+def _check_backbone(unet: nn.Module, in_channels: Optional[int]) -> None:
+    """Refuse, before any probe, what the wrapper could not run: meta tensors, non-image inputs."""
+    meta = next((n for n, t in itertools.chain(unet.named_parameters(), unet.named_buffers()) if t.is_meta), None)
+    if meta is not None:
+        raise ValueError(
+            f"wrap_unet: {type(unet).__name__} has tensors on the meta device ({meta!r}, ...): a meta model has no "
+            f"values to probe, and after to_empty() the prompter would hold uninitialised memory instead of its "
+            f"loaded weights and the adapters would no longer start as the identity. Materialise the network "
+            f"first (unet.to_empty(device=...) and load its weights), then wrap it.")
+    if in_channels is not None:
+        channels, where = in_channels, f"in_channels={in_channels}"
+    else:
+        name, channels = _input_conv(unet)
+        where = f"its first Conv2d {name!r} has in_channels={channels}"
+    if channels not in (1, 3, 4):
+        raise ValueError(
+            f"wrap_unet: {type(unet).__name__} takes {channels}-channel inputs ({where}), but the prompter reads "
+            f"images: 1 (grey), 3 (RGB) or 4 (RGBA) channels in [0, 1]. A network that stacks several images "
+            f"or extra maps on the channels cannot be prompted by the image it receives; if the first Conv2d "
+            f"is not the input layer, pass in_channels=.")
+
+
 def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
               stages: Optional[Union[StageSpec, Mapping[str, Any]]] = None,
               inject: Union[str, Sequence[str]] = DEFAULT_INJECT,
@@ -463,33 +665,43 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
     """Put the frozen ConStyle v2 prompter into a U-Net, without editing its code.
 
     Args:
-        unet: any restoration U-Net taking ``B x C x H x W`` images in [0, 1].
-        prompter: a :class:`ConStyleV2`; default: the packaged pre-trained prompter.
+        unet: any restoration U-Net taking ``B x C x H x W`` images in [0, 1] (C = 1, 3 or 4), on any
+            device and in any floating dtype, but not on the meta device (refused: materialise first).
+        prompter: a :class:`ConStyleV2`; default: the packaged pre-trained prompter. It is moved to
+            ``unet``'s device and keeps its dtype (fp32 weights stay exact under a half backbone).
         stages: a :class:`StageSpec` (or a dict) naming the hook points; default: a ready spec for a
             known family (``constyle_plugin.adapters``), else discovery by one probe forward.
         inject: any of ``"encoder"`` (f1, f2, f3 at 1/2, 1/4, 1/8), ``"bottleneck"`` (latent
             modulation of the coarsest stage), ``"decoder"`` (latent FiLM on each upsampling stage).
-        probe_size: ``H x W`` of the probe input (multiples of the network's size multiple).
+        probe_size: ``H x W`` of the probe input (multiples of the network's size multiple). A
+            network that raises on it is probed again with a square input (``describe()`` says so).
         in_channels: the network's input channels (default: the first Conv2d's).
 
     Returns:
         A :class:`ConStyleUNet` whose output equals ``unet``'s right after wrapping (every adapter
-        ends in a zero-initialised projection). ``net.backbone is unet``.
+        ends in a zero-initialised projection). ``net.backbone is unet``; its modes, buffers and
+        weights are as before wrapping (the probe restores them).
+
+    Raises:
+        UNetStructureError: no U-Net found, or the probe failed inside the network (with what the
+            probe saw and how to pass a StageSpec).
+        ValueError: the network is already wrapped, on the meta device, or takes other than 1, 3 or
+            4 input channels.
     """
-    if isinstance(unet, ConStyleUNet) or any(isinstance(h, _StageHook) for m in unet.modules()
-                                              for h in m._forward_hooks.values()):
+    if isinstance(unet, ConStyleUNet) or wrapper_of(unet) is not None:
         raise ValueError("wrap_unet: this network is already wrapped; unwrap_unet it first")
     inject = _check_inject(inject)
+    _check_backbone(unet, in_channels)
     size = (probe_size, probe_size) if isinstance(probe_size, int) else tuple(probe_size)
     if stages is None:
         from .adapters import stage_spec_for
 
         stages = stage_spec_for(unet)
     if stages is None:
-        stages, infos = discover_stages(unet, size, in_channels)
+        stages, infos, note = _discover(unet, size, in_channels)
     else:
         stages = StageSpec.from_dict(stages)
-        infos = _resolve_spec(unet, stages, size, in_channels)
+        infos, note = _resolve_spec(unet, stages, size, in_channels)
     roles = {i.role for i in infos}
     missing = [t for t in inject if t not in roles]
     if missing:
@@ -502,7 +714,7 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
     param = next(iter(unet.parameters()), None)
     if param is not None:
         prompter = prompter.to(param.device)
-    net = ConStyleUNet(unet, prompter, stages, infos, inject)
+    net = ConStyleUNet(unet, prompter, stages, infos, inject, note)
     if param is not None:
         net.adapters.to(param.device)
         if param.is_floating_point():
@@ -511,7 +723,7 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
 
 
 def unwrap_unet(net: ConStyleUNet) -> nn.Module:
-    """Remove the hooks and return the original module (``net.backbone``) with its trained weights."""
+    """Remove the hooks (their handles) and return the original module (``net.backbone``), trained weights kept."""
     if not isinstance(net, ConStyleUNet):
         raise TypeError(f"unwrap_unet: expected a ConStyleUNet, got {type(net).__name__}")
     net._detach()
