@@ -1,0 +1,238 @@
+"""Exports and checkpoints survive a kill mid-write (issue 12, item 4).
+
+- ``ConStyleV2.save_pretrained`` (``.safetensors`` and ``.pth``) SIGKILLed half-way through
+  overwriting an export leaves the previous export byte-identical (control: the same kill with the
+  write done in place corrupts the file);
+- the ``basicsr`` command (the console script declared in ``setup.cfg``) writes every checkpoint
+  (``net_g_*.pth``, ``<iter>.state``, ``.rng``) to a hidden temporary file that is then renamed into
+  place, and a kill in the middle of a real save leaves no partial checkpoint under a final name.
+
+Every writer is a fresh interpreter, killed with SIGKILL (no clean-up code runs).
+"""
+from __future__ import annotations
+
+import collections
+import configparser
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import pytest
+import torch
+
+from constyle_plugin import CheckpointError, ConStyleV2
+
+from test_reliability import NAME, OPTIONS, _tiny, photos, prompter_file  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMP = re.compile(r"^\..+\.tmp$")  # atomic_write's temporary files: .<name>.<random>.tmp
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _kill_when(cmd: List[str], cwd: Path, ready: Callable[[str], bool], timeout: float = 300, **env: str) -> str:
+    """Run ``cmd``; SIGKILL it as soon as ``ready(stdout so far)``; return its stdout."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**_env(), **env})
+    out, start = [], time.time()
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            if ready("".join(out)):
+                break
+            if time.time() - start > timeout:
+                raise AssertionError("timed out waiting:\n" + "".join(out)[-3000:])
+        else:
+            proc.wait()
+            raise AssertionError(f"exited ({proc.returncode}) before it could be killed:\n" + "".join(out)[-3000:])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return "".join(out)
+
+
+def _visible(folder: Path) -> List[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------------------------
+# save_pretrained
+# ------------------------------------------------------------------------------------------------
+# The child exports a prompter, keeps a copy of the file beside the folder, then exports another
+# prompter to the same path with a writer that stops half way (the first half flushed to disk) until
+# the parent kills it. "plain" replaces atomic_write by a write to the final path (the control).
+EXPORT_CHILD = textwrap.dedent(r'''
+    import io, os, shutil, sys, time
+    import safetensors.torch, torch
+    import constyle_plugin.prompter as prompter_module
+    from constyle_plugin import ConStyleV2
+
+    path, mode = sys.argv[1:3]
+    torch.manual_seed(0)
+    ConStyleV2().save_pretrained(path)
+    shutil.copy(path, os.path.join(os.path.dirname(os.path.dirname(path)), "first.bak"))
+    if mode == "plain":
+        prompter_module.atomic_write = lambda target, write: write(target)
+
+    def half_then_wait(data, target):
+        with open(target, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+            print("WRITING", target, flush=True)
+            time.sleep(300)
+            fh.write(data[len(data) // 2:])
+
+    def slow_save_file(tensors, filename, metadata=None):
+        half_then_wait(safetensors.torch.save(tensors, metadata=metadata), filename)
+
+    def slow_torch_save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        half_then_wait(buf.getvalue(), f)
+
+    real_save = torch.save
+    safetensors.torch.save_file = slow_save_file
+    torch.save = slow_torch_save
+    torch.manual_seed(1)
+    ConStyleV2().save_pretrained(path)
+''')
+
+
+def _killed_export(tmp_path: Path, name: str, mode: str) -> Path:
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(EXPORT_CHILD)
+    out = _kill_when([sys.executable, str(script), str(folder / name), mode], tmp_path,
+                     lambda text: "WRITING" in text)
+    written = Path(out.split("WRITING", 1)[1].split()[0])
+    assert written.parent == folder
+    return written
+
+
+@pytest.mark.parametrize("name", ["prompter.safetensors", "prompter.pth"])
+def test_save_pretrained_killed_mid_write_keeps_the_previous_export(tmp_path, name):
+    written = _killed_export(tmp_path, name, "atomic")
+    folder = written.parent
+    assert TEMP.match(written.name), written.name  # the half-written bytes went to a temporary file
+    assert _visible(folder) == [name]
+    assert (folder / name).read_bytes() == (tmp_path / "first.bak").read_bytes()
+    torch.manual_seed(0)
+    first = ConStyleV2().state_dict()
+    loaded = ConStyleV2.from_pretrained(folder / name).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in first.items())
+
+
+def test_save_pretrained_written_in_place_and_killed_is_corrupt(tmp_path):
+    """The control: what the atomic write prevents (so the test above can fail)."""
+    written = _killed_export(tmp_path, "prompter.pth", "plain")
+    assert written.name == "prompter.pth"
+    assert written.read_bytes() != (tmp_path / "first.bak").read_bytes()
+    with pytest.raises(CheckpointError, match="prompter.pth"):
+        ConStyleV2.from_pretrained(written)
+
+
+# ------------------------------------------------------------------------------------------------
+# The basicsr command
+# ------------------------------------------------------------------------------------------------
+def _basicsr_console_script() -> str:
+    """``module:function`` of the ``basicsr`` console script, as setup.cfg declares it."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    for line in cfg["options.entry_points"]["console_scripts"].splitlines():
+        name, _, target = line.partition("=")
+        if name.strip() == "basicsr":
+            return target.strip()
+    raise AssertionError("setup.cfg declares no basicsr console script")
+
+
+# The real command, with torch.save, os.replace and os.rename reported on stdout as they happen. The
+# second save of a network (the checkpoint after the first) writes half its bytes and waits to be
+# killed.
+BASICSR_SPY = textwrap.dedent(r'''
+    import io, os, sys, time, torch
+    real_save, real_replace, real_rename = torch.save, os.replace, os.rename
+
+    def spy_save(obj, f, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)):
+            return real_save(obj, f, *args, **kwargs)
+        f = os.path.abspath(f)
+        print("SAVE", f, flush=True)
+        if os.environ["KILL_AT"] in os.path.basename(f):  # the final name, or a temporary file for it
+            buf = io.BytesIO()
+            real_save(obj, buf)
+            data = buf.getvalue()
+            with open(f, "wb") as fh:
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+                print("WRITING", f, flush=True)
+                time.sleep(300)
+        return real_save(obj, f, *args, **kwargs)
+
+    def spy_replace(src, dst, *args, **kwargs):
+        print("RENAME", os.path.abspath(src), os.path.abspath(dst), flush=True)
+        return real_replace(src, dst, *args, **kwargs)
+
+    def spy_rename(src, dst, *args, **kwargs):
+        print("RENAME", os.path.abspath(src), os.path.abspath(dst), flush=True)
+        return real_rename(src, dst, *args, **kwargs)
+
+    torch.save, os.replace, os.rename = spy_save, spy_replace, spy_rename
+    module, _, function = sys.argv[1].partition(":")
+    sys.argv = ["basicsr", *sys.argv[2:]]
+    main = getattr(__import__(module, fromlist=[function]), function)
+    sys.exit(main())
+''')
+
+
+def _created_by_rename(out: str, folders: List[Path]) -> None:
+    """Every checkpoint file in ``folders`` was renamed into place from a hidden temporary file beside
+    it, and nothing was ever saved straight to a final name there."""
+    saves = [Path(p) for p in re.findall(r"^SAVE (\S+)$", out, re.M)]
+    renames = {Path(dst): Path(src) for src, dst in re.findall(r"^RENAME (\S+) (\S+)$", out, re.M)}
+    direct = [p for p in saves if p.parent in folders and not TEMP.match(p.name)]
+    assert not direct, f"saved straight to the final path: {direct}"
+    for folder in folders:
+        for name in _visible(folder):
+            src = renames.get(folder / name)
+            assert src is not None, f"{folder / name} was not created by a rename"
+            assert src.parent == folder and TEMP.match(src.name) and name in src.name, (name, src)
+
+
+def test_basicsr_command_writes_checkpoints_by_rename_and_a_kill_mid_save_leaves_no_partial_file(
+        tmp_path, photos, prompter_file):
+    """The command trains 4 iterations with a checkpoint every 2, and is killed half-way through writing
+    the iteration-4 network."""
+    script = tmp_path / "spy.py"
+    script.write_text(BASICSR_SPY)
+    opts = _tiny(photos, prompter_file, total_iter=4, ckpt_freq=2)
+    cmd = [sys.executable, str(script), _basicsr_console_script(), "train", "-opt",
+           str(OPTIONS / "nafnet_constyle.yml"), "--force_yml", *opts]
+    out = _kill_when(cmd, tmp_path, lambda text: "WRITING" in text, KILL_AT="net_g_4.pth")
+    exp = tmp_path / "experiments" / NAME
+    models, states = exp / "models", exp / "training_states"
+    # the iteration-2 checkpoint, and the iteration-4 generator state (written first): complete files,
+    # each renamed into place; no net_g_4.pth and no 4.state
+    assert _visible(models) == ["net_g_2.pth"]
+    assert _visible(states) == ["2.rank0.rng", "2.state", "4.rank0.rng"]
+    _created_by_rename(out, [models, states])
+    assert torch.load(models / "net_g_2.pth", weights_only=True)["params"]
+    with torch.serialization.safe_globals([collections.Counter]):
+        assert torch.load(states / "2.state", weights_only=True)["iter"] == 2
+    # the write that was killed went to a hidden temporary file, not to net_g_4.pth
+    written = Path(out.split("WRITING", 1)[1].split()[0])
+    assert written.parent == models and TEMP.match(written.name) and "net_g_4.pth" in written.name
