@@ -248,29 +248,46 @@ def _losses(log: str):
 
 
 def test_auto_resume_after_sigkill_resumes_from_the_last_complete_state(tmp_path, photos, prompter_file):
-    opts = _tiny(photos, prompter_file, total_iter=8, ckpt_freq=2)
+    opts = _tiny(photos, prompter_file, total_iter=10, ckpt_freq=4)
     cmd = [sys.executable, "-c", BASICSR_MAIN, "train", "-opt", str(OPTIONS / "nafnet_constyle.yml")]
-    states = tmp_path / "experiments" / NAME / "training_states"
-    # killed once iteration 3 is logged: the state of iteration 2 is complete
-    killed = _kill_when(cmd + ["--force_yml", *opts], tmp_path, lambda out: bool(re.search(r"iter:\s+3, lr", out)))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    states = run_dir / "experiments" / NAME / "training_states"
+    # killed once iteration 7 is logged: the state of iteration 4 is complete, 5..7 were trained after it
+    killed = _kill_when(cmd + ["--force_yml", *opts], run_dir, lambda out: bool(re.search(r"iter:\s+7, lr", out)))
     saved = sorted(int(p.name.split(".")[0]) for p in states.glob("*.state"))
-    assert saved and saved[0] == 2, saved
-    latest = saved[-1]
-    assert not (tmp_path / "experiments" / NAME / "models" / "net_g_latest.pth").exists()  # it did not finish
+    assert saved == [4], saved
+    assert not (run_dir / "experiments" / NAME / "models" / "net_g_latest.pth").exists()  # it did not finish
 
-    proc = subprocess.run(cmd + ["--auto_resume", "--force_yml", *opts], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run(cmd + ["--auto_resume", "--force_yml", *opts], cwd=run_dir, capture_output=True,
                           text=True, env=_env(), timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    log = sorted((tmp_path / "experiments").glob(f"{NAME}*/train_*.log"))
+    log = sorted((run_dir / "experiments").glob(f"{NAME}*/train_*.log"))
     resumed = [p.read_text() for p in log if "Resuming training from" in p.read_text()]
     assert len(resumed) == 1
-    assert f"Resuming training from epoch: 0, iter: {latest}." in resumed[0]
+    assert "Resuming training from epoch: 0, iter: 4." in resumed[0]
     again = _losses(resumed[0])
-    assert set(again) == set(range(latest + 1, 9))
+    assert set(again) == set(range(5, 11))
     before = _losses(killed)
-    for i in set(before) & set(again):  # iterations trained by both runs: the same losses
+    both = sorted(set(before) & set(again))
+    # iterations trained by both runs: 5 (weights and data of the state) and 6, 7 (also the optimiser's state)
+    assert both == [5, 6, 7], both
+    for i in both:
         assert before[i] == again[i], (i, before[i], again[i])
-    assert (tmp_path / "experiments" / NAME / "models" / "net_g_latest.pth").is_file()
+    # the log has 4 digits; the weights are exact: the resumed run ends where an uninterrupted one does
+    ref_dir = tmp_path / "reference"
+    ref_dir.mkdir()
+    ref = subprocess.run(cmd + ["--force_yml", *opts], cwd=ref_dir, capture_output=True, text=True, env=_env(),
+                         timeout=400)
+    assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
+    reference = _losses(next((ref_dir / "experiments" / NAME).glob("train_*.log")).read_text())
+    assert all(again[i] == reference[i] for i in again), (again, reference)
+    for name in ("net_g_8.pth", "net_g_latest.pth"):
+        a = torch.load(run_dir / "experiments" / NAME / "models" / name, weights_only=True)
+        b = torch.load(ref_dir / "experiments" / NAME / "models" / name, weights_only=True)
+        for key in ("params", "params_ema"):
+            assert a[key].keys() == b[key].keys()
+            assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (name, key)
 
 
 # ------------------------------------------------------------------------------------------------
