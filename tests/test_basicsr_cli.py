@@ -112,7 +112,7 @@ def test_console_script_is_declared():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     scripts = [line.strip() for line in cfg["options.entry_points"]["console_scripts"].splitlines() if line.strip()]
-    assert "basicsr = constyle_plugin.integrations.basicsr:main" in scripts
+    assert "basicsr = constyle_plugin.integrations.basicsr_cli:main" in scripts
 
 
 def test_usage_and_unknown_command(capsys):

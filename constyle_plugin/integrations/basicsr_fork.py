@@ -17,7 +17,8 @@ For the duration of the run, and nowhere else (:class:`ForkRunFixes`):
 - ``torch.load`` called without ``weights_only`` loads with ``weights_only=True`` (only
   ``collections.Counter`` / ``OrderedDict`` allowed besides tensors and plain containers), whatever
   the torch version; without CUDA, the fork's resume (``storage.cuda(torch.cuda.current_device())``)
-  reads onto the CPU;
+  reads onto the CPU, and ``.cuda()`` calls (NAFNet's SSIM metric hard-codes them) leave tensors
+  and modules on the CPU;
 - validation that calls ``torch.distributed`` collectives without a process group (NAFNet's
   ``dist_validation``) runs: with ``--launcher none`` a one-process group is set up (gloo on the
   CPU, NCCL on a GPU) and taken down afterwards;
@@ -133,7 +134,11 @@ class ForkRunFixes:
                 self._patch(module, "parse", wrapped)
         self._patch(torch, "load", _safe_load(torch.load))
         if not torch.cuda.is_available():
+            # Calls that would fail without CUDA anyway: the device index of the fork's resume, and
+            # hard-coded .cuda() (NAFNet's SSIM metric) that then computes on the CPU.
             self._patch(torch.cuda, "current_device", lambda: 0)
+            self._patch(torch.Tensor, "cuda", _stay_on_cpu)
+            self._patch(torch.nn.Module, "cuda", _stay_on_cpu)
         base_model = importlib.import_module("basicsr.models.base_model")
         base = getattr(base_model, "BaseModel", None)
         if base is not None and hasattr(base, "model_ema"):
@@ -161,11 +166,41 @@ class ForkRunFixes:
         def wrapped(opt_path: str, is_train: bool = True, *args: Any, **kwargs: Any) -> Dict[str, Any]:
             if not os.path.isfile(opt_path):
                 raise OptionError("-opt", f"options file not found: {opt_path!r}")
-            opt = parse(opt_path, is_train, *args, **kwargs)
-            apply_overrides(opt, self.overrides)
+            if not self.overrides:
+                opt = parse(opt_path, is_train, *args, **kwargs)
+            else:
+                # The fork derives paths from the options (experiments/<name>/...) inside parse:
+                # apply the overrides to the file's contents first, and parse those.
+                with _overridden_copy(opt_path, self.overrides) as path:
+                    opt = parse(path, is_train, *args, **kwargs)
             _check_fork_options(opt)
             return opt
         return wrapped
+
+
+@contextlib.contextmanager
+def _overridden_copy(opt_path: str, overrides: Sequence[str]) -> Iterator[str]:
+    import yaml
+
+    try:
+        with open(opt_path) as fh:
+            opt = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise OptionError("-opt", f"{opt_path}: not valid YAML ({exc})") from None
+    if not isinstance(opt, dict):
+        raise OptionError("-opt", f"{opt_path}: expected a mapping of options")
+    apply_overrides(opt, overrides)
+    fd, path = tempfile.mkstemp(prefix="options_", suffix=".yml")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(opt, fh, sort_keys=False)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+def _stay_on_cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
+    return self
 
 
 def _safe_load(load: Callable) -> Callable:
