@@ -174,9 +174,10 @@ def test_fork_finds_the_plugins_names_and_keeps_its_own(fork, order):
 # --------------------------------------------------------------------------- the fork's own pipeline
 def test_basicsr_train_runs_the_forks_pipeline_with_validation_and_resume_on_cpu(fork):
     opt = options(fork, "nafnet_like")
-    proc = python(CLI, fork, "train", "-opt", str(opt))
+    # --force_yml reaches the fork before it derives its folders from the options (name included)
+    proc = python(CLI, fork, "train", "-opt", str(opt), "--force_yml", "name=renamed")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    exp = fork / "experiments" / "nafnet_like"
+    exp = fork / "experiments" / "renamed"
     log = (exp / "train.log").read_text()
     assert "Model [ImageRestorationModel] is created." in log  # the fork's model class, not ours
     assert log.count("Validation psnr") == 3  # NAFNet-style validation (torch.distributed.reduce) ran
@@ -185,7 +186,7 @@ def test_basicsr_train_runs_the_forks_pipeline_with_validation_and_resume_on_cpu
     assert any(k.startswith("backbone.encoders.") for k in params)  # the fork's module names
 
     # Extending the run: the fork resumes by itself from its newest state (mapped onto the CPU here).
-    proc = python(CLI, fork, "train", "-opt", str(opt), "--force_yml", "train:total_iter=6")
+    proc = python(CLI, fork, "train", "-opt", str(opt), "--force_yml", "name=renamed", "train:total_iter=6")
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (exp / "train.log").read_text()
     assert "Resuming training from epoch: 1, iter: 4." in log
