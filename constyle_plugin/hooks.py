@@ -62,13 +62,18 @@ def to_channels_first(x: Tensor, layout: str, image_hw: Tuple[int, int], name: s
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
 
 
-def from_channels_first(y: Tensor, layout: str) -> Tensor:
-    """Back from ``B x C x h x w`` to ``layout``, contiguous (the network may ``view`` it next)."""
+def from_channels_first(y: Tensor, layout: str, like: Tensor) -> Tensor:
+    """Back from ``B x C x h x w`` to ``layout``, with the strides of ``like`` (the stage's own output).
+
+    Same strides as the network produced, so that what follows runs exactly as without the hook (a
+    ``view`` that worked still works; matmul kernels see the same memory layout).
+    """
     if layout == "BCHW":
         return y
-    if layout == "BHWC":
-        return y.permute(0, 2, 3, 1).contiguous()
-    return y.flatten(2).transpose(1, 2).contiguous()
+    out = y.permute(0, 2, 3, 1) if layout == "BHWC" else y.flatten(2).transpose(1, 2)
+    if out.stride() != like.stride():
+        out = torch.empty_like(like).copy_(out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,12 +209,13 @@ class StageHook:
             raise RuntimeError(f"ConStyle hook on {self.info.name!r}: expected a {layout} output "
                                f"(as the probe saw), got {got}")
         adapter = self.owner.adapters[self.key]
+        stage = x
         x = to_channels_first(x, layout, image_hw, self.info.name)
         if self.feature is not None:
             y = adapter(x, prompt.features[self.feature])
         else:
             y = adapter(x, prompt.latent)
-        y = from_channels_first(y, layout)
+        y = from_channels_first(y, layout, stage)
         if index is None:
             return y
         items = list(output)

@@ -438,26 +438,29 @@ def _discover(backbone: nn.Module, probe_size: Tuple[int, int],
     def fed(rec: _Call, prev: str) -> bool:
         return rec.fed_by is not None and (rec.fed_by == prev or rec.fed_by.startswith(prev + "."))
 
-    def fed_chain(prev: _Call, s: int) -> Optional[List[_Call]]:
-        """Climbing modules each fed directly by the previous one, down to full resolution."""
+    def fed_chain(prev: _Call, s: int) -> List[_Call]:
+        """The longest run of climbing modules each fed directly by the previous one (latest on a tie:
+        resampling side branches run before the main path's own up-step)."""
+        best: List[_Call] = []
         if s == 0:
-            return []
+            return best
         for rec in climbing(prev.end, s):
             if fed(rec, prev.name):
-                rest = fed_chain(rec, s - 1)
-                if rest is not None:
-                    return [rec] + rest
-        return None
+                chain = [rec] + fed_chain(rec, s - 1)
+                if len(chain) > len(best) or (len(chain) == len(best) and rec.start > best[0].start):
+                    best = chain
+        return best
 
     chain = fed_chain(bottleneck, depth)
-    if chain is None:  # the climb goes through functional code: the first climbing module per scale
-        chain, after = [], bottleneck.end
-        for s in range(depth, 0, -1):
-            ups = climbing(after, s)
-            if not ups:
-                break
-            chain.append(ups[0])
-            after = ups[0].end
+    # where the climb goes through functional code (a concat before the up-step): the first climbing
+    # module at each remaining scale
+    after = chain[-1].end if chain else bottleneck.end
+    for s in range(depth - len(chain), 0, -1):
+        ups = climbing(after, s)
+        if not ups:
+            break
+        chain.append(ups[0])
+        after = ups[0].end
     decoder = [(rec, depth - k - 1, out_at(rec, depth - k - 1)) for k, rec in enumerate(chain)]
 
     infos = [StageInfo("encoder", rec.name, s, hit[1], hit[0], hit[2]) for rec, s, hit in encoder[:3]]
