@@ -326,3 +326,39 @@ def test_mmengine_custom_imports_registers_with_mmengine_already_imported(tmp_pa
     proc = python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["ConStyleRestorer", "MixDegradationDataset"]
+
+
+# ---------------------------------------------------------------------------------- safe loading
+def _code_running_checkpoint(path: Path, marker: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from payloads import RunsCodeOnLoad
+
+    torch.save({"params": {"x": torch.zeros(1)}, "payload": RunsCodeOnLoad(marker)}, path)
+
+
+@pytest.mark.parametrize("flavour", ["pypi", "fork"])
+def test_a_code_running_checkpoint_runs_nothing_even_where_torch_defaults_to_unsafe_loading(
+        fork, tmp_path, flavour):
+    """``pretrain_network_g`` -> the host's ``load_network`` -> ``torch.load`` without weights_only.
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 gives torch 2.14 the unsafe default of torch < 2.6, which
+    setup.cfg allows: the command must pass weights_only=True itself."""
+    import os
+
+    marker = tmp_path / "ran"
+    evil = tmp_path / "net_g_evil.pth"
+    _code_running_checkpoint(evil, marker)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    if flavour == "fork":
+        opt = options(fork, "evil")
+        cmd, cwd = [sys.executable, "-c", CLI, "test", "-opt", str(opt)], fork
+    else:
+        from test_basicsr_cli import COMMAND, OPTIONS, overrides
+
+        cmd, cwd = COMMAND + ["test", "-opt", str(OPTIONS / "nafnet_constyle.yml"), "--force_yml",
+                              *overrides("nafnet_constyle")], tmp_path
+    cmd += ["--force_yml", f"path:pretrain_network_g={evil}"] if flavour == "fork" else [
+        f"path:pretrain_network_g={evil}"]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert not marker.exists(), "the checkpoint's code ran"
+    assert proc.returncode != 0
+    assert "Weights only load failed" in proc.stderr or "weights_only" in proc.stderr, proc.stderr[-2000:]

@@ -16,6 +16,9 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
   CUDA) and calls ``torch.load`` with the default ``weights_only``; here the run's own ``.state``
   file is read onto the CPU (or the current GPU when training on one) with ``weights_only=True`` and
   only the classes a BasicSR scheduler state needs (``collections.Counter``) allowed;
+- every other ``torch.load`` of the run that does not pass ``weights_only`` (BasicSR's
+  ``load_network`` for ``pretrain_network_g`` and ``basicsr test``) loads with
+  ``weights_only=True`` whatever the torch version (:mod:`.safe_loading`);
 - exact resumption: BasicSR restarts the interrupted epoch from its first batch and does not
   save random generator states, so a resumed run sees other data than an uninterrupted one. Here
   each checkpoint also saves the Python / NumPy / torch generator states
@@ -33,7 +36,6 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import pickle
@@ -47,6 +49,7 @@ import torch
 
 from ..prompter import atomic_write
 from .basicsr import OptionError, check_options
+from .safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
 
 __all__ = ["RunFixes", "atomic_torch_save", "capture_rng", "load_state_file", "main", "restore_rng"]
 
@@ -62,8 +65,6 @@ Inside a 1.2-era BasicSR fork (NAFNet, Restormer: a `basicsr` package without re
 runs the fork's own basicsr/train.py or basicsr/test.py with the plugin's names findable there;
 --force_yml works there too, and the fork resumes by itself from its newest state."""
 
-# The classes a BasicSR .state file may hold beside tensors and plain containers.
-STATE_SAFE_GLOBALS = (collections.Counter, collections.OrderedDict)
 _PLUGIN_DATASETS = {"MixDegradationDataset": ("dataroot_gt", "sample_photos"),
                     "ConStylePretrainDataset": ("dataroot", "sample_classes")}
 
@@ -185,6 +186,8 @@ class RunFixes:
         from basicsr.models.base_model import BaseModel
 
         self._patch(bs_options, "init_dist", _cpu_aware_init_dist(bs_options.init_dist))
+        # BasicSR's load_network (pretrain_network_g, basicsr test) calls torch.load without weights_only
+        self._patch(torch, "load", safe_torch_load(torch.load))
         self._patch(BaseModel, "model_to_device", _cpu_aware_model_to_device(BaseModel.model_to_device))
         return self
 

@@ -27,7 +27,6 @@ For the duration of the run, and nowhere else (:class:`ForkRunFixes`):
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import importlib
 import os
@@ -39,10 +38,9 @@ import torch
 
 from ..builder import OptionError, check_file, join_keys
 from .basicsr import ForkHost, check_network_options
+from .safe_loading import safe_torch_load
 
 __all__ = ["ForkRunFixes", "apply_overrides", "run_fork", "split_command_flags"]
-
-SAFE_GLOBALS = (collections.Counter, collections.OrderedDict)
 
 
 def split_command_flags(args: Sequence[str]) -> Tuple[List[str], List[str], bool]:
@@ -132,7 +130,7 @@ class ForkRunFixes:
             module = importlib.import_module(name)
             if getattr(module, "parse", None) is original:
                 self._patch(module, "parse", wrapped)
-        self._patch(torch, "load", _safe_load(torch.load))
+        self._patch(torch, "load", safe_torch_load(torch.load, cpu_only=not torch.cuda.is_available()))
         if not torch.cuda.is_available():
             # Calls that would fail without CUDA anyway: the device index of the fork's resume, and
             # hard-coded .cuda() (NAFNet's SSIM metric) that then computes on the CPU.
@@ -201,18 +199,6 @@ def _overridden_copy(opt_path: str, overrides: Sequence[str]) -> Iterator[str]:
 
 def _stay_on_cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
     return self
-
-
-def _safe_load(load: Callable) -> Callable:
-    def wrapped(f: Any, map_location: Any = None, *args: Any, **kwargs: Any) -> Any:
-        if not torch.cuda.is_available() and callable(map_location):
-            map_location = "cpu"  # the fork maps onto torch.cuda.current_device() when resuming
-        if "weights_only" not in kwargs and not args:
-            kwargs["weights_only"] = True
-            with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-                return load(f, map_location, **kwargs)
-        return load(f, map_location, *args, **kwargs)
-    return wrapped
 
 
 def _exact_frozen_ema(model_ema: Callable) -> Callable:
