@@ -9,6 +9,9 @@ the NAFNet and Restormer classes that BasicSR forks ship with the same layout:
   (1/8), decoder ``up4_3``, ``up3_2``, ``up2_1``.
 - ``ConvUNet`` (``constyle_plugin.archs``): encoder ``downs.0-2``, bottleneck ``bottleneck``,
   decoder ``ups.*``.
+- ``MAXIM`` (``constyle_plugin.archs``, MAXIM-1S): encoder ``encoders.0-2`` (the downsampled element
+  of their ``(downsampled, skip)`` outputs, at 1/2, 1/4, 1/8), bottleneck ``bottleneck``, decoder
+  ``decoders.*`` (coarsest first).
 
 A model wrapped in ``DataParallel`` / ``DistributedDataParallel`` gets the names with the
 ``module.`` prefix. This package imports only torch and the plugin's core.
@@ -21,13 +24,15 @@ import torch.nn as nn
 
 from constyle_plugin.unet import StageSpec
 
-__all__ = ["FAMILIES", "convunet_spec", "nafnet_spec", "restormer_spec", "stage_spec_for"]
+__all__ = ["FAMILIES", "convunet_spec", "maxim_spec", "nafnet_spec", "restormer_spec", "stage_spec_for"]
 
 _NAFNET_PARTS = ("intro", "encoders", "downs", "middle_blks", "ups", "decoders", "ending")
 _RESTORMER_PARTS = ("patch_embed", "encoder_level1", "down1_2", "encoder_level2", "down2_3", "encoder_level3",
                     "down3_4", "latent", "up4_3", "reduce_chan_level3", "decoder_level3", "up3_2",
                     "reduce_chan_level2", "decoder_level2", "up2_1", "decoder_level1", "refinement", "output")
 _CONVUNET_PARTS = ("intro", "encoders", "downs", "bottleneck", "ups", "decoders", "ending")
+_MAXIM_PARTS = ("inputs", "encoders", "bottleneck", "skip_resamplers", "global_resamplers", "skip_gates",
+                "bridge_resamplers", "decoders", "ending")
 
 
 def _missing(model: nn.Module, parts: Sequence[str]) -> list:
@@ -68,6 +73,21 @@ def convunet_spec(model: nn.Module) -> StageSpec:
     return _ladder(model, "downs", "bottleneck", "ups", "ConvUNet")
 
 
+def maxim_spec(model: nn.Module) -> StageSpec:
+    """StageSpec of ``constyle_plugin.archs.MAXIM`` (MAXIM-1S), from its actual depth.
+
+    Encoder: ``encoders.0-2`` (their ``(downsampled, skip)`` outputs are hooked on the downsampled
+    element, at 1/2, 1/4, 1/8); bottleneck: ``bottleneck``; decoder: every ``decoders.i``, coarsest
+    first (to 1/4, 1/2, 1/1 for depth 3).
+    """
+    _require(model, _MAXIM_PARTS, "MAXIM")
+    encoders, decoders = model.encoders, model.decoders
+    if not isinstance(encoders, nn.ModuleList) or not isinstance(decoders, nn.ModuleList):
+        raise ValueError(f"MAXIM stage spec: {type(model).__name__}.encoders and .decoders must be nn.ModuleList")
+    return StageSpec(encoder=tuple(f"encoders.{i}" for i in range(min(3, len(encoders)))), bottleneck="bottleneck",
+                     decoder=tuple(f"decoders.{i}" for i in range(len(decoders))))
+
+
 def restormer_spec(model: nn.Module) -> StageSpec:
     """StageSpec of a Restormer-layout model.
 
@@ -85,6 +105,7 @@ FAMILIES: Dict[str, tuple] = {
     "NAFNetLocal": (_NAFNET_PARTS, nafnet_spec),
     "Restormer": (_RESTORMER_PARTS, restormer_spec),
     "ConvUNet": (_CONVUNET_PARTS, convunet_spec),
+    "MAXIM": (_MAXIM_PARTS, maxim_spec),
 }
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 
 from constyle_plugin.adapters import convunet_spec, nafnet_spec, restormer_spec, stage_spec_for
-from constyle_plugin.archs import ConvUNet, NAFNet, Restormer
+from constyle_plugin.archs import MAXIM, ConvUNet, NAFNet, Restormer
 from constyle_plugin.archs.restormer import MDTA, BiasFreeLayerNorm2d
 from constyle_plugin.unet import StageSpec
 
@@ -37,8 +37,16 @@ def tiny_convunet(**kw):
     return ConvUNet(**args)
 
 
-TINY = {"nafnet": tiny_nafnet, "restormer": tiny_restormer, "convunet": tiny_convunet}
-OUTPUT_CONV = {"nafnet": "ending", "restormer": "output", "convunet": "ending"}
+def tiny_maxim(**kw):
+    # block / grid 2 at the first two levels, 1 below: size_multiple 8 like the other tiny archs
+    args = dict(width=4, depth=3, num_groups=1, num_bottleneck_blocks=1, block_size_hr=2, grid_size_hr=2,
+                block_size_lr=1, grid_size_lr=1)
+    args.update(kw)
+    return MAXIM(**args)
+
+
+TINY = {"nafnet": tiny_nafnet, "restormer": tiny_restormer, "convunet": tiny_convunet, "maxim": tiny_maxim}
+OUTPUT_CONV = {"nafnet": "ending", "restormer": "output", "convunet": "ending", "maxim": "ending"}
 
 
 def randomise_residual_scales(model: nn.Module) -> None:

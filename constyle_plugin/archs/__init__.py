@@ -1,12 +1,13 @@
-"""Reference U-Nets: NAFNet, Restormer and a vanilla conv U-Net.
+"""Reference U-Nets: NAFNet, Restormer, MAXIM-1S and a vanilla conv U-Net.
 
-All three take any input size (padded internally to ``model.size_multiple``, output cropped back)
+All four take any input size (padded internally to ``model.size_multiple``, output cropped back)
 and keep the usual submodule names, so ``constyle_plugin.adapters.stage_spec_for`` knows where the
 prompt goes. Nothing is registered here; the integrations register these classes under their names
 only where the host code base has none.
 """
 from .convunet import ConvUNet
+from .maxim import MAXIM
 from .nafnet import NAFBlock, NAFNet
 from .restormer import Restormer
 
-__all__ = ["ConvUNet", "NAFBlock", "NAFNet", "Restormer"]
+__all__ = ["ConvUNet", "MAXIM", "NAFBlock", "NAFNet", "Restormer"]
