@@ -122,3 +122,44 @@ def test_default_size_is_near_the_authors_constyle_maxim():
         prompter(torch.empty(2, 3, 128, 128, device="meta"))
     macs = counter.get_total_flops() / 2
     assert abs(macs / 25.58e9 - 1) < 0.2
+
+
+# ------------------------------------------------------------------ options files
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _without(opt, *keys):
+    return {k: v for k, v in opt.items() if k not in keys}
+
+
+def test_basicsr_options_are_the_nafnet_recipe_with_a_maxim():
+    yaml = pytest.importorskip("yaml")
+    load = lambda name: yaml.safe_load((ROOT / "options" / name).read_text())  # noqa: E731
+    for variant in ("constyle", "origin"):
+        maxim, nafnet = load(f"maxim_{variant}.yml"), load(f"nafnet_{variant}.yml")
+        assert _without(maxim, "name", "network_g") == _without(nafnet, "name", "network_g"), variant
+        assert maxim["name"] == {"constyle": "MAXIM_ConStyle_v2", "origin": "MAXIM_origin"}[variant]
+    constyle, origin = load("maxim_constyle.yml")["network_g"], load("maxim_origin.yml")["network_g"]
+    assert _without(constyle, "backbone") == _without(load("nafnet_constyle.yml")["network_g"], "backbone")
+    assert constyle["backbone"] == origin
+    kwargs = _without(origin, "type")
+    assert origin["type"] == "MAXIM"
+    with torch.device("meta"):
+        built = MAXIM(**kwargs)
+        default = MAXIM()
+    assert [p.shape for p in built.parameters()] == [p.shape for p in default.parameters()]
+
+
+def test_mmengine_configs_build_the_same_maxim():
+    mmengine = pytest.importorskip("mmengine")
+    cfg = mmengine.Config.fromfile(str(ROOT / "options" / "mmengine" / "maxim_constyle.py"))
+    origin = mmengine.Config.fromfile(str(ROOT / "options" / "mmengine" / "maxim_origin.py"))
+    nafnet = mmengine.Config.fromfile(str(ROOT / "options" / "mmengine" / "nafnet_constyle.py"))
+    backbone = dict(cfg.model.backbone)
+    assert backbone.pop("type") == "MAXIM"
+    with torch.device("meta"):
+        built = MAXIM(**backbone)
+    assert built.size_multiple == 64
+    assert origin.model.prompter is None and origin.model.backbone == cfg.model.backbone
+    for key in ("optim_wrapper", "param_scheduler", "train_cfg", "custom_hooks", "train_dataloader"):
+        assert cfg.get(key) == nafnet.get(key), key
