@@ -24,8 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ROOT / "options"
 
 
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def _env(**extra: str):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+
+
+# What the CPU launches test, on any machine: with one GPU visible, two ranks would both take it.
+NO_CUDA = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 def _kill_when(cmd: List[str], cwd: Path, ready, timeout: float = 240) -> str:
@@ -304,7 +308,7 @@ def test_basicsr_launcher_pytorch_on_cpu_two_processes(tmp_path, photos, prompte
     proc = subprocess.run(_torchrun("-m", "constyle_plugin.integrations.basicsr_cli", "train", "-opt",
                                     str(OPTIONS / "nafnet_constyle.yml"), "--launcher", "pytorch",
                                     "--force_yml", *opts),
-                          cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=400)
+                          cwd=tmp_path, capture_output=True, text=True, env=_env(**NO_CUDA), timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # both ranks exited 0
     assert "unused parameters" not in proc.stderr
     exp = tmp_path / "experiments" / NAME
@@ -343,7 +347,7 @@ def test_mmengine_launcher_pytorch_on_cpu_two_processes(tmp_path, prompter_file)
     proc = subprocess.run(_torchrun("-m", "constyle_plugin.cli", "train", str(ROOT / "options" / "mmengine" /
                                     "nafnet_constyle.py"), "--launcher", "pytorch", "--work-dir", str(work),
                                     "--cfg-options", *cli_opts),
-                          cwd=tmp_path, capture_output=True, text=True, env=_env(), timeout=400)
+                          cwd=tmp_path, capture_output=True, text=True, env=_env(**NO_CUDA), timeout=400)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "unused parameters" not in out

@@ -20,8 +20,8 @@ For the duration of the run, and nowhere else (:class:`ForkRunFixes`):
   reads onto the CPU, and ``.cuda()`` calls (NAFNet's SSIM metric hard-codes them) leave tensors
   and modules on the CPU;
 - validation that calls ``torch.distributed`` collectives without a process group (NAFNet's
-  ``dist_validation``) runs: with ``--launcher none`` a one-process group is set up (gloo on the
-  CPU, NCCL on a GPU) and taken down afterwards;
+  ``dist_validation``) runs: with ``--launcher none`` a one-process group is set up (gloo for CPU
+  tensors, NCCL for CUDA ones) and taken down afterwards;
 - an EMA copy (Restormer's ``model_ema``) copies the parameters that do not train (the frozen
   prompter) exactly instead of averaging them, so the prompter stays bit-identical.
 """
@@ -145,7 +145,8 @@ class ForkRunFixes:
             fd, self._group_file = tempfile.mkstemp(prefix="constyle_pg_")
             os.close(fd)
             os.unlink(self._group_file)  # the FileStore creates it
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            # The fork may validate on the CPU (num_gpu: 0) on a machine with CUDA: a backend per device.
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
             torch.distributed.init_process_group(backend, init_method=f"file://{self._group_file}",
                                                  rank=0, world_size=1)
         return self
