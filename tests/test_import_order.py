@@ -1,0 +1,34 @@
+"""MMEngine registration does not depend on which of the plugin's modules a program imports first.
+
+README ("Checkpoints") tells users to call
+``constyle_plugin.integrations.mmengine.mmengine_checkpoint_globals()``; a script that imports that
+module (or ``mmengine_runner``) before anything else must still find the plugin's models in MMEngine's
+registries. Each case is a fresh interpreter, with warnings turned into errors.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+FIRST_IMPORTS = {
+    "constyle_plugin": "import constyle_plugin; import mmengine",
+    "mmengine_then_plugin": "import mmengine; import constyle_plugin",
+    "integrations.mmengine": "import constyle_plugin.integrations.mmengine",
+    "integrations.mmengine_runner": "from constyle_plugin.integrations.mmengine_runner import ConStyleRunner",
+    "inference_then_runner": "import constyle_plugin.inference; "
+                             "from constyle_plugin.integrations.mmengine_runner import load_config",
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIRST_IMPORTS))
+def test_mmengine_registration_whatever_is_imported_first(case):
+    code = (FIRST_IMPORTS[case] + "\nfrom mmengine.registry import MODELS, DATASETS, METRICS\n"
+            "assert MODELS.get('ConStyleRestorer') is not None, 'ConStyleRestorer not registered'\n"
+            "assert DATASETS.get('MixDegradationDataset') is not None\n"
+            "assert METRICS.get('PSNR') is not None\n")
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
