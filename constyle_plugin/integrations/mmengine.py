@@ -5,7 +5,8 @@
 MMEngine's root registries:
 
 - MODELS: ``ConStyleRestorer`` (stage 2), ``ConStylePretrainer`` (stage 1),
-  ``ConStyleDataPreprocessor``, the reference backbones ``NAFNet``, ``Restormer``, ``ConvUNet``, the
+  ``ConStyleDataPreprocessor``, the reference backbones ``NAFNet``, ``Restormer``, ``ConvUNet``,
+  ``MAXIM``, the
   stage-1 losses (``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``,
   ``ClassificationLoss``) and BasicSR's pixel losses (``L1Loss``, ``MSELoss``, ``CharbonnierLoss``);
 - DATASETS: ``MixDegradationDataset``, ``ConStylePretrainDataset``, ``PairedFolderDataset``;
@@ -24,8 +25,8 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.registry import (DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS,
                                Registry)
 
+from .. import archs as _archs
 from .. import losses as _losses
-from ..archs import ConvUNet, NAFNet, Restormer
 from .mmengine_data import (PSNR, SSIM, ConStylePretrainDataset, MixDegradationDataset, PairedFolderDataset,
                             PretextAccuracy, default_cache_dir)
 from .mmengine_hooks import PrompterExportHook
@@ -59,7 +60,7 @@ def entries() -> Dict[str, List[Tuple[str, type]]]:
         "models": [
             ("ConStyleRestorer", ConStyleRestorer), ("ConStylePretrainer", ConStylePretrainer),
             ("ConStyleDataPreprocessor", ConStyleDataPreprocessor),
-            ("NAFNet", NAFNet), ("Restormer", Restormer), ("ConvUNet", ConvUNet),
+            *[(n, getattr(_archs, n)) for n in ("NAFNet", "Restormer", "ConvUNet", "MAXIM") if hasattr(_archs, n)],
             *[(n, getattr(_losses, n)) for n in ("InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss",
                                                  "ClassificationLoss")],
             *_pixel_losses(),
