@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What the ConStyle v2 prompter costs: speed and memory of a U-Net, bare versus wrapped.
 
-For each reference U-Net (``constyle_plugin.archs``: NAFNet, Restormer, ConvUNet) and each input
+For each reference U-Net (``constyle_plugin.archs``: NAFNet, Restormer, ConvUNet, MAXIM-1S) and each input
 size, one process builds the bare backbone and ``wrap_unet(copy_of_it, prompter=ConStyleV2())`` (same
 weights, default injection: encoder + bottleneck) and measures, interleaved (bare, wrapped, then
 wrapped, bare, ... so that a change of machine load hits both alike):
@@ -51,10 +51,11 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
 from constyle_plugin import ConStyleV2, wrap_unet  # noqa: E402
-from constyle_plugin.archs import ConvUNet, NAFNet, Restormer  # noqa: E402
+from constyle_plugin.archs import MAXIM, ConvUNet, NAFNet, Restormer  # noqa: E402
 from constyle_plugin.unet import DEFAULT_INJECT, INJECT_TARGETS  # noqa: E402
 
-ARCHS: Dict[str, Callable[..., nn.Module]] = {"nafnet": NAFNet, "restormer": Restormer, "convunet": ConvUNet}
+ARCHS: Dict[str, Callable[..., nn.Module]] = {"nafnet": NAFNet, "restormer": Restormer, "convunet": ConvUNet,
+                                              "maxim": MAXIM}
 
 # Keyword arguments per architecture and preset. "full" is each class's default configuration.
 PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
@@ -71,6 +72,11 @@ PRESETS: Dict[str, Dict[str, Dict[str, Any]]] = {
     "convunet": {
         "full": {},  # width 32, depth 4, 2 convs per level
         "smoke": {"width": 8},
+    },
+    "maxim": {
+        "full": {},  # MAXIM-1S: width 32, depth 3, 2 groups, 2 bottleneck blocks, blocks / grids 16 and 8
+        "smoke": {"width": 4, "num_groups": 1, "num_bottleneck_blocks": 1, "block_size_hr": 4, "grid_size_hr": 4,
+                  "block_size_lr": 2, "grid_size_lr": 2},
     },
 }
 
@@ -522,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 4; 1 with --smoke)")
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="square input sizes (default 256 512)")
     parser.add_argument("--archs", nargs="+", choices=sorted(ARCHS), default=None,
-                        help="backbones (default: nafnet restormer convunet)")
+                        help="backbones (default: nafnet restormer convunet maxim)")
     parser.add_argument("--preset", nargs="*", default=[], metavar="ARCH=PRESET",
                         help="configuration per backbone; presets: "
                              + "; ".join(f"{a}: {', '.join(p)}" for a, p in PRESETS.items())

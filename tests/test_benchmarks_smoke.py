@@ -26,7 +26,7 @@ def test_overhead_smoke(tmp_path):
     assert report["command"].startswith("python benchmarks/overhead.py --smoke")
     assert report["device"] == "cpu" and report["settings"]["smoke"] is True
     results = {r["arch"]: r for r in report["results"]}
-    assert sorted(results) == ["convunet", "nafnet", "restormer"]
+    assert sorted(results) == ["convunet", "maxim", "nafnet", "restormer"]
     for arch, res in results.items():
         assert res["size"] == 32
         for mode in ("forward", "train"):
