@@ -23,7 +23,7 @@ from constyle_plugin.integrations import register_all  # noqa: E402
 
 TINY_NAFNET = {"type": "NAFNet", "width": 8, "enc_blk_nums": [1, 1, 1, 1], "dec_blk_nums": [1, 1, 1, 1]}
 OURS = {
-    "ARCH": ["ConStyleUNet", "ConStyleV2", "ConStyleMoCo", "NAFNet", "Restormer", "ConvUNet"],
+    "ARCH": ["ConStyleUNet", "ConStyleV2", "ConStyleMoCo", "NAFNet", "Restormer", "ConvUNet", "MAXIM"],
     "MODEL": ["ConStyleV2PretrainModel", "ConStyleSRModel"],
     "LOSS": ["InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss"],
     "DATASET": ["MixDegradationDataset", "ConStylePretrainDataset"],
