@@ -246,3 +246,31 @@ def test_each_image_gets_its_own_prompt():
     prompt_b = net.prompter(b)
     replace_prompt(net, lambda p: prompt_b)
     assert (run(net, a) - alone).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["nafnet", "restormer", "convunet", "maxim"])
+def test_reference_archs_every_hook_reaches_the_output(arch):
+    """The reference archs use ready StageSpecs: each adapter, and each part of the prompt, changes net(x)
+    (a spec naming a module whose output the network discards would not)."""
+    from test_archs import TINY, randomise_residual_scales
+
+    torch.manual_seed(0)
+    unet = TINY[arch]()
+    randomise_residual_scales(unet)
+    net = wrap_unet(unet, prompter=prompter(), inject=("encoder", "bottleneck", "decoder")).eval()
+    randomise(net.adapters, seed=3, std=0.1)
+    x = image(shape=(1, 3, 32, 32))
+    before = run(net, x)
+    assert len(net.adapters) >= 5, sorted(net.adapters)
+    for key, adapter in net.adapters.items():
+        saved = {k: v.clone() for k, v in adapter.state_dict().items()}
+        with torch.no_grad():
+            for p in adapter.parameters():
+                p.add_(0.1)
+        assert (run(net, x) - before).abs().max() > 1e-5, (arch, key)
+        adapter.load_state_dict(saved)
+    assert torch.equal(run(net, x), before)
+    for what, change in {**FEATURE_CHANGES, **LATENT_CHANGE}.items():
+        handle = replace_prompt(net, change)
+        assert (run(net, x) - before).abs().max() > 1e-5, (arch, what)
+        handle.remove()
