@@ -250,11 +250,19 @@ def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cp
     that would need arbitrary code to load (nothing in them is run).
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file; pass the file in it")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
-    if path.suffix == ".safetensors":
+    kind = "safetensors" if path.suffix == ".safetensors" else _checkpoint_format(path)
+    if kind is None:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        raise CheckpointError(f"{path}: not a PyTorch or safetensors checkpoint (it starts with the bytes "
+                              f"{head!r}, neither a torch.save archive, a pickle nor a safetensors header)")
+    if kind == "safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -266,7 +274,9 @@ def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cp
         try:
             state = torch.load(path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = _unpickling_reason(str(exc))
+            if "global" not in str(exc).lower():  # an unknown opcode: damaged bytes, not Python objects
+                raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged: {first})") from None
             raise CheckpointError(
                 f"{path}: refused to load: the file holds Python objects that safe loading does not "
                 f"allow ({first}). Nothing in it was run.") from None
@@ -274,6 +284,30 @@ def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cp
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
                                   f"(truncated or wrong format: {type(exc).__name__}: {exc})") from None
     return flatten_checkpoint(state, source=str(path))
+
+
+def _checkpoint_format(path: Path) -> Optional[str]:
+    """``'torch'`` (a ``torch.save`` zip archive or a legacy pickle), ``'safetensors'`` (by its
+    header, whatever the file is named) or ``None`` (neither) from the first bytes of ``path``."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    return None
+
+
+def _unpickling_reason(message: str) -> str:
+    """The line of a weights-only unpickling error that says what went wrong (PyTorch puts it after
+    several lines of advice)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "GLOBAL" in line or "global" in line.split(":")[0]:
+            return line
+        if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
+            return lines[i + 1]
+    return lines[0] if lines else "unreadable pickle"
 
 
 def flatten_checkpoint(state, source: str) -> Dict[str, Tensor]:
