@@ -16,6 +16,7 @@ import inspect
 import os
 import os.path as osp
 import pickle
+import warnings
 from typing import Any, Iterator, List, Mapping, Optional
 
 import numpy as np
@@ -27,7 +28,8 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, EVALUATOR, FUNCTIONS, HO
                                WEIGHT_INITIALIZERS, Registry)
 from mmengine.runner import Runner
 
-__all__ = ["ConStyleRunner", "ConfigError", "atomic_local_writes", "check_config", "mmengine_checkpoint_globals", "train"]
+__all__ = ["ConStyleRunner", "ConfigError", "atomic_local_writes", "check_config", "fit_dataloaders",
+           "mmengine_checkpoint_globals", "train"]
 
 
 class ConfigError(ValueError):
@@ -102,8 +104,26 @@ class ConStyleRunner(Runner):
 
     @classmethod
     def from_cfg(cls, cfg: Config) -> "ConStyleRunner":
+        fit_dataloaders(cfg)
         check_config(cfg)
         return super().from_cfg(cfg)
+
+    def load_or_resume(self) -> None:
+        """Runner.load_or_resume; ``resume=True`` with no checkpoint to resume from in the work dir
+        logs a warning that training starts from scratch (MMEngine logs "Auto resumed from the latest
+        checkpoint None." and goes on)."""
+        if not self._has_loaded and self._resume and self._load_from is None:
+            from mmengine.runner.checkpoint import find_latest_checkpoint
+
+            if find_latest_checkpoint(self.work_dir) is None:
+                self.logger.warning(f"resume: nothing to resume in {self.work_dir} (no last_checkpoint file "
+                                    f"there): training starts from scratch")
+                self._resume = False
+                try:
+                    return super().load_or_resume()
+                finally:
+                    self._resume = True
+        return super().load_or_resume()
 
     def load_checkpoint(self, filename: str, map_location: Any = "cpu", strict: bool = False,
                         revise_keys: list = [(r"^module.", "")]):
@@ -173,6 +193,20 @@ INPUT_PATH_KEYS = ("pretrained", "dataroot", "dataroot_gt", "dataroot_lq", "lq_f
                    "meta_info_file", "ann_file", "checkpoint")
 # Values of those keys that are not paths (the offline sample photos of the plugin's datasets).
 SPECIAL_ROOTS = ("sample_photos", "sample_classes")
+
+
+# Dataloader keys that MMEngine's Runner.build_dataloader reads itself (the others go to DataLoader).
+MMENGINE_DATALOADER_KEYS = ("dataset", "sampler", "batch_sampler", "batch_size", "collate_fn", "worker_init_fn",
+                            "num_batch_per_epoch", "disable_subprocess_warning", "persistent_workers")
+
+
+def fit_dataloaders(cfg: Config) -> None:
+    """``persistent_workers`` off in every dataloader that runs without workers (``num_workers=0``,
+    the usual debugging override), where torch's DataLoader refuses it."""
+    for split in ("train", "val", "test"):
+        loader = cfg.get(f"{split}_dataloader")
+        if isinstance(loader, Mapping) and not loader.get("num_workers", 0) and loader.get("persistent_workers"):
+            loader["persistent_workers"] = False
 
 
 class _Checker:
@@ -269,6 +303,81 @@ class _Checker:
                 for i, d in enumerate(v if isinstance(v, (list, tuple)) else [v]):
                     self.dataset(d, f"{key}.{k}" + (f"[{i}]" if isinstance(v, (list, tuple)) else ""))
 
+    def loop(self, node: Any, key: str) -> None:
+        """A loop config names its type (or, for ``train_cfg``, ``by_epoch``, as MMEngine allows) and
+        only that loop's arguments."""
+        if not isinstance(node, Mapping):
+            return
+        if "type" in node or key != "train_cfg":
+            self.type_(LOOPS, node, key, check_args=True)
+        elif "by_epoch" in node:
+            from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+
+            cls = EpochBasedTrainLoop if node["by_epoch"] else IterBasedTrainLoop
+            self.arguments(cls, {k: v for k, v in node.items() if k != "by_epoch"}, key)
+
+    def iterations(self, node: Any) -> None:
+        """``train_cfg.max_iters`` / ``max_epochs`` must be positive: a run of zero iterations would
+        end at once and save an untrained model."""
+        if not isinstance(node, Mapping):
+            return
+        for name, unit in (("max_iters", "iterations"), ("max_epochs", "epochs")):
+            value = node.get(name)
+            if name in node and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                self.errors.append(f"train_cfg.{name}: must be a positive whole number of {unit}, got {value!r} "
+                                   f"(the run would end without training)")
+
+    def dataloader_keys(self, node: Any, key: str) -> None:
+        """The keys of a dataloader config are what MMEngine's ``build_dataloader`` reads plus the
+        arguments of ``torch.utils.data.DataLoader`` (where the rest go)."""
+        if not isinstance(node, Mapping):
+            return
+        from torch.utils.data import DataLoader
+
+        names = sorted(set(inspect.signature(DataLoader).parameters) | set(MMENGINE_DATALOADER_KEYS))
+        for k in node:
+            if k not in names:
+                close = difflib.get_close_matches(str(k), names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self.errors.append(f"{key}.{k}: not a dataloader option{hint}")
+
+    def train_batches(self, loader: Any, train_cfg: Any) -> None:
+        """A finite sampler with ``drop_last`` and fewer samples (per process) than ``batch_size``
+        yields no batch: the run would never train. Builds the training dataset to count it (only
+        in that case)."""
+        if not isinstance(loader, Mapping) or not isinstance(loader.get("dataset"), Mapping):
+            return
+        sampler = loader.get("sampler")
+        sampler_type = sampler.get("type") if isinstance(sampler, Mapping) else None
+        if isinstance(sampler_type, str) and "Infinite" in sampler_type:
+            return
+        if loader.get("batch_sampler") is not None:
+            return
+        batch_size = loader.get("batch_size", 1)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            self.errors.append(f"train_dataloader.batch_size: must be a positive whole number, got {batch_size!r}")
+            return
+        if not loader.get("drop_last", False) or batch_size == 1:
+            return
+        import copy
+
+        try:
+            with DATASETS.switch_scope_and_registry(self.scope) as reg:
+                dataset = reg.build(copy.deepcopy(dict(loader["dataset"])))
+            count = len(dataset)
+        except Exception as exc:  # noqa: BLE001  (reported with the key; building is the user's config)
+            self.errors.append(f"train_dataloader.dataset: could not be built to count its samples "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+            return
+        world = max(int(os.environ.get("WORLD_SIZE", "1") or 1), 1)
+        per_process = -(-count // world)
+        if per_process < batch_size:
+            where = f" per process ({count} over {world} processes)" if world > 1 else ""
+            self.errors.append(f"train_dataloader.batch_size: {batch_size} is larger than the {per_process} "
+                               f"sample(s){where} of train_dataloader.dataset, and drop_last=True drops that "
+                               f"one short batch: no batch would ever be trained. Lower batch_size or set "
+                               f"train_dataloader.drop_last=False")
+
     def many(self, registry: Registry, node: Any, key: str, check_args: bool = False) -> None:
         if isinstance(node, (list, tuple)):
             for i, item in enumerate(node):
@@ -285,9 +394,12 @@ def check_config(cfg: Config) -> None:
     Checks the model (every nested ``type`` against MODELS), the datasets, samplers and collate
     functions of the three dataloaders, evaluators and metrics, the optimiser wrapper, optimiser,
     constructor and parameter schedulers, loops, hooks, visualiser, log processor and runner
-    type; and the paths under ``model`` and the datasets in keys such as ``pretrained``,
-    ``dataroot_gt``, ``lq_folder``, ``gt_folder``, plus ``load_from``. Raises :class:`ConfigError`
-    listing every problem found.
+    type; the arguments of the loops and the keys of the dataloaders (a misspelt ``max_iter`` or
+    ``batchsize`` is named with a did-you-mean); a positive ``train_cfg.max_iters`` /
+    ``max_epochs``; that a finite training sampler with ``drop_last`` gets at least one full batch
+    (the training dataset is built to count it only then); and the paths under ``model`` and the
+    datasets in keys such as ``pretrained``, ``dataroot_gt``, ``lq_folder``, ``gt_folder``, plus
+    ``load_from``. Raises :class:`ConfigError` listing every problem found, before anything is written.
     """
     c = _Checker(cfg.get("default_scope"))
     if "model" not in cfg or cfg.get("model") is None:
@@ -322,7 +434,10 @@ def check_config(cfg: Config) -> None:
             c.type_(OPTIM_WRAPPER_CONSTRUCTORS, {"type": ctor}, "optim_wrapper.constructor")
     c.many(PARAM_SCHEDULERS, cfg.get("param_scheduler"), "param_scheduler")
     for key in ("train_cfg", "val_cfg", "test_cfg"):
-        c.type_(LOOPS, cfg.get(key), key)
+        c.loop(cfg.get(key), key)
+    c.iterations(cfg.get("train_cfg"))
+    for split in ("train", "val", "test"):
+        c.dataloader_keys(cfg.get(f"{split}_dataloader"), f"{split}_dataloader")
     hooks = cfg.get("default_hooks") or {}
     if isinstance(hooks, Mapping):
         for name, hook in hooks.items():
@@ -339,6 +454,8 @@ def check_config(cfg: Config) -> None:
     load_from = cfg.get("load_from")
     if load_from:
         c.path(load_from, "load_from")
+    if not c.errors:
+        c.train_batches(cfg.get("train_dataloader"), cfg.get("train_cfg"))
     if c.errors:
         raise ConfigError("; ".join(c.errors))
 
@@ -395,10 +512,17 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Map
             raise ConfigError(f"--resume: checkpoint {resume!r} not found")
         cfg.resume = True
         cfg.load_from = resume
+    fit_dataloaders(cfg)
     if "runner_type" not in cfg:
         runner = ConStyleRunner.from_cfg(cfg)
     else:
         check_config(cfg)
         runner = RUNNERS.build(cfg)
+    if resume == "auto" and not isinstance(runner, ConStyleRunner):  # ConStyleRunner logs it itself
+        from mmengine.runner.checkpoint import find_latest_checkpoint
+
+        if find_latest_checkpoint(runner.work_dir) is None:
+            warnings.warn(f"--resume: nothing to resume in {runner.work_dir} (no last_checkpoint file there): "
+                          f"training starts from scratch")
     runner.train()
     return runner
