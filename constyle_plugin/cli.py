@@ -94,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .integrations.mmengine_runner import ConfigError
         from .prompter import CheckpointError
 
-        restore_errors = (FileNotFoundError, CheckpointError, ValueError)
+        restore_errors = (OSError, CheckpointError, ValueError)  # RestoreError is a ValueError
         if isinstance(exc, ConfigError) or (args.command == "restore" and isinstance(exc, restore_errors)):
             print(f"constyle {args.command}: error: {exc}", file=sys.stderr)
             return 2

@@ -4,9 +4,12 @@ Used by ``constyle restore``; the functions work on any ``B x C x H x W -> B x C
 """
 from __future__ import annotations
 
+import ast
+import contextlib
 import logging
 import os
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -19,11 +22,17 @@ from torch import Tensor, nn
 from .archs._padding import pad_to_multiple as pad_bottom_right
 from .prompter import CheckpointError, atomic_write, read_state_dict
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "load_network", "pad_to_multiple", "read_image",
-           "restore_images", "size_multiple_of", "tiled_forward", "write_image"]
+__all__ = ["IMAGE_EXTENSIONS", "RestoreError", "check_device", "check_output_folder", "check_tiling", "find_images",
+           "load_network", "pad_to_multiple", "plan_outputs", "read_dumped_config", "read_image", "restore_images",
+           "size_multiple_of", "tiled_forward", "write_image"]
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+BASICSR_COPY_HEADER = "# GENERATE TIME:"  # first line of the options copy BasicSR's copy_opt_file writes
+
+
+class RestoreError(ValueError):
+    """``constyle restore`` cannot run as asked; the message starts with the option at fault."""
 
 
 # ------------------------------------------------------------------------------------------ tensors
@@ -126,16 +135,22 @@ def count_tiles(h: int, w: int, tile: Optional[int], overlap: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------ files
-def find_images(path: Union[str, os.PathLike]) -> List[Path]:
-    """The image files at ``path`` (a file, or a folder searched recursively), sorted."""
+def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.PathLike]] = None) -> List[Path]:
+    """The image files at ``path`` (a file, or a folder searched recursively), sorted.
+
+    Nothing under ``exclude`` (the output folder, when it lies inside the input folder) is taken.
+    """
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"--input: {path} does not exist")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not (skip is not None and (skip == p.resolve() or skip in p.resolve().parents)))
     if not files:
-        raise FileNotFoundError(f"--input: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path}")
+        where = f" (outside the output folder {exclude})" if skip is not None and skip.is_relative_to(path.resolve()) else ""
+        raise FileNotFoundError(f"--input: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path}{where}")
     return files
 
 
@@ -200,16 +215,131 @@ def _basicsr_options(config: Path) -> Dict[str, Any]:
     return opt
 
 
-def _find_config(checkpoint: Path) -> Optional[Path]:
-    """The config the trainer left beside its checkpoints: BasicSR copies the options file into
-    ``experiments/NAME/`` (checkpoints in ``NAME/models/``); MMEngine dumps the merged config into
-    the work dir, beside its checkpoints."""
-    for folder, pattern in ((checkpoint.parent.parent, "*.yml"), (checkpoint.parent, "*.yml"),
-                            (checkpoint.parent, "*.py")):
-        found = sorted(folder.glob(pattern))
-        if len(found) == 1:
-            return found[0]
+def _recorded_basicsr_options(checkpoint: Path) -> Optional[Path]:
+    """The options file BasicSR copied into ``experiments/NAME/`` for the run that wrote
+    ``experiments/NAME/models/CHECKPOINT`` (``copy_opt_file`` heads the copy with ``# GENERATE TIME``)."""
+    if checkpoint.parent.name != "models":
+        return None
+    found = []
+    for path in sorted(checkpoint.parent.parent.glob("*.yml")) + sorted(checkpoint.parent.parent.glob("*.yaml")):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                first = fh.readline()
+        except OSError:
+            continue
+        if first.startswith(BASICSR_COPY_HEADER):
+            found.append(path)
+    if len(found) > 1:
+        raise RestoreError(f"--config: {checkpoint.parent.parent} holds {len(found)} options files written by "
+                           f"BasicSR ({', '.join(p.name for p in found)}); pass the one of this run with --config")
+    return found[0] if found else None
+
+
+_TIMESTAMP = re.compile(r"(?:^|_)(\d{8}_\d{6})$")
+
+
+def _recorded_mmengine_config(checkpoint: Path, meta: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
+    """``(source, text)`` of the config MMEngine recorded for the run that saved ``checkpoint``.
+
+    The checkpoint's ``meta`` names the run (``experiment_name = <config name>_<timestamp>``); the
+    Runner dumped that run's config into the work dir as ``<timestamp>/vis_data/config.py`` and
+    ``<config name>.py``, and into ``meta['cfg']`` itself. Files of any other name are never used.
+    """
+    name = meta.get("experiment_name")
+    candidates: List[Path] = []
+    if isinstance(name, str):
+        match = _TIMESTAMP.search(name)
+        if match:
+            candidates.append(checkpoint.parent / match.group(1) / "vis_data" / "config.py")
+            stem = name[:match.start()]
+            if stem and "/" not in stem and "\\" not in stem and stem not in (".", ".."):
+                candidates.append(checkpoint.parent / f"{stem}.py")
+    for path in candidates:
+        if path.is_file():
+            return str(path), path.read_text(encoding="utf-8")
+    text = meta.get("cfg")
+    if isinstance(text, str) and text.strip():
+        return f"{checkpoint} (the config recorded in its meta)", text
     return None
+
+
+def _literal(node: ast.AST, source: str) -> Any:
+    """The value of a literal expression of a dumped config: numbers, strings, None / True / False,
+    lists, tuples, sets, dicts and ``dict(key=value, ...)``. Anything else is refused: nothing is run."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        items = [_literal(item, source) for item in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_literal(k, source): _literal(v, source) for k, v in zip(node.keys, node.values)}
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args
+            and all(kw.arg is not None for kw in node.keywords)):
+        return {kw.arg: _literal(kw.value, source) for kw in node.keywords}
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _literal(node.operand, source)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return -value if isinstance(node.op, ast.USub) else value
+    raise RestoreError(f"--config: {source}, line {getattr(node, 'lineno', '?')}: "
+                       f"{type(node).__name__} is not a plain value; a config found beside a checkpoint is "
+                       f"read without running it, so pass the config file with --config")
+
+
+def read_dumped_config(text: str, source: str) -> Dict[str, Any]:
+    """The ``name = value`` entries of a config MMEngine dumped (``Config.pretty_text``), read without
+    running anything: every value must be a literal (see :func:`_literal`)."""
+    try:
+        tree = ast.parse(text, filename=source)
+    except SyntaxError as exc:
+        raise RestoreError(f"--config: {source}: not a dumped MMEngine config ({exc.msg}, line {exc.lineno}); "
+                           f"pass --config") from None
+    cfg: Dict[str, Any] = {}
+    for stmt in tree.body:
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+            raise RestoreError(f"--config: {source}, line {stmt.lineno}: not a plain assignment; a config found "
+                               f"beside a checkpoint is read without running it, so pass the config with --config")
+        cfg[stmt.targets[0].id] = _literal(stmt.value, source)
+    return cfg
+
+
+def _read_mmengine_checkpoint(checkpoint: Path) -> Any:
+    """A Runner checkpoint, read with safe loading (plus the globals MMEngine's own checkpoints need)."""
+    try:
+        import mmengine  # noqa: F401  (first: importing it registers the plugin, which imports mmengine_runner)
+
+        from .integrations.mmengine_runner import mmengine_checkpoint_globals
+    except ImportError:
+        mmengine_checkpoint_globals = contextlib.nullcontext
+    try:
+        with mmengine_checkpoint_globals():
+            return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (reported with the file's name, nothing run)
+        raise CheckpointError(f"{checkpoint}: not a readable MMEngine checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def _no_config(checkpoint: Path) -> RestoreError:
+    return RestoreError(
+        f"--config: no config recorded for {checkpoint} by its trainer (BasicSR's options copy in "
+        f"experiments/<name>/ for a checkpoint in experiments/<name>/models/, or the config MMEngine "
+        f"recorded in the checkpoint and dumped into its work dir); other files beside it are never "
+        f"used. Pass the training config with --config")
+
+
+def _mismatch(checkpoint: Path, config: str, net: nn.Module, state: Mapping[str, Tensor]) -> CheckpointError:
+    """Which keys differ between ``state`` and ``net``: the first few of each kind and the counts."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+                 if k in state and state[k].shape != v.shape]
+    parts = [f"{len(items)} {what} key(s), first: {', '.join(items[:3])}"
+             for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
+             if items]
+    hint = ""
+    if unexpected and all(k.startswith(("net.", "data_preprocessor.")) for k in unexpected):
+        hint = " (an MMEngine checkpoint: pass the MMEngine config of its run)"
+    return CheckpointError(f"{checkpoint}: does not fit the network of {config}: {'; '.join(parts)}{hint}")
 
 
 def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str, os.PathLike]] = None,
@@ -217,31 +347,54 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
     """Rebuild a trained network from its checkpoint, in eval mode on ``device``.
 
     BasicSR: ``checkpoint`` is ``net_g_*.pth`` (``params_ema`` preferred) and ``config`` the options
-    file (found beside the experiment when omitted). MMEngine: ``checkpoint`` is the Runner's
-    ``.pth`` and ``config`` the config file (found in the work dir when omitted). Weights are read with
+    file. MMEngine: ``checkpoint`` is the Runner's ``.pth`` (the EMA copy preferred) and ``config``
+    the config file. Without ``config``, only the config the trainer itself recorded for that run is
+    used: the options copy BasicSR writes into ``experiments/NAME/`` (checkpoint in
+    ``experiments/NAME/models/``), or the config MMEngine recorded in the checkpoint's ``meta`` and
+    dumped into the work dir, read as plain values without running it. Any other file beside the
+    checkpoint is never read or run (:class:`RestoreError` asks for ``config``). Weights are read with
     safe loading and loaded with ``strict=True``.
     """
     checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        raise FileNotFoundError(f"--checkpoint: {checkpoint} is a directory; pass the checkpoint file in it")
     if not checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: {checkpoint} not found")
-    config = Path(config) if config is not None else _find_config(checkpoint)
-    if config is None:
-        raise FileNotFoundError(f"--config: no options file found beside {checkpoint}; pass --config")
-    if not config.is_file():
-        raise FileNotFoundError(f"--config: {config} not found")
-    if config.suffix in (".yml", ".yaml"):
-        net = _build_basicsr(config)
-        state = read_state_dict(checkpoint)
-    elif config.suffix == ".py":
-        net = _build_mmengine(config)
-        state = _mmengine_state(checkpoint)
+    if config is not None:
+        config = Path(config)
+        if not config.is_file():
+            raise FileNotFoundError(f"--config: {config} " + ("is a directory" if config.is_dir() else "not found"))
+        if config.suffix in (".yml", ".yaml"):
+            net, state, source = _build_basicsr(config), read_state_dict(checkpoint), str(config)
+        elif config.suffix == ".py":
+            import mmengine  # noqa: F401  (first: importing it registers the plugin, which imports mmengine_runner)
+
+            from .integrations.mmengine_runner import load_config
+
+            net = _build_mmengine(load_config(str(config)), str(config))
+            state, source = _mmengine_state(checkpoint, _read_mmengine_checkpoint(checkpoint)), str(config)
+        else:
+            raise ValueError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
     else:
-        raise ValueError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
+        options = _recorded_basicsr_options(checkpoint)
+        if options is not None:
+            net, state, source = _build_basicsr(options), read_state_dict(checkpoint), str(options)
+        else:
+            raw = _read_mmengine_checkpoint(checkpoint)
+            meta = raw.get("meta") if isinstance(raw, dict) else None
+            recorded = _recorded_mmengine_config(checkpoint, meta) if isinstance(meta, Mapping) else None
+            if recorded is None:
+                raise _no_config(checkpoint)
+            source, text = recorded
+            from mmengine.config import Config
+
+            net = _build_mmengine(Config(read_dumped_config(text, source)), source)
+            state = _mmengine_state(checkpoint, raw)
+            logger.info("config of %s: %s", checkpoint, source)
     try:
         net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{checkpoint}: does not fit the network of {config}: "
-                              f"{str(exc).splitlines()[0]} {str(exc).splitlines()[1:2]}") from None
+    except RuntimeError:
+        raise _mismatch(checkpoint, source, net, state) from None
     return net.to(device).eval()
 
 
@@ -268,35 +421,26 @@ def _build_basicsr(config: Path) -> nn.Module:
         return build_network(network_opt)
 
 
-def _build_mmengine(config: Path) -> nn.Module:
+def _build_mmengine(cfg: Any, source: str) -> nn.Module:
     import constyle_plugin  # noqa: F401  (registers the plugin's models)
     from mmengine.registry import MODELS
 
-    from .integrations.mmengine_runner import load_config
-
-    cfg = load_config(str(config))
-    model_cfg = cfg.model.copy()
+    if not isinstance(cfg.get("model"), Mapping):
+        raise ValueError(f"--config {source}: no model section: not an MMEngine training config")
+    model_cfg = dict(cfg.model)
     if "prompter" in model_cfg:
         model_cfg["prompter"] = _without_prompter_file(model_cfg["prompter"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
         model = MODELS.build(model_cfg)
     if not hasattr(model, "net"):
-        raise ValueError(f"--config {config}: model type {cfg.model.get('type')!r} is not a restorer "
+        raise ValueError(f"--config {source}: model type {cfg.model.get('type')!r} is not a restorer "
                          f"(expected ConStyleRestorer)")
     return model.net
 
 
-def _mmengine_state(checkpoint: Path) -> Dict[str, Tensor]:
+def _mmengine_state(checkpoint: Path, raw: Any) -> Dict[str, Tensor]:
     """The restorer's weights from a Runner checkpoint: the EMA copy when the run kept one."""
-    from .integrations.mmengine_runner import mmengine_checkpoint_globals
-
-    try:
-        with mmengine_checkpoint_globals():
-            raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (reported with the file's name, nothing run)
-        raise CheckpointError(f"{checkpoint}: not a readable MMEngine checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{checkpoint}: expected an MMEngine checkpoint dict")
     state = raw.get("ema_state_dict") or raw.get("state_dict") or raw
@@ -306,38 +450,146 @@ def _mmengine_state(checkpoint: Path) -> Dict[str, Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ the job
+def check_tiling(tile: Optional[int], overlap: int) -> None:
+    """``--tile`` / ``--tile-overlap`` must allow tiling any image: ``tile > overlap >= 0``."""
+    if overlap < 0:
+        raise RestoreError(f"--tile-overlap: must be >= 0, got {overlap}")
+    if tile is not None and tile <= overlap:
+        raise RestoreError(f"--tile: must be larger than --tile-overlap ({overlap}), got {tile}")
+
+
+def check_device(spec: Union[str, torch.device]) -> torch.device:
+    """The device ``spec`` names (``auto``: CUDA when available, else the CPU), refused with a clear
+    message when it is not a device name or that device is not available here."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise RestoreError(f"--device: {spec!r} is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RestoreError(f"--device {spec}: no CUDA device is available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RestoreError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return device
+    if device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise RestoreError(f"--device {spec}: MPS is not available here; use --device cpu")
+        return device
+    raise RestoreError(f"--device: {spec!r} is not supported for restoring (auto, cpu, cuda, cuda:N, mps)")
+
+
+def check_output_folder(output: Union[str, os.PathLike]) -> Path:
+    """``--output`` must be a folder that exists or can be made, and that this process can write;
+    nothing is created here."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise RestoreError(f"--output: {output} is an existing file, not a folder")
+    existing = output
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise RestoreError(f"--output: {output} lies under {existing}, which is a file")
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == output else f" (its nearest existing folder {existing} is not writable)"
+        raise RestoreError(f"--output: {output} is not writable{what}")
+    return output
+
+
+def plan_outputs(inputs: Sequence[Path], output: Union[str, os.PathLike], root: Optional[Path] = None,
+                 compare: bool = False) -> List[Tuple[Path, Path, Optional[Path]]]:
+    """``(input, restored PNG, comparison panel or None)`` for each input, all distinct.
+
+    Each input keeps its path relative to ``root`` with a ``.png`` suffix; inputs that differ only in
+    their extension (``photo.png``, ``photo.jpg``) keep it in the name (``photo_png.png``,
+    ``photo_jpg.png``). Raises :class:`RestoreError` when two files would still share a name (an input
+    ``photo_compare.png`` beside ``photo.png``'s panel) or an output would replace an input.
+    """
+    output = Path(output)
+
+    def rel(path: Path) -> Path:
+        return path.relative_to(root) if root is not None and root in path.parents else Path(path.name)
+
+    by_target: Dict[Path, List[Path]] = {}
+    for path in inputs:
+        by_target.setdefault(rel(path).with_suffix(""), []).append(path)
+    plan: List[Tuple[Path, Path, Optional[Path]]] = []
+    for stem, paths in by_target.items():
+        for path in paths:
+            name = stem.name if len(paths) == 1 else f"{stem.name}_{path.suffix.lstrip('.').lower()}"
+            target = output / stem.parent / f"{name}.png"
+            plan.append((path, target, target.with_name(f"{name}_compare.png") if compare else None))
+    owner: Dict[Path, Path] = {}
+    sources = {p.resolve(): p for p in inputs}
+    for path, target, panel in sorted(plan):
+        for out, what in ((target, "restored image"), (panel, "comparison panel")):
+            if out is None:
+                continue
+            key = out.resolve()
+            if key in sources:
+                raise RestoreError(f"--output: the {what} of {path} would replace the input {sources[key]}; "
+                                   f"choose an --output folder that holds no inputs")
+            if key in owner:
+                raise RestoreError(f"--output: {path} and {owner[key]} would both be written as {out}; rename "
+                                   f"one of them" + (" or drop --compare" if compare else ""))
+            owner[key] = path
+    return plan
+
+
 def restore_images(net: nn.Module, inputs: Sequence[Path], output: Union[str, os.PathLike],
                    tile: Optional[int] = None, overlap: int = 32, compare: bool = False,
                    device: Union[str, torch.device] = "cpu", root: Optional[Path] = None,
                    show_progress: bool = True) -> List[Path]:
     """Restore each image file into ``output`` as PNG (``--compare``: also an input | output panel).
 
-    Files that cannot be read are skipped with one warning each. Returns the written paths.
+    Everything that can be checked is checked before the first file is written: the tiling, the
+    output names (:func:`plan_outputs`: distinct, never an input), the output folder, and that each
+    image reads (files that cannot be read are skipped with one warning each). Returns the written
+    paths (the restored images).
     """
     from tqdm import tqdm
 
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    multiple = size_multiple_of(net)
-    written: List[Path] = []
-    bar = tqdm(inputs, desc="restore", unit="img", disable=not show_progress)
-    for path in bar:
+    check_tiling(tile, overlap)
+    output = check_output_folder(output)
+    plan = plan_outputs(inputs, output, root, compare)
+    readable = []
+    for item in plan:
         try:
-            img = read_image(path)
+            read_image(item[0])
         except ValueError as exc:
             warnings.warn(f"skipped: {exc}")
             continue
+        readable.append(item)
+    if not readable:
+        return []
+    missing = [p for p in (output, *output.parents) if not p.exists()]  # the folders made here
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".constyle-write-test-"):
+            pass
+    except OSError as exc:
+        for folder in missing:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise RestoreError(f"--output: cannot write into {output} ({exc.strerror or exc})") from None
+    multiple = size_multiple_of(net)
+    written: List[Path] = []
+    bar = tqdm(readable, desc="restore", unit="img", disable=not show_progress)
+    for path, target, panel in bar:
+        img = read_image(path)
         x = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
         with torch.no_grad():
             y = tiled_forward(net, x, tile=tile, overlap=overlap, multiple=multiple)
         restored = y[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
-        rel = path.relative_to(root) if root is not None and root in path.parents else Path(path.name)
-        target = output / rel.with_suffix(".png")
         write_image(target, restored)
         written.append(target)
-        if compare:
-            panel = np.concatenate([img, np.ones((img.shape[0], 8, 3), np.float32), restored], axis=1)
-            write_image(target.with_name(target.stem + "_compare.png"), panel)
+        if panel is not None:
+            write_image(panel, np.concatenate([img, np.ones((img.shape[0], 8, 3), np.float32), restored], axis=1))
         bar.set_postfix(file=path.name)
     return written
 
@@ -346,9 +598,13 @@ def add_restore_arguments(parser) -> None:
     """The ``constyle restore`` options."""
     parser.add_argument("--checkpoint", required=True, help="trained network: BasicSR net_g_*.pth or MMEngine .pth")
     parser.add_argument("--config", default=None,
-                        help="its BasicSR .yml or MMEngine .py (default: found beside the checkpoint)")
+                        help="its BasicSR .yml or MMEngine .py (default: the config its trainer recorded for "
+                             "that run: BasicSR's options copy in experiments/<name>/, MMEngine's config in the "
+                             "checkpoint and its work dir, read without running it; no other file is used)")
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, help="folder for the restored PNG files")
+    parser.add_argument("--output", required=True,
+                        help="folder for the restored PNG files (never read as input; inputs that differ only "
+                             "in extension, photo.png and photo.jpg, become photo_png.png and photo_jpg.png)")
     parser.add_argument("--tile", type=int, default=None,
                         help="run in tiles of this size (pixels) for images too large for memory")
     parser.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles (default 32)")
@@ -357,12 +613,19 @@ def add_restore_arguments(parser) -> None:
 
 
 def restore_main(args) -> int:
-    """Run ``constyle restore`` from parsed arguments."""
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    inputs = find_images(args.input)
-    net = load_network(args.checkpoint, args.config, device=device)
+    """Run ``constyle restore`` from parsed arguments. Every option is checked before anything is
+    written (:class:`RestoreError` names the option at fault)."""
+    device = check_device(args.device)
+    check_tiling(args.tile, args.tile_overlap)
+    output = check_output_folder(args.output)
+    if Path(args.input).is_dir() and output.resolve() == Path(args.input).resolve():
+        raise RestoreError(f"--output: {output} is the --input folder: the restored images would replace the "
+                           f"inputs; choose another folder")
+    inputs = find_images(args.input, exclude=output)
     root = Path(args.input) if Path(args.input).is_dir() else None
-    written = restore_images(net, inputs, args.output, tile=args.tile, overlap=args.tile_overlap,
+    plan_outputs(inputs, output, root, args.compare)
+    net = load_network(args.checkpoint, args.config, device=device)
+    written = restore_images(net, inputs, output, tile=args.tile, overlap=args.tile_overlap,
                              compare=args.compare, device=device, root=root)
     print(f"restored {len(written)} image(s) into {args.output}")
     return 0 if written else 1
