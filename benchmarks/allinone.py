@@ -93,6 +93,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--split-seed", type=int, default=0, help="seed of the photo split")
     p.add_argument("--eval-batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data worker processes making the training batches (default: 0 on the CPU, where "
+                        "they would compete with training for the cores; min(8, CPUs - 1) on a GPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--out", default=None,
                    help="output folder (default: benchmarks/results; with --smoke a temporary folder)")
@@ -114,8 +117,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
     if args.levels < 3:
         p.error(f"--levels must be >= 3 (the prompt features go in at 1/2, 1/4 and 1/8), got {args.levels}")
-    if args.middle_blocks < 0 or args.threads < 0:
-        p.error("--middle-blocks and --threads must be >= 0")
+    if args.middle_blocks < 0 or args.threads < 0 or (args.workers is not None and args.workers < 0):
+        p.error("--middle-blocks, --threads and --workers must be >= 0")
     if not 0.0 < args.holdout < 1.0:
         p.error(f"--holdout must be in (0, 1), got {args.holdout}")
     if len(set(args.seeds)) != len(args.seeds):
@@ -205,18 +208,30 @@ def mean_std(values: Sequence[float]) -> Dict[str, float]:
 class IsolatedBatches:
     """Training batches drawn from their own RNG states (torch and Python ``random``).
 
-    ``MixDegradationDataset`` draws crops and degradations from torch's global generator and
-    BasicSR's ``augment`` uses ``random``; model construction consumes the same generators. Swapping
-    in a per-seed data state around every fetch makes every variant of one seed see exactly the same
-    batches, whatever its model consumed (checked with a fingerprint of all batches).
+    ``MixDegradationDataset`` draws crops and degradations from torch's generator and BasicSR's
+    ``augment`` uses ``random``; model construction consumes the global generators. Every variant of
+    one seed sees exactly the same batches, whatever its model consumed (checked with a fingerprint
+    of all batches):
+
+    - ``workers=0``: the batches are made in the main process, with a per-seed data state swapped in
+      around every fetch;
+    - ``workers>0``: the batches are made in worker processes (so a GPU does not wait on them),
+      each seeded by torch's DataLoader from a per-seed generator (and ``random`` with it), which
+      gives the same batches for the same seed and number of workers.
     """
 
-    def __init__(self, dataset, batch: int, seed: int):
+    def __init__(self, dataset, batch: int, seed: int, workers: int = 0):
         from torch.utils.data import DataLoader, RandomSampler
 
         gen = torch.Generator().manual_seed(seed)
-        self.loader = DataLoader(dataset, batch_size=batch, sampler=RandomSampler(dataset, generator=gen),
-                                 num_workers=0, drop_last=True)
+        self.workers = workers
+        if workers:
+            self.loader = DataLoader(dataset, batch_size=batch, sampler=RandomSampler(dataset, generator=gen),
+                                     num_workers=workers, drop_last=True, persistent_workers=True,
+                                     prefetch_factor=4, generator=torch.Generator().manual_seed(seed + 7919))
+        else:
+            self.loader = DataLoader(dataset, batch_size=batch, sampler=RandomSampler(dataset, generator=gen),
+                                     num_workers=0, drop_last=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 7919)
             self.torch_state = torch.get_rng_state()
@@ -224,16 +239,24 @@ class IsolatedBatches:
         self.iterator = iter(self.loader)
         self.hash = hashlib.sha256()
 
+    def _fetch(self):
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            return next(self.iterator)
+
     def next(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.workers:
+            batch = self._fetch()
+            self.hash.update(batch["lq"].numpy().tobytes())
+            self.hash.update(batch["gt"].numpy().tobytes())
+            return batch["lq"], batch["gt"]
         saved_torch, saved_py = torch.get_rng_state(), random.getstate()
         torch.set_rng_state(self.torch_state)
         random.setstate(self.py_state)
         try:
-            try:
-                batch = next(self.iterator)
-            except StopIteration:
-                self.iterator = iter(self.loader)
-                batch = next(self.iterator)
+            batch = self._fetch()
         finally:
             self.torch_state, self.py_state = torch.get_rng_state(), random.getstate()
             torch.set_rng_state(saved_torch)
@@ -815,6 +838,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
+    if args.workers is None:
+        args.workers = 0 if device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 1))
     from constyle_plugin.compat import ensure_basicsr_importable
 
     ensure_basicsr_importable()
@@ -873,7 +898,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fingerprints = {}
         for variant in args.variants:
             net = build_model(variant, args, seed, prompters)
-            batches = IsolatedBatches(dataset, args.batch, seed)
+            batches = IsolatedBatches(dataset, args.batch, seed, workers=args.workers)
             run = train_one(net, batches, args, device, desc=f"{variant} seed {seed}")
             t0 = time.perf_counter()
             preds = restore(net, test_lq, device, args.eval_batch).permute(0, 2, 3, 1).numpy()

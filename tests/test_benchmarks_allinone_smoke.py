@@ -109,3 +109,17 @@ def test_probe_only_trains_nothing_and_records_both_separabilities(tmp_path):
             assert 0.0 <= p["test_accuracy"] <= 1.0 and p["spread_test"] >= 0
     md = (tmp_path / "allinone_probe.md").read_text()
     assert "separability (photo)" in md and "| pretrained | z2" in md
+
+
+def test_batches_made_in_worker_processes_are_the_same_for_every_variant(tmp_path):
+    """--workers 2: the training batches come from two data workers (as on a GPU machine); every
+    variant of a seed must still see exactly the same batches (the script asserts it too)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--no-progress", "--workers", "2",
+                           "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    report = json.loads((tmp_path / "allinone.json").read_text())
+    assert report["config"]["workers"] == 2
+    runs = report["runs"]
+    assert sorted(r["variant"] for r in runs) == sorted(VARIANTS)
+    assert len({r["data_fingerprint"] for r in runs}) == 1
