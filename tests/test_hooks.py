@@ -253,3 +253,25 @@ def test_six_channel_unet_is_refused_at_wrap_time():
         wrap_unet(SixChannelUNet(), prompter=prompter())
     with pytest.raises(ValueError, match=r"in_channels=2"):
         wrap_unet(ModuleListUNet(width=4), prompter=prompter(), in_channels=2)
+
+
+def test_the_hook_engine_imports_only_torch_and_the_standard_library():
+    import ast
+    import pathlib
+    import sys
+
+    import constyle_plugin
+
+    root = pathlib.Path(constyle_plugin.__file__).parent
+    for name in ("hooks.py", "unet.py", "injection.py"):
+        tree = ast.parse((root / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module]
+            else:
+                continue
+            for mod in mods:
+                top = mod.split(".")[0]
+                assert top == "torch" or top in sys.stdlib_module_names, (name, mod)
