@@ -236,3 +236,59 @@ def test_basicsr_command_writes_checkpoints_by_rename_and_a_kill_mid_save_leaves
     # the write that was killed went to a hidden temporary file, not to net_g_4.pth
     written = Path(out.split("WRITING", 1)[1].split()[0])
     assert written.parent == models and TEMP.match(written.name) and "net_g_4.pth" in written.name
+
+
+# ------------------------------------------------------------------------------------------------
+# The constyle train command (MMEngine)
+# ------------------------------------------------------------------------------------------------
+# The real command, with writes of .pth files and renames reported on stdout.
+CONSTYLE_SPY = textwrap.dedent(r'''
+    import builtins, os, sys
+    real_open, real_replace, real_rename = builtins.open, os.replace, os.rename
+
+    def spy_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and str(file).endswith((".pth", ".tmp")) and "w" in mode:
+            print("WRITE", os.path.abspath(file), flush=True)
+        return real_open(file, mode, *args, **kwargs)
+
+    def spy_replace(src, dst, *args, **kwargs):
+        print("RENAME", os.path.abspath(src), os.path.abspath(dst), flush=True)
+        return real_replace(src, dst, *args, **kwargs)
+
+    def spy_rename(src, dst, *args, **kwargs):
+        print("RENAME", os.path.abspath(src), os.path.abspath(dst), flush=True)
+        return real_rename(src, dst, *args, **kwargs)
+
+    builtins.open, os.replace, os.rename = spy_open, spy_replace, spy_rename
+    from constyle_plugin.cli import main
+    sys.argv = ["constyle", *sys.argv[1:]]
+    sys.exit(main())
+''')
+
+
+def test_constyle_train_writes_checkpoints_by_rename(tmp_path):
+    """README: MMEngine checkpoints are atomic through ConStyleRunner.save_checkpoint; this runs the real
+    ``constyle train`` (2 iterations, a checkpoint at each) and checks how its .pth files came to be."""
+    script = tmp_path / "spy.py"
+    script.write_text(CONSTYLE_SPY)
+    work = tmp_path / "work"
+    cfg_options = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=1",
+                   "model.backbone.width=8", "model.backbone.enc_blk_nums=[1,1,1]",
+                   "model.backbone.dec_blk_nums=[1,1,1]", "train_dataloader.batch_size=2",
+                   "train_dataloader.num_workers=0", "train_dataloader.persistent_workers=False",
+                   "train_dataloader.dataset.gt_size=32", "val_dataloader.num_workers=0",
+                   "val_dataloader.persistent_workers=False", "val_dataloader.dataset.gt_size=32"]
+    proc = subprocess.run([sys.executable, str(script), "train", str(ROOT / "options" / "mmengine" / "nafnet_constyle.py"),
+                           "--work-dir", str(work), "--cfg-options", *cfg_options], cwd=tmp_path,
+                          capture_output=True, text=True, env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    checkpoints = sorted(p.name for p in work.glob("*.pth"))
+    assert checkpoints == ["best_PSNR_iter_2.pth", "iter_1.pth", "iter_2.pth"], checkpoints
+    writes = [Path(p) for p in re.findall(r"^WRITE (\S+)$", out, re.M)]
+    renames = {Path(dst): Path(src) for src, dst in re.findall(r"^RENAME (\S+) (\S+)$", out, re.M)}
+    assert not [p for p in writes if p.parent == work and p.suffix == ".pth"], writes  # never in place
+    for name in checkpoints:
+        src = renames.get(work / name)
+        assert src is not None and src.parent == work and TEMP.match(src.name) and name in src.name, (name, src)
+        assert src in writes  # the bytes went to the temporary file
