@@ -149,7 +149,8 @@ def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.P
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                    and not (skip is not None and (skip == p.resolve() or skip in p.resolve().parents)))
     if not files:
-        where = f" (outside the output folder {exclude})" if skip is not None and skip.is_relative_to(path.resolve()) else ""
+        inside = skip is not None and path.resolve() in skip.parents
+        where = f" (outside the output folder {exclude})" if inside else ""
         raise FileNotFoundError(f"--input: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path}{where}")
     return files
 
