@@ -51,9 +51,8 @@ def test_every_test_the_readmes_name_exists(readme):
 
 # ---------------------------------------------------------------------------- "Stage discovery"
 def test_discovery_is_one_probe_forward_on_a_random_non_square_image():
-    """README: "One probe forward (a random 1 x C x 256 x 192 input ...)"; explicit specs are checked
-    with one probe too. (The probe's batch is 2 since the hook-engine rewrite, so that a window-attention
-    matrix never passes for a map; the README's "1 x" is stale: only C x 256 x 192 is asserted.)"""
+    """README: "One probe forward (a random 2 x C x 256 x 192 input ...)"; explicit specs are checked
+    with one probe too."""
     for stages in (None, StageSpec(encoder=("down.0", "down.1", "down.2"), bottleneck="mid")):
         torch.manual_seed(0)
         unet = ModuleListUNet()
@@ -63,7 +62,7 @@ def test_discovery_is_one_probe_forward_on_a_random_non_square_image():
         handle.remove()
         assert len(seen) == 1, stages
         (probe,) = seen
-        assert probe.shape[1:] == (3, 256, 192)
+        assert probe.shape == (2, 3, 256, 192)
         assert 0 <= probe.min() and probe.max() <= 1 and probe.std() > 0.2  # random in [0, 1], not a constant
 
 
@@ -130,3 +129,27 @@ def test_state_dict_keys_are_backbone_prompter_and_adapters():
     torch.save(state, buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True).keys() == state.keys()
+
+
+# ---------------------------------------------------------------------------- "Precision and device"
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_after_wrapping_converts_everything_prompter_included(dtype):
+    """README: "`net.half()` after wrapping converts everything, prompter included" (and the identity at
+    wrap time still holds in that precision)."""
+    torch.manual_seed(0)
+    unet = ModuleListUNet(width=4)
+    reference = ModuleListUNet(width=4)
+    reference.load_state_dict(unet.state_dict())
+    net = wrap_unet(unet, prompter=ConStyleV2()).to(dtype).eval()
+    floats = [t for t in net.state_dict().values() if t.is_floating_point()]
+    assert floats and all(t.dtype == dtype for t in floats)
+    assert all(t.dtype == dtype for t in net.prompter.state_dict().values() if t.is_floating_point())
+    x = torch.rand(2, 3, 16, 16).to(dtype)
+    seen = []
+    net.prompter.register_forward_hook(lambda m, a, out: seen.append(out.latent.dtype))
+    with torch.no_grad():
+        out = net(x)
+        expected = reference.to(dtype).eval()(x)
+    assert seen == [dtype]  # the prompter ran in that precision
+    assert out.dtype == dtype and torch.equal(out, expected)
+
