@@ -19,6 +19,7 @@ Imports only torch.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple
 
@@ -92,55 +93,65 @@ def _capturing() -> bool:
 
 
 class _Holder:
-    """What a graph keeps alive: the prompt of the forward that built it."""
+    """What a graph keeps alive: the prompt of the forward that built it, and the adapters it used."""
 
-    __slots__ = ("prompt", "image_hw", "__weakref__")
+    __slots__ = ("found", "__weakref__")
 
-    def __init__(self, prompt: "Prompt", image_hw: Tuple[int, int]) -> None:
-        self.prompt = prompt
-        self.image_hw = image_hw
+    def __init__(self, found: "Found") -> None:
+        self.found = found
+
+
+# (prompt, image H x W, the adapters of the wrapper replica that runs the forward)
+Found = Tuple["Prompt", Tuple[int, int], nn.ModuleDict]
 
 
 class PromptLedger:
     """The prompt of the forward in progress, and those of earlier forwards whose graphs still live.
 
-    ``begin`` / ``end`` bracket one call of the backbone; ``lookup`` gives a hook its prompt:
-    the active one inside ``forward``, the recorded one when autograd re-runs the stage during
-    backward (activation checkpointing), ``None`` when the backbone is called on its own (also when
-    such a bare call is re-run during backward: it is recomputed bare, as it ran).
+    ``begin`` / ``end`` bracket one call of the backbone; ``lookup`` gives a hook its prompt and
+    adapters: the active ones inside ``forward``, the recorded ones when autograd re-runs the stage
+    during backward (activation checkpointing), ``None`` when the backbone is called on its own
+    (also when such a bare call is re-run during backward: it is recomputed bare, as it ran).
+
+    The forward in progress is per thread: ``nn.DataParallel`` runs one replica of the wrapper per
+    device in its own thread (replicas share this ledger and the hooks), and each replica's hooks
+    must apply that replica's prompt with that replica's adapters.
     """
 
     def __init__(self) -> None:
-        self.active: Optional[Tuple["Prompt", Tuple[int, int]]] = None
+        self._local = threading.local()
         self._graphs: List[Tuple[int, int, "weakref.ref[_Holder]"]] = []
-        self._start: Optional[int] = None
 
-    def begin(self, prompt: "Prompt", image_hw: Tuple[int, int]) -> None:
-        self.active = (prompt, image_hw)
+    @property
+    def active(self) -> Optional[Found]:
+        return getattr(self._local, "active", None)
+
+    def begin(self, prompt: "Prompt", image_hw: Tuple[int, int], adapters: nn.ModuleDict) -> None:
+        self._local.active = (prompt, image_hw, adapters)
         self._graphs = [g for g in self._graphs if g[2]() is not None]
-        self._start = _sequence_now() if torch.is_grad_enabled() and not _capturing() else None
+        self._local.start = _sequence_now() if torch.is_grad_enabled() and not _capturing() else None
 
     def end(self, output: Any) -> None:
-        prompt, image_hw = self.active
-        self.active = None
-        start, self._start = self._start, None
-        if start is None:
+        found, start = self.active, getattr(self._local, "start", None)
+        self.abort()
+        if start is None or found is None:
             return
         nodes = {id(t.grad_fn): t.grad_fn for t in _tensors(output) if t.grad_fn is not None}
         if not nodes:
             return
-        holder = _Holder(prompt, image_hw)
+        holder = _Holder(found)
         for node in nodes.values():  # the graph's output nodes hold the prompt as long as they live
             node.metadata.setdefault("constyle_prompts", []).append(holder)
         self._graphs.append((start, _sequence_now(), weakref.ref(holder)))
 
     def abort(self) -> None:
-        self.active = None
-        self._start = None
+        self._local.active = None
+        self._local.start = None
 
-    def lookup(self, name: str) -> Optional[Tuple["Prompt", Tuple[int, int]]]:
-        if self.active is not None:
-            return self.active
+    def lookup(self) -> Optional[Found]:
+        found = self.active
+        if found is not None:
+            return found
         if not _in_backward():
             return None  # the backbone was called on its own, not through the wrapper
         node = torch._C._current_autograd_node() if hasattr(torch._C, "_current_autograd_node") else None
@@ -149,7 +160,7 @@ class PromptLedger:
             for start, stop, ref in reversed(self._graphs):
                 holder = ref()
                 if holder is not None and start <= seq <= stop:
-                    return holder.prompt, holder.image_hw
+                    return holder.found
         # Not a graph a wrapper forward built: net.backbone(x) called on its own, re-run as it ran (bare).
         return None
 
@@ -196,10 +207,10 @@ class StageHook:
         self.feature = feature
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
-        found = self.owner._ledger.lookup(self.info.name)
+        found = self.owner._ledger.lookup()
         if found is None:
             return None
-        prompt, image_hw = found
+        prompt, image_hw, adapters = found
         index = self.info.output_index
         x = output if index is None else output[index]
         layout = getattr(self.info, "layout", "BCHW")
@@ -208,7 +219,7 @@ class StageHook:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise RuntimeError(f"ConStyle hook on {self.info.name!r}: expected a {layout} output "
                                f"(as the probe saw), got {got}")
-        adapter = self.owner.adapters[self.key]
+        adapter = adapters[self.key]
         stage = x
         x = to_channels_first(x, layout, image_hw, self.info.name)
         if self.feature is not None:

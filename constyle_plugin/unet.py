@@ -589,7 +589,7 @@ class ConStyleUNet(nn.Module):
             image = image.to(weight.dtype)
         with torch.no_grad():
             prompt = self.prompter(image)
-        self._ledger.begin(prompt, tuple(image.shape[-2:]))
+        self._ledger.begin(prompt, tuple(image.shape[-2:]), self.adapters)
         try:
             output = self.backbone(*args, **kwargs)
         except BaseException:

@@ -275,3 +275,39 @@ def test_the_hook_engine_imports_only_torch_and_the_standard_library():
             for mod in mods:
                 top = mod.split(".")[0]
                 assert top == "torch" or top in sys.stdlib_module_names, (name, mod)
+
+
+def test_concurrent_forwards_in_threads_keep_their_own_prompt():
+    # nn.DataParallel runs one replica per device in its own thread, all sharing the hooks: a forward
+    # paused half-way while another thread runs a whole forward must still apply its own prompt
+    import threading
+
+    torch.manual_seed(0)
+    net = live_adapters(wrap_unet(ModuleListUNet(width=4), prompter=prompter())).eval()
+    g = torch.Generator().manual_seed(9)
+    xa, xb = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        expected_a, expected_b = net(xa), net(xb)
+    paused, resume = threading.Event(), threading.Event()
+
+    def pause_first_time(module, args):
+        if threading.current_thread().name == "A" and not paused.is_set():
+            paused.set()
+            resume.wait(timeout=60)
+
+    handle = net.backbone.down[1].register_forward_pre_hook(pause_first_time)  # after encoder1's hook ran
+    results = {}
+
+    def run(name, x):
+        with torch.no_grad():
+            results[name] = net(x)
+
+    a = threading.Thread(target=run, args=("A", xa), name="A")
+    a.start()
+    assert paused.wait(timeout=60)
+    run("B", xb)  # a whole forward while A is inside its own
+    resume.set()
+    a.join(timeout=60)
+    handle.remove()
+    assert torch.equal(results["B"], expected_b)
+    assert torch.equal(results["A"], expected_a)
