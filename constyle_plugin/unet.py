@@ -207,7 +207,8 @@ def _probe(backbone: nn.Module, size: Tuple[int, int], in_channels: int,
     modes = {m: m.training for m in backbone.modules()}
     buffers = [(module, key, buf, buf.detach().clone()) for module in backbone.modules()
                for key, buf in module.named_buffers(recurse=False) if buf is not None]
-    rng_devices = [device] if device.type == "cuda" else []
+    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
     try:
         for name, module in backbone.named_modules():
             if name:
