@@ -379,3 +379,31 @@ def test_train_refuses_a_batch_larger_than_the_dataset_with_drop_last(tmp_path, 
     assert code == 2, err
     assert err.startswith("constyle train: error: train_dataloader.batch_size: 16") and "drop_last" in err
     assert not work.exists()
+
+
+# ------------------------------------------ item 5, MMEngine: resume from a truncated checkpoint
+def test_train_resume_skips_a_truncated_latest_checkpoint_and_names_it(tmp_path, capsys):
+    work = tmp_path / "work"
+    every_iteration = ["default_hooks.checkpoint.interval=1", "default_hooks.checkpoint.save_best=None"]
+    first = constyle("train", str(MMENGINE_CONFIG), "--work-dir", str(work), "--cfg-options", *TINY,
+                     *every_iteration, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    latest = work / "iter_2.pth"
+    data = latest.read_bytes()
+    latest.write_bytes(data[:len(data) // 2])  # a save cut short
+    # naming the truncated file: one line naming it, before anything is built
+    code, _, err = run_cli(capsys, "train", str(MMENGINE_CONFIG), "--work-dir", str(work), "--resume", str(latest),
+                           "--cfg-options", *TINY)
+    assert code == 2 and err.startswith(f"constyle train: error: --resume: {latest}: does not load")
+    assert len(err.strip().splitlines()) == 1
+    # auto-resume: the newest checkpoint that loads (iter_1), saying which one was skipped
+    longer = [o if not o.startswith("train_cfg.max_iters") else "train_cfg.max_iters=3" for o in TINY]
+    resumed = constyle("train", str(MMENGINE_CONFIG), "--work-dir", str(work), "--resume", "--cfg-options",
+                       *longer, *every_iteration, cwd=tmp_path)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-4000:]
+    assert f"resume: skipped {latest}: does not load" in output
+    assert "resumed epoch: 0, iter: 1" in output
+    assert (work / "iter_3.pth").is_file()
+    saved = torch.load(work / "iter_3.pth", map_location="cpu", weights_only=False)
+    assert saved["meta"]["iter"] == 3

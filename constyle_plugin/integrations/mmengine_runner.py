@@ -109,13 +109,19 @@ class ConStyleRunner(Runner):
         return super().from_cfg(cfg)
 
     def load_or_resume(self) -> None:
-        """Runner.load_or_resume; ``resume=True`` with no checkpoint to resume from in the work dir
-        logs a warning that training starts from scratch (MMEngine logs "Auto resumed from the latest
-        checkpoint None." and goes on)."""
+        """Runner.load_or_resume, with two changes for ``resume=True`` without a checkpoint path:
+
+        - nothing to resume in the work dir: a warning that training starts from scratch (MMEngine
+          logs "Auto resumed from the latest checkpoint None." and goes on);
+        - the latest checkpoint does not load (truncated, damaged): a warning naming it, and the
+          newest older ``iter_N.pth`` / ``epoch_N.pth`` of the work dir that loads is resumed
+          instead; when none loads, :class:`ConfigError` names them.
+        """
         if not self._has_loaded and self._resume and self._load_from is None:
             from mmengine.runner.checkpoint import find_latest_checkpoint
 
-            if find_latest_checkpoint(self.work_dir) is None:
+            latest = find_latest_checkpoint(self.work_dir)
+            if latest is None:
                 self.logger.warning(f"resume: nothing to resume in {self.work_dir} (no last_checkpoint file "
                                     f"there): training starts from scratch")
                 self._resume = False
@@ -123,6 +129,16 @@ class ConStyleRunner(Runner):
                     return super().load_or_resume()
                 finally:
                     self._resume = True
+            problems = []
+            for candidate in _resume_candidates(latest, self.work_dir):
+                problem = checkpoint_problem(candidate)
+                if problem is None:
+                    self._load_from = candidate
+                    break
+                problems.append(f"{candidate}: {problem}")
+                self.logger.warning(f"resume: skipped {candidate}: {problem}")
+            else:
+                raise ConfigError(f"--resume: no checkpoint in {self.work_dir} loads: " + "; ".join(problems))
         return super().load_or_resume()
 
     def load_checkpoint(self, filename: str, map_location: Any = "cpu", strict: bool = False,
@@ -158,6 +174,35 @@ class ConStyleRunner(Runner):
             model_wrapper_cfg = dict(model_wrapper_cfg)
             model_wrapper_cfg.setdefault("device_ids", None)
         return super().wrap_model(model_wrapper_cfg, model)
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why the checkpoint at ``path`` cannot be resumed from (missing, truncated, damaged, not
+    MMEngine's), or ``None`` when it reads (safe loading, as :class:`ConStyleRunner` loads it)."""
+    if not osp.isfile(path):
+        return "not found"
+    try:
+        with mmengine_checkpoint_globals():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (named in the message; nothing in the file runs)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return f"does not load ({type(exc).__name__}: {lines[0] if lines else ''})"
+    if not isinstance(state, dict) or "state_dict" not in state:
+        return "not an MMEngine checkpoint (no state_dict)"
+    return None
+
+
+def _resume_candidates(latest: str, work_dir: str) -> List[str]:
+    """``latest``, then the work dir's other ``iter_N.pth`` / ``epoch_N.pth``, newest first."""
+    import re
+
+    numbered = []
+    for name in os.listdir(work_dir):
+        match = re.fullmatch(r"(iter|epoch)_(\d+)\.pth", name)
+        if match:
+            numbered.append((int(match.group(2)), osp.join(work_dir, name)))
+    others = [path for _, path in sorted(numbered, reverse=True) if osp.abspath(path) != osp.abspath(latest)]
+    return [latest, *others]
 
 
 @contextlib.contextmanager
@@ -510,6 +555,9 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Map
     elif resume:
         if not osp.isfile(resume):
             raise ConfigError(f"--resume: checkpoint {resume!r} not found")
+        problem = checkpoint_problem(resume)
+        if problem is not None:
+            raise ConfigError(f"--resume: {resume}: {problem}")
         cfg.resume = True
         cfg.load_from = resume
     fit_dataloaders(cfg)
