@@ -271,24 +271,30 @@ def test_realesrgan_kernels_and_options():
     assert not any(p.requires_grad for p in deg.parameters())
 
 
-def test_realesrgan_external_kernels_are_used():
+@pytest.mark.parametrize("implementation", ["fast", "reference"])
+def test_realesrgan_external_kernels_are_used(implementation):
     x = torch.rand(2, 3, 32, 32)
     deg = D.RealESRGANDegradation(seed=0)
     kernels = deg.sample_kernels(2)
-    a = D.RealESRGANDegradation(seed=9)(x, kernels)
-    b = D.RealESRGANDegradation(seed=9)(x, kernels)
+    make = lambda: D.RealESRGANDegradation(seed=9, implementation=implementation)  # noqa: E731
+    a = make()(x, kernels)
+    b = make()(x, kernels)
     assert torch.equal(a, b)
     # the kernels passed in are the ones the pipeline filters with, not kernels it draws itself
     seen = []
-    spy = D.RealESRGANDegradation(seed=9)
-    real = spy._degrade
-    spy._degrade = lambda x_, k1, k2, ks: seen.append((k1, k2, ks)) or real(x_, k1, k2, ks)
+    spy = make()
+    if implementation == "reference":
+        real = spy._degrade
+        spy._degrade = lambda x_, k1, k2, ks: seen.append((k1, k2, ks)) or real(x_, k1, k2, ks)
+    else:
+        real = spy._degrade_fast
+        spy._degrade_fast = lambda x_, p: seen.append(tuple(p[k] for k in ("kernel1", "kernel2", "sinc_kernel"))) or real(x_, p)
     assert torch.equal(spy(x, kernels), a)
     assert all(torch.equal(got, kernels[name]) for got, name in zip(seen[0], ("kernel1", "kernel2", "sinc_kernel")))
     # and they change the result: the same seed (same noise, resizes, JPEG) with a 21 x 21 box blur
     # instead is blurrier: adjacent pixels differ less
     box = {name: torch.full_like(k, 1 / k[0].numel()) for name, k in kernels.items()}
-    blurred = D.RealESRGANDegradation(seed=9)(x, box)
+    blurred = make()(x, box)
     assert not torch.equal(blurred, a)
     tv = lambda y: (y[..., 1:, :] - y[..., :-1, :]).abs().mean() + (y[..., 1:] - y[..., :-1]).abs().mean()  # noqa: E731
     assert tv(blurred) < tv(a)
