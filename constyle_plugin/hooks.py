@@ -231,6 +231,8 @@ class StageHook:
             return y
         items = list(output)
         items[index] = y
+        if hasattr(output, "_make"):  # a namedtuple
+            return output._make(items)
         return type(output)(items) if isinstance(output, tuple) else items
 
 

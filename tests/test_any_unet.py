@@ -140,3 +140,38 @@ def test_explicit_spec_on_token_stages_and_a_non_map_module_is_refused():
     with pytest.raises(UNetStructureError, match=r"'encoderlayer_0.blocks.0.attn' returns no feature map"):
         wrap_unet(TokenUNet(width=4), prompter=prompter(),
                   stages=StageSpec(encoder=("encoderlayer_0.blocks.0.attn",), bottleneck="conv"))
+
+
+class NamedTupleDownUNet(nn.Module):
+    """Encoder steps that return a namedtuple (down, skip)."""
+
+    Out = __import__("collections").namedtuple("Out", ["down", "skip"])
+
+    class Down(nn.Module):
+        def __init__(self, cin, cout):
+            super().__init__()
+            self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+
+        def forward(self, x):
+            skip = torch.relu(self.conv(x))
+            return NamedTupleDownUNet.Out(F.avg_pool2d(skip, 2), skip)
+
+    def __init__(self):
+        super().__init__()
+        self.d1, self.d2 = self.Down(3, 4), self.Down(4, 8)
+        self.u2, self.u1 = nn.ConvTranspose2d(8, 4, 2, stride=2), nn.ConvTranspose2d(12, 4, 2, stride=2)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        a = self.d1(x)
+        b = self.d2(a.down)
+        y = self.u2(b.down)
+        y = self.u1(torch.cat([y, b.skip], 1))
+        return self.out(torch.cat([y, a.skip], 1))
+
+
+def test_namedtuple_stage_outputs_stay_namedtuples():
+    net = live_adapters(wrap_unet(NamedTupleDownUNet(), prompter=prompter()))
+    assert net.stages.encoder == ("d1", "d2")
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 16, 16)).shape == (1, 3, 16, 16)
