@@ -23,6 +23,19 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 def _add_train(subparsers) -> None:
     from mmengine.config import DictAction
 
+    class CfgOptions(DictAction):
+        """MMEngine's DictAction; an entry that is not KEY=VALUE is a usage error naming it."""
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            bad = [v for v in values if "=" not in v or v.startswith("=")]
+            if bad:
+                parser.error(f"argument {option_string}: {bad[0]!r} is not KEY=VALUE "
+                             f"(e.g. train_cfg.max_iters=1000)")
+            try:
+                super().__call__(parser, namespace, values, option_string)
+            except (ValueError, TypeError) as exc:
+                parser.error(f"argument {option_string}: {exc}")
+
     p = subparsers.add_parser(
         "train", help="train from an MMEngine config (Runner.from_cfg)",
         description="Train from an MMEngine Python config with MMEngine's Runner, e.g. "
@@ -31,7 +44,7 @@ def _add_train(subparsers) -> None:
     p.add_argument("--work-dir", dest="work_dir", default=None,
                    help="where logs and checkpoints go (default: the config's work_dir, else "
                         "./work_dirs/<config name>)")
-    p.add_argument("--cfg-options", dest="cfg_options", nargs="+", action=DictAction, default=None,
+    p.add_argument("--cfg-options", dest="cfg_options", nargs="+", action=CfgOptions, default=None,
                    metavar="KEY=VALUE",
                    help="override config entries, e.g. train_cfg.max_iters=1000 model.backbone.width=16 "
                         "'model.backbone.enc_blk_nums=[1,1,1,1]'")

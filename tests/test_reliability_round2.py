@@ -407,3 +407,20 @@ def test_train_resume_skips_a_truncated_latest_checkpoint_and_names_it(tmp_path,
     assert (work / "iter_3.pth").is_file()
     saved = torch.load(work / "iter_3.pth", map_location="cpu", weights_only=False)
     assert saved["meta"]["iter"] == 3
+
+
+# --------------------------- item 7, MMEngine: a broken config or --cfg-options value, in one line
+def test_train_broken_config_and_malformed_options_fail_in_one_line(tmp_path, capsys):
+    work = tmp_path / "work"
+    broken = tmp_path / "broken.py"
+    broken.write_text("model = dict(type='ConStyleRestorer'\n")
+    code, _, err = run_cli(capsys, "train", str(broken), "--work-dir", str(work))
+    assert code == 2 and err.startswith(f"constyle train: error: CONFIG: {broken}, line 1:")
+    code, _, err = run_cli(capsys, "train", str(MMENGINE_CONFIG), "--work-dir", str(work), "--cfg-options",
+                           "model.backbone=[")
+    assert code == 2 and err.startswith("constyle train: error: model.backbone: expected a dict")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", str(MMENGINE_CONFIG), "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--cfg-options: 'train_cfg.max_iters' is not KEY=VALUE" in err
+    assert "Traceback" not in err and not work.exists()

@@ -240,6 +240,9 @@ INPUT_PATH_KEYS = ("pretrained", "dataroot", "dataroot_gt", "dataroot_lq", "lq_f
 SPECIAL_ROOTS = ("sample_photos", "sample_classes")
 
 
+# Keys of a model config that hold the config of a module (a string there is a mistake: a
+# --cfg-options value that did not parse as a dict, a bare type name).
+MODULE_CONFIG_KEYS = ("backbone", "pixel_loss", "data_preprocessor")
 # Dataloader keys that MMEngine's Runner.build_dataloader reads itself (the others go to DataLoader).
 MMENGINE_DATALOADER_KEYS = ("dataset", "sampler", "batch_sampler", "batch_size", "collate_fn", "worker_init_fn",
                             "num_batch_per_epoch", "disable_subprocess_warning", "persistent_workers")
@@ -452,6 +455,11 @@ def check_config(cfg: Config) -> None:
     else:
         c.model(cfg.model, "model")
         c.paths_in(cfg.model, "model")
+        if isinstance(cfg.model, Mapping):
+            for k in MODULE_CONFIG_KEYS:
+                value = cfg.model.get(k)
+                if k in cfg.model and value is not None and not isinstance(value, (Mapping, torch.nn.Module)):
+                    c.errors.append(f"model.{k}: expected a dict(type=...) config, got {value!r}")
     for split in ("train", "val", "test"):
         loader = cfg.get(f"{split}_dataloader")
         if not isinstance(loader, Mapping):
@@ -512,7 +520,10 @@ def load_config(config: str, cfg_options: Optional[Mapping[str, Any]] = None) ->
     """Read a config file (its ``custom_imports`` are imported) and merge ``--cfg-options``."""
     if not osp.isfile(config):
         raise ConfigError(f"CONFIG: {config!r} is not a file")
-    cfg = Config.fromfile(config)
+    try:
+        cfg = Config.fromfile(config)
+    except SyntaxError as exc:
+        raise ConfigError(f"CONFIG: {config}, line {exc.lineno}: {exc.msg} (not valid Python)") from None
     if cfg_options:
         cfg.merge_from_dict(dict(cfg_options))
     return cfg
