@@ -5,7 +5,9 @@ Two things live here, both standard library only so that ``import constyle_plugi
 - **Deferred registration.** The plugin registers with BasicSR (any flavour) and MMEngine when the
   program imports them, not by importing them itself. :func:`when_imported` runs a callback right
   after a module has finished loading (or at once, if it already has): an import hook on
-  ``sys.meta_path`` that wraps the module's loader and touches no other import.
+  ``sys.meta_path`` that wraps the module's loader (and those of the plugin's own submodules, so
+  that a registration triggered from inside one of them waits until it has finished) and touches
+  no other import.
 - **basicsr 1.4.2 on current torchvision.** basicsr imports
   ``torchvision.transforms.functional_tensor``, which torchvision 0.17 renamed to
   ``_functional_tensor``. While the hook is installed, that old name resolves to the new module
@@ -26,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 __all__ = ["basicsr_available", "ensure_basicsr_importable", "when_imported"]
 
+_OWN_PREFIX = "constyle_plugin."
 _FUNCTIONAL_TENSOR = "torchvision.transforms.functional_tensor"
 _RENAMED_FUNCTIONAL_TENSOR = "torchvision.transforms._functional_tensor"
 
@@ -103,12 +106,15 @@ class _ImportHook(importlib.abc.MetaPathFinder):
         # (module, callback) for modules that were still executing when the callback was added (the
         # plugin imported from inside a host module); run at the next import once they are done.
         self.pending: List[tuple] = []
+        # (callback, trainer module) held back while one of the plugin's own modules was executing
+        self.deferred: List[tuple] = []
         self._local = threading.local()
 
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target=None):
         if self.pending:
             self.flush()
-        if fullname != _FUNCTIONAL_TENSOR and fullname not in self.callbacks:
+        own = fullname.startswith(_OWN_PREFIX)
+        if fullname != _FUNCTIONAL_TENSOR and fullname not in self.callbacks and not own:
             return None
         if getattr(self._local, "busy", False):
             return None
@@ -147,9 +153,24 @@ class _ImportHook(importlib.abc.MetaPathFinder):
         self.pending = [(m, c) for m, c in self.pending if m is not module]
         for callback in list(self.callbacks.get(name, ())):
             _call_safely(callback, module)
+        if name.startswith(_OWN_PREFIX) and self.deferred and not _own_module_initialising(except_=module):
+            waiting, self.deferred = self.deferred, []
+            for callback, trainer in waiting:
+                _call_safely(callback, trainer, defer=False)
 
 
-def _call_safely(callback: Callback, module: types.ModuleType) -> None:
+def _own_module_initialising(except_: Optional[types.ModuleType] = None) -> bool:
+    """True while one of the plugin's submodules (other than ``except_``, which has just run) executes."""
+    return any(_initialising(m) for n, m in list(sys.modules.items())
+               if n.startswith(_OWN_PREFIX) and m is not None and m is not except_)
+
+
+def _call_safely(callback: Callback, module: types.ModuleType, defer: bool = True) -> None:
+    # Registration imports the plugin's modules: while one of them is still executing (it is what
+    # imported the trainer), they are incomplete, so registration waits until the last one is done.
+    if defer and _own_module_initialising():
+        _HOOK.deferred.append((callback, module))
+        return
     # A failing registration must never break the host's own import: say so and carry on.
     try:
         callback(module)

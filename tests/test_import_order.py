@@ -32,3 +32,24 @@ def test_mmengine_registration_whatever_is_imported_first(case):
     proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+BASICSR_FIRST_IMPORTS = {
+    "datasets": "import constyle_plugin.datasets",
+    "basicsr_models": "import constyle_plugin.integrations.basicsr_models",
+    "degradations_then_basicsr": "import constyle_plugin.degradations; import basicsr",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BASICSR_FIRST_IMPORTS))
+def test_basicsr_registration_whatever_is_imported_first(case):
+    """A plugin module that imports basicsr itself: registration waits until that module is complete
+    (it registers the module's own classes)."""
+    code = (BASICSR_FIRST_IMPORTS[case] + "\nfrom basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, "
+            "MODEL_REGISTRY\n"
+            "assert 'MixDegradationDataset' in DATASET_REGISTRY, 'MixDegradationDataset not registered'\n"
+            "assert 'ConStyleSRModel' in MODEL_REGISTRY, 'ConStyleSRModel not registered'\n"
+            "assert 'ConStyleUNet' in ARCH_REGISTRY\n")
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
