@@ -358,6 +358,8 @@ def test_fit_dataloaders_turns_persistent_workers_off_only_without_workers():
     ("train_dataloader.batchsize=4", "train_dataloader.batchsize", "did you mean 'batch_size'"),
     ("train_cfg.max_iters=0", "train_cfg.max_iters", "positive"),
     ("train_cfg.max_iters=-5", "train_cfg.max_iters", "positive"),
+    ("optim_wrapper.optimizer.lrr=0.1", "optim_wrapper.optimizer.lrr", "did you mean 'lr'"),
+    ("log_processor.windowsize=3", "log_processor.windowsize", "did you mean 'window_size'"),
 ])
 def test_train_refuses_typos_and_empty_runs_before_the_work_dir(tmp_path, capsys, option, key, hint):
     work = tmp_path / "work"
@@ -424,3 +426,20 @@ def test_train_broken_config_and_malformed_options_fail_in_one_line(tmp_path, ca
     err = capsys.readouterr().err
     assert info.value.code == 2 and "--cfg-options: 'train_cfg.max_iters' is not KEY=VALUE" in err
     assert "Traceback" not in err and not work.exists()
+
+
+def test_check_config_names_misspelt_scheduler_and_wrapper_arguments():
+    from mmengine.config import Config
+
+    from constyle_plugin.integrations.mmengine_runner import ConfigError, check_config, load_config
+
+    cfg = load_config(str(MMENGINE_CONFIG))
+    check_config(cfg)  # the shipped config passes
+    cfg = Config(cfg.to_dict())
+    cfg.param_scheduler[0]["eta_mn"] = 0.0
+    cfg.optim_wrapper["clipgrad"] = dict(max_norm=1.0)
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    message = str(info.value)
+    assert "param_scheduler[0].eta_mn: CosineAnnealingLR takes no argument 'eta_mn'; did you mean 'eta_min'?" in message
+    assert "optim_wrapper.clipgrad: OptimWrapper takes no argument 'clipgrad'; did you mean 'clip_grad'?" in message

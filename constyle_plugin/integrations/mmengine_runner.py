@@ -257,6 +257,41 @@ def fit_dataloaders(cfg: Config) -> None:
             loader["persistent_workers"] = False
 
 
+def registry_forwards_kwargs(cls: Any) -> bool:
+    """MMEngine's parameter schedulers and optimiser wrappers take ``**kwargs`` only to hand them to
+    the next class of their MRO (``LRSchedulerMixin`` -> ``CosineAnnealingParamScheduler``,
+    ``AmpOptimWrapper`` -> ``OptimWrapper``): their arguments are those of the whole chain."""
+    from mmengine.optim import OptimWrapper
+    from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
+
+    return isinstance(cls, type) and issubclass(cls, (_ParamScheduler, OptimWrapper))
+
+
+def _argument_names(cls: Any, forwarded: bool = False) -> Optional[List[str]]:
+    """The keyword arguments ``cls`` accepts, or ``None`` when it takes any (``**kwargs``). With
+    ``forwarded``, ``**kwargs`` passed on along the MRO add the arguments of the next ``__init__``."""
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    chain = [c for c in getattr(cls, "__mro__", ()) if "__init__" in vars(c) and c is not object] if forwarded else []
+    if not chain:
+        try:
+            params = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            return None
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return None
+        return [n for n, p in params.items() if p.kind in keyword]
+    names: List[str] = []
+    for klass in chain:
+        try:
+            params = inspect.signature(vars(klass)["__init__"]).parameters
+        except (TypeError, ValueError):
+            return None
+        names += [n for n, p in params.items() if p.kind in keyword and n != "self" and n not in names]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return names
+    return None
+
+
 class _Checker:
     def __init__(self, scope: Optional[str]) -> None:
         self.scope = scope
@@ -293,14 +328,9 @@ class _Checker:
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     self.errors.append(f"{key}.{k}: {cls.__name__} has no option {k!r}{hint}")
             return
-        try:
-            params = inspect.signature(cls).parameters
-        except (TypeError, ValueError):
+        names = _argument_names(cls, forwarded=registry_forwards_kwargs(cls))
+        if names is None:
             return
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            return
-        names = [n for n, p in params.items()
-                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
         for k in node:
             if k != "type" and k not in names:
                 close = difflib.get_close_matches(str(k), names, n=1)
@@ -480,12 +510,14 @@ def check_config(cfg: Config) -> None:
             c.many(METRICS, ev, key, check_args=True)
     ow = cfg.get("optim_wrapper")
     if isinstance(ow, Mapping):
-        c.type_(OPTIM_WRAPPERS, ow, "optim_wrapper")
-        c.type_(OPTIMIZERS, ow.get("optimizer"), "optim_wrapper.optimizer")
+        # constructor and paramwise_cfg are read by the optimiser-wrapper constructor, not the wrapper
+        c.type_(OPTIM_WRAPPERS, {k: v for k, v in ow.items() if k not in ("constructor", "paramwise_cfg")},
+                "optim_wrapper", check_args=True)
+        c.type_(OPTIMIZERS, ow.get("optimizer"), "optim_wrapper.optimizer", check_args=True)
         ctor = ow.get("constructor")
         if isinstance(ctor, str):
             c.type_(OPTIM_WRAPPER_CONSTRUCTORS, {"type": ctor}, "optim_wrapper.constructor")
-    c.many(PARAM_SCHEDULERS, cfg.get("param_scheduler"), "param_scheduler")
+    c.many(PARAM_SCHEDULERS, cfg.get("param_scheduler"), "param_scheduler", check_args=True)
     for key in ("train_cfg", "val_cfg", "test_cfg"):
         c.loop(cfg.get(key), key)
     c.iterations(cfg.get("train_cfg"))
@@ -500,7 +532,7 @@ def check_config(cfg: Config) -> None:
     c.type_(VISUALIZERS, vis, "visualizer")
     if isinstance(vis, Mapping):
         c.many(VISBACKENDS, vis.get("vis_backends") or [], "visualizer.vis_backends")
-    c.type_(LOG_PROCESSORS, cfg.get("log_processor"), "log_processor")
+    c.type_(LOG_PROCESSORS, cfg.get("log_processor"), "log_processor", check_args=True)
     runner_type = cfg.get("runner_type")
     if isinstance(runner_type, str):
         c.type_(RUNNERS, {"type": runner_type}, "runner_type")
