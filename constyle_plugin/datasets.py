@@ -185,7 +185,13 @@ class MixDegradationDataset(data.Dataset):
 
     ``dataset[i]`` = ``{'lq': 3 x S x S float tensor in [0, 1], 'gt': 3 x S x S, 'lq_path': str,
     'gt_path': str, 'degradation': name}``.
+
+    :attr:`OPTIONS` lists every key ``__init__`` reads (the ``basicsr`` command refuses others in
+    a dataset of this type, with a did-you-mean, before anything is created on disk).
     """
+
+    OPTIONS = frozenset({"dataroot_gt", "sample_dir", "photos", "gt_size", "degradations", "phase", "use_hflip",
+                         "use_rot", "seed", "val_crop", "scale", "repeat", "io_backend", "check_images"})
 
     def __init__(self, opt: Mapping):
         super().__init__()
@@ -341,7 +347,12 @@ class ConStylePretrainDataset(data.Dataset):
     'weather': bool, 'path': str}``. Samples with ``weather == False`` are meant to get the
     Real-ESRGAN batch pipeline (:class:`~constyle_plugin.degradations.RealESRGANDegradation`)
     on the device, in the model, as the authors do; the dataset leaves their query clean.
+
+    :attr:`OPTIONS` lists every key ``__init__`` reads (as for :class:`MixDegradationDataset`).
     """
+
+    OPTIONS = frozenset({"dataroot", "sample_dir", "crops_per_photo", "sample_crop_size", "resize", "crop_size",
+                         "rrc_scale", "rrc_ratio", "weather_prob", "phase", "seed", "repeat", "check_images"})
 
     def __init__(self, opt: Mapping):
         super().__init__()

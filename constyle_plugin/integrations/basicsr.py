@@ -32,6 +32,7 @@ import importlib
 import os
 import sys
 import types
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..builder import (OptionError, check_file, check_inject, check_stage_names, join_keys, prompter_path,
@@ -40,8 +41,9 @@ from ..compat import ensure_basicsr_importable
 
 __all__ = [
     "ARCH", "DATASET", "LOSS", "MODEL",
-    "BasicSRHost", "ForkHost", "OptionError", "RegistryHost",
-    "available", "check_network_options", "check_options", "current_host", "register", "register_here",
+    "BasicSRHost", "ForkHost", "OptionError", "OptionWarning", "RegistryHost",
+    "available", "check_network_options", "check_option_keys", "check_options", "check_training_numbers",
+    "current_host", "register", "register_here",
     "register_into", "register_with_fork_module",
 ]
 
@@ -504,14 +506,147 @@ _SAMPLE_ROOTS = {"MixDegradationDataset": ("dataroot_gt", "sample_photos"),
                  "ConStylePretrainDataset": ("dataroot", "sample_classes")}
 
 
-def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optional[BasicSRHost] = None) -> None:
+class OptionWarning(UserWarning):
+    """An option key that nothing reads, in a section where BasicSR allows extra keys."""
+
+
+# Keys that PyPI BasicSR 1.4.2 itself reads (basicsr.utils.options.parse_options, basicsr.train / test,
+# basicsr.data.build_dataloader, BaseModel); ``network_*`` keys are networks. The plugin's own keys are
+# declared by the classes that read them: a dataset's ``OPTIONS``, a model's ``TRAIN_OPTIONS`` /
+# ``VAL_OPTIONS`` (constyle_plugin.datasets, .basicsr_models).
+BASICSR_TOP_LEVEL = frozenset({"name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "path", "train",
+                               "val", "logger", "dist_params", "find_unused_parameters",
+                               # set by parse_options / train_pipeline
+                               "is_train", "dist", "rank", "world_size", "auto_resume", "root_path"})
+BASICSR_DATALOADER = frozenset({"name", "type", "phase", "scale", "num_worker_per_gpu", "batch_size_per_gpu",
+                                "dataset_enlarge_ratio", "prefetch_mode", "num_prefetch_queue", "pin_memory",
+                                "persistent_workers",
+                                "use_shuffle"})  # in BasicSR's own options templates (1.4.2 always shuffles)
+BASICSR_LOGGER = frozenset({"print_freq", "save_checkpoint_freq", "use_tb_logger", "wandb"})
+BASICSR_PATH = frozenset({"resume_state", "ignore_resume_networks",
+                          # set by parse_options
+                          "experiments_root", "models", "training_states", "log", "visualization", "results_root"})
+_BASICSR_PATH_PREFIXES = ("pretrain_network_", "param_key_", "strict_load_")
+
+
+def _hint(key: str, known: Sequence[str], cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=cutoff)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _unknown_keys(section: Any, known: Sequence[str], where: str, reader: str) -> None:
+    """OptionError for the first key of ``section`` that is not in ``known`` (``reader`` reads the section)."""
+    if not isinstance(section, Mapping):
+        return
+    for key in section:
+        if key not in known:
+            hint = _hint(key, known)
+            raise OptionError(_join(where, str(key)),
+                              f"unknown option: {reader} does not read it{'; ' + hint if hint else ''} "
+                              f"(known: {', '.join(sorted(known))})")
+
+
+def check_option_keys(opt: Mapping[str, Any], *, host: Optional[BasicSRHost] = None,
+                      warn: Optional[Callable[[str], None]] = None) -> None:
+    """Report option keys that nothing reads, each with a did-you-mean when one is close.
+
+    Errors (:class:`OptionError`) where the plugin's code reads the section: the ``train`` / ``val``
+    sections of a model type declaring ``TRAIN_OPTIONS`` / ``VAL_OPTIONS`` (the plugin's models), the
+    options of a dataset type declaring ``OPTIONS`` (the plugin's datasets, plus BasicSR's dataloader
+    keys), ``datasets`` phases BasicSR does not know, and top-level keys close to a known one
+    (``netwrok_g``). Warnings (``warn``, default :func:`warnings.warn` with :class:`OptionWarning`)
+    where BasicSR itself allows extra keys: other top-level keys of a run of the plugin's models,
+    ``logger`` and ``path`` keys.
+    """
+    host = host or current_host()
+    if warn is None:
+        def warn(message: str) -> None:
+            warnings.warn(message, OptionWarning, stacklevel=3)
+    model = host.find(MODEL, opt.get("model_type"))
+    plugin_model = hasattr(model, "TRAIN_OPTIONS")
+    top_known = sorted(BASICSR_TOP_LEVEL | {"network_g"})
+    for key in opt:
+        if key in BASICSR_TOP_LEVEL or str(key).startswith("network_"):
+            continue
+        hint = _hint(key, top_known, cutoff=0.8)
+        if hint:
+            raise OptionError(str(key), f"unknown top-level option; {hint}")
+        if plugin_model:
+            warn(f"{key}: top-level option that neither BasicSR nor {opt.get('model_type')} reads (ignored)")
+    if plugin_model:
+        if "network_g" not in opt:
+            raise OptionError("network_g", f"missing: {opt.get('model_type')} trains `network_g`")
+        _unknown_keys(opt.get("train"), model.TRAIN_OPTIONS, "train", f"{opt.get('model_type')} (with basicsr.train)")
+        _unknown_keys(opt.get("val"), model.VAL_OPTIONS, "val", f"{opt.get('model_type')} (with basicsr.train)")
+    datasets = opt.get("datasets")
+    if isinstance(datasets, Mapping):
+        for phase, dataset in datasets.items():
+            key = _join("datasets", str(phase))
+            if opt.get("is_train") and phase != "train" and str(phase).split("_")[0] != "val":
+                hint = _hint(phase, ["train", "val"])
+                raise OptionError(key, f"BasicSR trains on `train` and validates on `val` / `val_<n>` datasets; "
+                                       f"{hint or 'rename this phase'}")
+            if not isinstance(dataset, Mapping):
+                continue
+            cls = host.find(DATASET, dataset.get("type"))
+            own = getattr(cls, "OPTIONS", None)
+            if own is not None:
+                _unknown_keys(dataset, own | BASICSR_DATALOADER, key,
+                              f"{dataset.get('type')} (or BasicSR's dataloader)")
+    for section, known in (("logger", BASICSR_LOGGER), ("path", BASICSR_PATH)):
+        values = opt.get(section)
+        if not isinstance(values, Mapping):
+            continue
+        for key in values:
+            if key in known or (section == "path" and str(key).startswith(_BASICSR_PATH_PREFIXES)):
+                continue
+            hint = _hint(key, sorted(known | {p + "g" for p in _BASICSR_PATH_PREFIXES} if section == "path" else known))
+            warn(f"{section}.{key}: BasicSR does not read this option (ignored){'; ' + hint if hint else ''}")
+
+
+def _number(opt: Mapping[str, Any], keys: Sequence[str], minimum: int, why: str) -> None:
+    node: Any = opt
+    for k in keys:
+        node = node.get(k) if isinstance(node, Mapping) else None
+    key = ".".join(keys)
+    if node is None:
+        raise OptionError(key, f"missing: {why}")
+    try:
+        value = float(node)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or isinstance(node, bool) or value != int(value) or value < minimum:
+        raise OptionError(key, f"{node!r}: expected a whole number >= {minimum} ({why})")
+
+
+def check_training_numbers(opt: Mapping[str, Any]) -> None:
+    """The numbers a training run cannot do without, checked before anything is built: a positive
+    ``train.total_iter`` (0 or less trains nothing, and BasicSR would still save the untrained network
+    as ``net_g_latest.pth``), ``datasets.train`` with a positive ``batch_size_per_gpu``, and the
+    logging / checkpoint / validation intervals BasicSR divides by."""
+    _number(opt, ("train", "total_iter"), 1, "a run of fewer than 1 iteration trains nothing")
+    if not isinstance((opt.get("datasets") or {}).get("train"), Mapping):
+        raise OptionError("datasets.train", "missing: training needs a `train` dataset")
+    _number(opt, ("datasets", "train", "batch_size_per_gpu"), 1, "the training batch per GPU (or per CPU process)")
+    _number(opt, ("datasets", "train", "num_worker_per_gpu"), 0,
+            "data loading processes per GPU; 0 loads in the main one")
+    _number(opt, ("logger", "print_freq"), 1, "iterations between log lines")
+    _number(opt, ("logger", "save_checkpoint_freq"), 1, "iterations between checkpoints")
+    if opt.get("val") is not None and any(str(p).startswith("val") for p in opt.get("datasets") or {}):
+        _number(opt, ("val", "val_freq"), 1, "iterations between validations")
+
+
+def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optional[BasicSRHost] = None,
+                  warn: Optional[Callable[[str], None]] = None) -> None:
     """Check a parsed BasicSR options dict before training / testing starts.
 
-    Checks the model type, every ``network_*`` (type known; for ``ConStyleUNet``: backbone type,
+    Checks the model type, option keys that nothing reads (:func:`check_option_keys`; ``warn``
+    receives the warnings), every ``network_*`` (type known; for ``ConStyleUNet``: backbone type,
     prompter file, inject targets, stage module names), the datasets (type known, data folders
-    present), ``path.pretrain_network_*`` files (unless resuming) and, for the plugin's models, the
-    optimiser type. Names are looked up the way ``host`` (default: the basicsr importable here)
-    looks them up. Raises :class:`OptionError` naming the first bad option.
+    present), ``path.pretrain_network_*`` files (unless resuming), for a training run the numbers
+    of :func:`check_training_numbers` and, for the plugin's models, the optimiser type. Names are
+    looked up the way ``host`` (default: the basicsr importable here) looks them up. Raises
+    :class:`OptionError` naming the first bad option.
     """
     import torch
 
@@ -523,6 +658,9 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optio
         raise OptionError("model_type", str(exc)) from None
     if found_model is None:
         raise OptionError("model_type", host.unknown(MODEL, model_type))
+    check_option_keys(opt, host=host, warn=warn)
+    if opt.get("is_train"):
+        check_training_numbers(opt)
     if model_type == "ConStyleV2PretrainModel" and (opt.get("network_g") or {}).get("type") != "ConStyleMoCo":
         raise OptionError("network_g.type", "ConStyleV2PretrainModel trains a ConStyleMoCo (stage 1); "
                                             f"got {(opt.get('network_g') or {}).get('type')!r}")

@@ -9,13 +9,24 @@ BasicSR's own and reaches its parser unchanged: ``-opt``, ``--launcher``, ``--au
 For the duration of the run, and nowhere else, a few of basicsr 1.4.2's functions are wrapped
 (:class:`RunFixes`):
 
-- options are checked before anything is built (:func:`~.basicsr.check_options`: a bad option fails
-  with its key, e.g. ``network_g.backbone.type``), and the plugin's datasets that use the offline
-  sample photos get ``sample_dir`` = ``<experiment or results folder>/sample_photos``;
+- the command line and options are checked before anything is built or created on disk
+  (:func:`check_command_line`: the ``-opt`` file, its YAML, each ``--force_yml`` item;
+  :func:`~.basicsr.check_options`: a bad option fails with its key, e.g. ``network_g.backbone.type``;
+  a key that the plugin's models / datasets do not read is an error with a did-you-mean, one where
+  BasicSR allows extra keys a warning; ``train.total_iter`` < 1 is refused), and the plugin's datasets
+  that use the offline sample photos get ``sample_dir`` = ``<experiment or results folder>/sample_photos``;
+- a training set that gives no batch (``batch_size_per_gpu`` larger than the dataset: BasicSR drops
+  the last partial batch) is refused once the dataset is built; the folders this run made are then
+  removed, and an earlier run's folder that BasicSR archived gets its name back;
 - ``load_resume_state``: BasicSR maps the state onto ``torch.cuda.current_device()`` (fails without
   CUDA) and calls ``torch.load`` with the default ``weights_only``; here the run's own ``.state``
   file is read onto the CPU (or the current GPU when training on one) with ``weights_only=True`` and
-  only the classes a BasicSR scheduler state needs (``collections.Counter``) allowed;
+  only the classes a BasicSR scheduler state needs (``collections.Counter``) allowed; ``--auto_resume``
+  takes the newest state that loads together with its networks, and says which files it skipped and
+  why; an explicit ``path.resume_state`` that does not load is an error naming the file;
+- resuming, the learning-rate schedule's settings (``periods``, ``milestones``, ...) come from the
+  options file, not the state, so a finished run can be extended (``train.total_iter`` and
+  ``train.scheduler.periods`` raised); the log says so;
 - every other ``torch.load`` of the run that does not pass ``weights_only`` (BasicSR's
   ``load_network`` for ``pretrain_network_g`` and ``basicsr test``) loads with
   ``weights_only=True`` whatever the torch version (:mod:`.safe_loading`);
@@ -36,10 +47,13 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
 """
 from __future__ import annotations
 
+import argparse
+import ast
 import contextlib
 import os
 import pickle
 import random
+import shutil
 import sys
 from os import path as osp
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
@@ -51,7 +65,8 @@ from ..prompter import atomic_write
 from .basicsr import OptionError, check_options
 from .safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
 
-__all__ = ["RunFixes", "atomic_torch_save", "capture_rng", "load_state_file", "main", "restore_rng"]
+__all__ = ["RunFixes", "atomic_torch_save", "capture_rng", "check_command_line", "load_state_file", "main",
+           "restore_rng"]
 
 USAGE = """usage: basicsr {train,test} -opt OPTIONS.yml [--launcher {none,pytorch,slurm}] [--auto_resume]
                   [--debug] [--local_rank N] [--force_yml key:sub=value [key:sub=value ...]]
@@ -163,7 +178,11 @@ class RunFixes:
     def __init__(self, command: str) -> None:
         self.command = command
         self.resume: Optional[_Resume] = None
+        self.skipped: List[str] = []  # resume states passed over, with the reason
         self._saved: List[tuple] = []
+        self._created: List[tuple] = []  # (folder, outermost folder created, archived predecessor or None)
+        self._model_built = False
+        self._forced: Dict[str, str] = {}  # dotted key -> the --force_yml entry that set it
 
     # -------------------------------------------------------------------------------- patching
     def _patch(self, module: Any, name: str, value: Any) -> None:
@@ -177,6 +196,11 @@ class RunFixes:
         self._patch(bs_train, "parse_options", self._wrap_parse_options(bs_train.parse_options))
         self._patch(bs_test, "parse_options", self._wrap_parse_options(bs_test.parse_options))
         self._patch(bs_train, "load_resume_state", self.load_resume_state)
+        import basicsr.utils.misc as bs_misc
+
+        # folders this run creates (make_exp_dirs, the tb_logger folder), to take back on a refusal
+        self._patch(bs_misc, "mkdir_and_rename", self._wrap_mkdir_and_rename(bs_misc.mkdir_and_rename))
+        self._patch(bs_train, "mkdir_and_rename", self._wrap_mkdir_and_rename(bs_train.mkdir_and_rename))
         self._patch(bs_train, "create_train_val_dataloader",
                     self._wrap_dataloaders(bs_train.create_train_val_dataloader))
         self._patch(bs_train, "EnlargedSampler", _make_resumable_sampler(bs_train.EnlargedSampler))
@@ -189,55 +213,150 @@ class RunFixes:
         # BasicSR's load_network (pretrain_network_g, basicsr test) calls torch.load without weights_only
         self._patch(torch, "load", safe_torch_load(torch.load))
         self._patch(BaseModel, "model_to_device", _cpu_aware_model_to_device(BaseModel.model_to_device))
+        self._patch(BaseModel, "resume_training", _options_schedule_on_resume(BaseModel.resume_training))
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         while self._saved:
             module, name, value = self._saved.pop()
             setattr(module, name, value)
+        if exc_type is not None and issubclass(exc_type, OptionError) and not self._model_built:
+            self.take_back_folders()
+
+    # -------------------------------------------------------------------------------- folders
+    def _wrap_mkdir_and_rename(self, mkdir_and_rename: Callable) -> Callable:
+        def wrapped(path: str) -> None:
+            path = osp.abspath(path)
+            parent, base = osp.split(path)
+            top = path  # the outermost folder this call creates (experiments/ itself on a first run)
+            while not osp.exists(osp.dirname(top)) and osp.dirname(top) != top:
+                top = osp.dirname(top)
+            before = set(os.listdir(parent)) if osp.exists(path) else None
+            mkdir_and_rename(path)
+            archived = None
+            if before is not None:  # BasicSR renamed the existing folder to <path>_archived_<time>
+                new = sorted(n for n in set(os.listdir(parent)) - before if n.startswith(base + "_archived_"))
+                archived = osp.join(parent, new[-1]) if new else None
+            self._created.append((path, top, archived))
+        return wrapped
+
+    def take_back_folders(self) -> None:
+        """Remove the folders this run created and give an archived predecessor its name back
+        (a run refused after BasicSR made its experiment folder leaves the disk as it found it)."""
+        import logging
+
+        for handler in list(logging.getLogger("basicsr").handlers):  # the log file lives in the folder
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                logging.getLogger("basicsr").removeHandler(handler)
+        while self._created:
+            path, top, archived = self._created.pop()
+            shutil.rmtree(top, ignore_errors=True)
+            if archived is not None and osp.isdir(archived) and not osp.exists(path):
+                os.rename(archived, path)
 
     # -------------------------------------------------------------------------------- options
     def _wrap_parse_options(self, parse_options: Callable) -> Callable:
         def wrapped(root_path: str, is_train: bool = True):
+            self._forced = check_command_line(sys.argv[1:])
             opt, args = parse_options(root_path, is_train=is_train)
-            prepare_options(opt)
+            try:
+                prepare_options(opt, warn=self.warn)
+            except OptionError as exc:
+                entry = self._forced.get(exc.key)
+                raise (OptionError(exc.key, f"{exc.message} (set by --force_yml {entry})") if entry else exc) from None
             return opt, args
         return wrapped
 
+    def warn(self, message: str) -> None:
+        print(f"basicsr {self.command}: warning: {message}", file=sys.stderr, flush=True)
+
     # -------------------------------------------------------------------------------- resuming
     def load_resume_state(self, opt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-        """basicsr.train.load_resume_state, reading onto the CPU without CUDA, with safe loading."""
+        """basicsr.train.load_resume_state, reading onto the CPU without CUDA, with safe loading.
+
+        ``--auto_resume`` takes the newest state that loads, together with the networks it points to
+        (``models/net_<x>_<iter>.pth``); a state or network that does not load (truncated, not a
+        checkpoint) is skipped with a message naming the file and why. An explicit
+        ``path.resume_state`` that does not load is an :class:`OptionError` naming the file.
+        """
         from basicsr.utils import check_resume, scandir
 
-        path = None
         if opt["auto_resume"]:
             state_dir = osp.join("experiments", opt["name"], "training_states")
+            states = []
             if osp.isdir(state_dir):
-                states = [v for v in scandir(state_dir, suffix="state", recursive=False, full_path=False)]
+                states = sorted((float(v.split(".state")[0]) for v in
+                                 scandir(state_dir, suffix="state", recursive=False, full_path=False)), reverse=True)
+            for number in states:
+                path = osp.join(state_dir, f"{number:.0f}.state")
+                try:
+                    state = self._load_state(opt, path)
+                except _Unloadable as exc:
+                    self.skipped.append(f"skipped {exc.path} ({exc.reason})")
+                    print(f"basicsr {self.command}: --auto_resume: {self.skipped[-1]}", file=sys.stderr, flush=True)
+                    continue
+                opt["path"]["resume_state"] = path
+                break
+            else:
                 if states:
-                    latest = max(float(v.split(".state")[0]) for v in states)
-                    path = osp.join(state_dir, f"{latest:.0f}.state")
-                    opt["path"]["resume_state"] = path
+                    raise OptionError("--auto_resume", f"no training state in {state_dir} loads: "
+                                      + "; ".join(self.skipped) + ". Remove the folder experiments/"
+                                      f"{opt['name']} (or drop --auto_resume to start again beside it)")
+                return None
         elif opt["path"].get("resume_state"):
             path = opt["path"]["resume_state"]
-        if path is None:
+            if not osp.isfile(path):
+                raise OptionError("path.resume_state", f"training state not found: {path!r}")
+            try:
+                state = self._load_state(opt, path)
+            except _Unloadable as exc:
+                raise OptionError("path.resume_state", f"{exc.path} cannot be loaded ({exc.reason})") from None
+        else:
             return None
-        if not osp.isfile(path):
-            raise OptionError("path.resume_state", f"training state not found: {path!r}")
-        state = load_state_file(path, map_location=_state_map_location(opt))
         check_resume(opt, state["iter"])
         for name, value in opt["path"].items():  # the checkpoints check_resume points at must exist
             if name.startswith("pretrain_network") and value is not None and not osp.isfile(value):
                 raise OptionError(f"path.{name}", f"{value!r} (the network saved with {path}) is missing")
         rng_file = _rng_path(osp.dirname(path), state["iter"], _rank())
-        rng = load_state_file(rng_file) if osp.isfile(rng_file) else None
+        rng = None
+        if osp.isfile(rng_file):
+            try:
+                rng = load_state_file(rng_file)
+            except Exception as exc:  # optional: resuming without it only changes the augmentations drawn
+                self.skipped.append(f"ignored {rng_file} ({_reason(exc)}): random augmentations will differ "
+                                    f"from an uninterrupted run")
         self.resume = _Resume(int(state["epoch"]), int(state["iter"]), rng)
+        return state
+
+    def _load_state(self, opt: Dict[str, Any], path: str) -> Dict[str, Any]:
+        """The state at ``path`` and a check that the networks saved with it load; :class:`_Unloadable`
+        naming the file that does not."""
+        try:
+            state = load_state_file(path, map_location=_state_map_location(opt))
+            if not isinstance(state, dict) or not {"epoch", "iter", "optimizers", "schedulers"} <= set(state):
+                raise ValueError("not a BasicSR training state (no epoch / iter / optimizers / schedulers)")
+        except Exception as exc:  # any failure to read it is reported with the file; nothing in it ran
+            raise _Unloadable(path, _reason(exc)) from None
+        ignored = opt["path"].get("ignore_resume_networks") or []
+        for key in [k for k in opt if k.startswith("network_") and k not in ignored]:
+            net_path = osp.join(opt["path"]["models"], f"net_{key.replace('network_', '')}_{state['iter']}.pth")
+            if not osp.isfile(net_path):
+                raise _Unloadable(net_path, f"missing; the network saved with {path}")
+            try:
+                torch.load(net_path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise _Unloadable(net_path, f"{_reason(exc)}; the network saved with {path}") from None
         return state
 
     def _wrap_dataloaders(self, create: Callable) -> Callable:
         def wrapped(opt: Dict[str, Any], logger: Any):
+            for note in self.skipped:
+                logger.warning(f"Resume: {note}.")
             result = create(opt, logger)
             train_loader, train_sampler = result[0], result[1]
+            if train_loader is not None and len(train_loader) == 0:
+                raise _no_batch(opt, train_loader)
             if self.resume is not None and train_loader is not None and hasattr(train_sampler, "resume_from"):
                 per_epoch = len(train_loader)
                 done = self.resume.iter - self.resume.epoch * per_epoch
@@ -262,6 +381,7 @@ class RunFixes:
                 model = build_model(opt)
             except OptionError as exc:
                 raise _locate(exc, opt) from exc
+            self._model_built = True
             save, validation = model.save, model.validation
 
             def save_with_rng(epoch: int, current_iter: int) -> None:
@@ -282,6 +402,72 @@ class RunFixes:
             model.validation = rng_neutral_validation
             return model
         return wrapped
+
+
+class _Unloadable(Exception):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _reason(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if isinstance(exc, (EOFError, RuntimeError)) and ("zip archive" in first or "central directory" in first
+                                                        or isinstance(exc, EOFError)):
+        text = f"truncated or not a checkpoint: {text}"
+    return text
+
+
+def _no_batch(opt: Dict[str, Any], loader: Any) -> OptionError:
+    """The refusal for a training loader without a single batch (BasicSR drops the last partial batch)."""
+    train = opt["datasets"]["train"]
+    samples = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)
+    ratio = train.get("dataset_enlarge_ratio", 1)
+    world = opt.get("world_size", 1)
+    detail = f"{len(loader.dataset)} training samples"
+    if ratio != 1 or world != 1:
+        detail += f" x dataset_enlarge_ratio {ratio} / {world} processes = {samples} per process"
+    per = (f" ({loader.batch_size} with {opt.get('num_gpu')} GPUs)" if loader.batch_size != train["batch_size_per_gpu"]
+           else "")
+    return OptionError("datasets.train.batch_size_per_gpu",
+                       f"{train['batch_size_per_gpu']}{per} is larger than the {detail}, and BasicSR drops the "
+                       f"last incomplete batch, so an epoch has no batch and nothing would train; use at most "
+                       f"{samples} (or more data, or dataset_enlarge_ratio / repeat)")
+
+
+def _options_schedule_on_resume(resume_training: Callable) -> Callable:
+    """BaseModel.resume_training restores each scheduler's saved state, the saved ``periods`` /
+    ``milestones`` / ... included, so a finished run extended with a longer schedule keeps the old
+    one (and CosineAnnealingRestartLR fails past its last period). Here the schedule's settings
+    come from the options file; only the position in it (``last_epoch``, ...) and the base rates
+    come from the state."""
+    progress = {"last_epoch", "_step_count", "base_lrs", "_last_lr", "_get_lr_called_within_step", "verbose",
+                "_is_initial"}
+
+    def wrapped(self: Any, resume_state: Dict[str, Any]) -> None:
+        fresh = [s.state_dict() for s in self.schedulers]
+        resume_training(self, resume_state)
+        changed = []
+        for scheduler, options in zip(self.schedulers, fresh):
+            saved = scheduler.state_dict()
+            merged = dict(saved)
+            for key, value in options.items():
+                if key not in progress and saved.get(key) != value:
+                    changed.append(f"{key} {_plain(saved.get(key))} -> {_plain(value)}")
+                    merged[key] = value
+            if merged != saved:
+                scheduler.load_state_dict(merged)
+        if changed:
+            from basicsr.utils import get_root_logger
+
+            get_root_logger().info("Resume: the learning-rate schedule follows the options file (train.scheduler), "
+                                   "not the state: " + ", ".join(changed) + ".")
+    return wrapped
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
 
 
 @contextlib.contextmanager
@@ -378,7 +564,7 @@ def _make_resumable_sampler(base: type) -> type:
 # ------------------------------------------------------------------------------------------------
 # Options
 # ------------------------------------------------------------------------------------------------
-def prepare_options(opt: Dict[str, Any]) -> None:
+def prepare_options(opt: Dict[str, Any], warn: Optional[Callable[[str], None]] = None) -> None:
     """Check the parsed options and point the sample-photo datasets at the run's folder."""
     if opt.get("num_gpu", 0) and not torch.cuda.is_available():
         raise OptionError("num_gpu", f"{opt['num_gpu']} GPU(s) asked for but CUDA is not available here; "
@@ -402,8 +588,82 @@ def prepare_options(opt: Dict[str, Any]) -> None:
         if root_key and dataset.get(root_key) in (None, special) and not dataset.get("sample_dir"):
             dataset["sample_dir"] = osp.join(folder, special)
     resuming = bool(opt.get("auto_resume") or opt["path"].get("resume_state"))
-    check_options(opt, resuming=resuming)
+    check_options(opt, resuming=resuming, warn=warn)
     _check_queue(opt)
+
+
+def check_command_line(args: Sequence[str]) -> Dict[str, str]:
+    """Check what BasicSR's ``parse_options`` reads before it reads it: the ``-opt`` file exists and is
+    a YAML mapping with the keys the parser needs, and each ``--force_yml`` item is ``key:sub=value``
+    (one ``=``) whose parent keys exist. Returns ``{dotted key: item}`` of the ``--force_yml`` items.
+    Without ``-opt`` BasicSR's own parser reports it. Raises :class:`OptionError`."""
+    import yaml
+    from basicsr.utils.options import ordered_yaml
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-opt", type=str)
+    parser.add_argument("--force_yml", nargs="+", default=None)
+    known, _ = parser.parse_known_args(list(args))
+    if known.opt is None:
+        return {}
+    path = known.opt
+    if not osp.isfile(path):
+        raise OptionError("-opt", f"options file not found: {path!r}" if not osp.isdir(path)
+                          else f"{path!r} is a folder, not an options file")
+    try:
+        with open(path) as fh:
+            opt = yaml.load(fh, Loader=ordered_yaml()[0])
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise OptionError("-opt", f"{path}: not valid YAML: {problem}{where}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OptionError("-opt", f"{path}: cannot be read ({exc})") from None
+    if not isinstance(opt, dict):
+        raise OptionError("-opt", f"{path}: expected a mapping of options, got {type(opt).__name__}")
+    forced: Dict[str, str] = {}
+    for item in known.force_yml or []:
+        if item.count("=") != 1 or not item.split("=")[0].strip():
+            raise OptionError("--force_yml", f"{item!r} is not key:sub=value (BasicSR takes exactly one '='"
+                                             f" per item, and no spaces around it)")
+        keys, value = (part.strip() for part in item.split("="))
+        names = keys.split(":")
+        node: Any = opt
+        for i, name in enumerate(names[:-1]):
+            if not isinstance(node.get(name), dict):
+                close = _close(name, node)
+                raise OptionError("--force_yml", f"{item!r}: the options have no section "
+                                                 f"`{'.'.join(names[:i + 1])}` to set `{names[i + 1]}` in"
+                                                 + (f"; did you mean {close[0]!r}?" if close else ""))
+            node = node[name]
+        if value.startswith("["):  # BasicSR evaluates it as Python
+            try:
+                ast.literal_eval(value)
+            except (SyntaxError, ValueError):
+                raise OptionError("--force_yml", f"{item!r}: {value!r} is not a list of plain values (BasicSR "
+                                                 f"reads it as Python: e.g. [1, 2] or ['a', 'b'], strings quoted)"
+                                  ) from None
+        node[names[-1]] = value
+        forced[".".join(names)] = item
+    for key in ("name", "num_gpu", "datasets", "path"):
+        if key not in opt:
+            raise OptionError(key, f"missing from {path} (BasicSR's option parser needs it)")
+    if not isinstance(opt["name"], str) or not opt["name"]:
+        raise OptionError("name", f"expected the run's name (a string), got {opt['name']!r}")
+    for key in ("datasets", "path"):
+        if not isinstance(opt[key], dict):
+            raise OptionError(key, f"expected a mapping, got {opt[key]!r}")
+    for phase, dataset in opt["datasets"].items():
+        if not isinstance(dataset, dict):
+            raise OptionError(f"datasets.{phase}", f"expected a dataset dict with a `type`, got {dataset!r}")
+    return forced
+
+
+def _close(name: str, node: Dict[str, Any]) -> List[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, [str(k) for k in node], n=1)
 
 
 def _check_queue(opt: Dict[str, Any]) -> None:

@@ -103,7 +103,17 @@ if SRModel is not None:
 
         Options beyond SRModel's: ``val.pad_multiple`` (int or ~), ``val.save_comparison`` (bool),
         ``val.input_metrics`` (bool).
+
+        :attr:`TRAIN_OPTIONS` / :attr:`VAL_OPTIONS`: every key of the ``train`` / ``val`` sections
+        that a run of this model reads (BasicSR's train loop and ``SRModel``, and this class); the
+        ``basicsr`` command refuses others with a did-you-mean before anything is created on disk.
         """
+
+        TRAIN_OPTIONS = frozenset({"total_iter", "warmup_iter",  # basicsr.train
+                                   "ema_decay", "optim_g", "scheduler", "pixel_opt", "perceptual_opt"})  # SRModel
+        VAL_OPTIONS = frozenset({"val_freq", "save_img",  # basicsr.train / basicsr.test
+                                 "metrics", "pbar", "suffix",  # SRModel
+                                 "pad_multiple", "save_comparison", "input_metrics"})
 
         _comparison: Optional[tuple] = None
         _input_metrics: Optional[Dict[str, List[float]]] = None
@@ -196,7 +206,17 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
     Validation: top-1 / top-5 accuracy (percent) of the pretext head of the EMA query encoder on
     the degraded query views (Real-ESRGAN with a fixed seed, so every validation sees the same
     images); ``val.seed`` [0].
+
+    :attr:`TRAIN_OPTIONS` / :attr:`VAL_OPTIONS`: every key of the ``train`` / ``val`` sections a
+    run of this model reads (as for :class:`ConStyleSRModel`).
     """
+
+    TRAIN_OPTIONS = frozenset({"total_iter", "warmup_iter",  # basicsr.train
+                               "scheduler",  # BaseModel.setup_schedulers
+                               "ema_decay", "optim_g", "class_iter", "kl_iter", "kl_temperature", "label_smoothing",
+                               "loss_weights", "degradation", "save_prompter"})
+    VAL_OPTIONS = frozenset({"val_freq", "save_img",  # basicsr.train / basicsr.test
+                             "seed"})
 
     def __init__(self, opt: Dict[str, Any]) -> None:
         super().__init__(opt)
