@@ -341,10 +341,17 @@ class ConStylePretrainDataset(data.Dataset):
     * ``repeat`` [1]: virtual length multiplier.
     * ``check_images`` ['header']: as for :class:`MixDegradationDataset`. Class folders are
       searched recursively, as torchvision's ImageFolder does.
+    * ``degradation`` [false]: ``true`` (the authors' values) or a dict of
+      :class:`~constyle_plugin.degradations.RealESRGANDegradation` options: each sample also
+      carries ``'degradation'``, the Real-ESRGAN parameters of its query drawn here (in the data
+      worker) by :meth:`~constyle_plugin.degradations.RealESRGANDegradation.sample_params`, so
+      the device only runs the batched pipeline. Use the same options as the model's
+      ``train.degradation`` (the BasicSR model refuses a mismatch).
 
     ``dataset[i]`` = ``{'query'': 3 x S x S float [0, 1] (weather-degraded or clean),
     'key': 3 x S x S clean, an independent crop of the same picture, 'label': int,
-    'weather': bool, 'path': str}``. Samples with ``weather == False`` are meant to get the
+    'weather': bool, 'path': str}`` (+ ``'degradation'``: a dict of tensors, with the option).
+    Samples with ``weather == False`` are meant to get the
     Real-ESRGAN batch pipeline (:class:`~constyle_plugin.degradations.RealESRGANDegradation`)
     on the device, in the model, as the authors do; the dataset leaves their query clean.
 
@@ -352,7 +359,8 @@ class ConStylePretrainDataset(data.Dataset):
     """
 
     OPTIONS = frozenset({"dataroot", "sample_dir", "crops_per_photo", "sample_crop_size", "resize", "crop_size",
-                         "rrc_scale", "rrc_ratio", "weather_prob", "phase", "seed", "repeat", "check_images"})
+                         "rrc_scale", "rrc_ratio", "weather_prob", "phase", "seed", "repeat", "check_images",
+                         "degradation"})
 
     def __init__(self, opt: Mapping):
         super().__init__()
@@ -398,6 +406,24 @@ class ConStylePretrainDataset(data.Dataset):
         self.phase = str(self.opt.get("phase", "train"))
         self.seed = int(self.opt.get("seed", 0))
         self.repeat = _positive_int(self.opt, "repeat", 1, owner)
+        self.degradation = self.degradation_from_opt(self.opt.get("degradation", False), owner)
+
+    @staticmethod
+    def degradation_from_opt(value, owner: str = "ConStylePretrainDataset"
+                             ) -> Optional[deg.RealESRGANDegradation]:
+        """The ``degradation`` option: ``False`` / ``None`` -> ``None``; ``True`` -> the authors'
+        values; a dict -> those options (unknown ones are refused, naming the option)."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{owner}: option `degradation` must be true, false or a dict of "
+                             f"RealESRGANDegradation options, got {value!r}")
+        try:
+            return deg.RealESRGANDegradation.from_opt(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{owner}: option `degradation`: {exc}") from None
 
     @property
     def num_classes(self) -> int:
@@ -419,5 +445,8 @@ class ConStylePretrainDataset(data.Dataset):
         key = _random_resized_crop(img, self.crop_size, rng, self.rrc_scale, self.rrc_ratio)
         query_t, key_t = img2tensor([np.ascontiguousarray(query), np.ascontiguousarray(key)],
                                     bgr2rgb=False, float32=True)
-        return {"query": query_t, "key": key_t, "label": self.labels[j], "weather": is_weather,
-                "path": str(self.paths[j])}
+        sample = {"query": query_t, "key": key_t, "label": self.labels[j], "weather": is_weather,
+                  "path": str(self.paths[j])}
+        if self.degradation is not None:
+            sample["degradation"] = self.degradation.sample_params(rng=rng)
+        return sample

@@ -375,6 +375,12 @@ class RealESRGANDegradation(nn.Module):
         stack = lambda ks_: torch.from_numpy(np.stack(ks_).astype(np.float32))  # noqa: E731
         return {"kernel1": stack(k1), "kernel2": stack(k2), "sinc_kernel": stack(ks)}
 
+    def sampling_options(self) -> Dict[str, object]:
+        """The options :meth:`sample_params` draws from (to check that parameters drawn by a dataset
+        fit the pipeline of a model): per pass ranges and probabilities, second blur, final sinc."""
+        return {"first": dict(self.first), "second": dict(self.second),
+                "second_blur_prob": self.second_blur_prob, "final_sinc_prob": self.final_sinc_prob}
+
     def sample_params(self, batch_size: Optional[int] = None,
                       rng: Optional[np.random.Generator] = None) -> Dict[str, Tensor]:
         """Draw every random choice of the pipeline on the CPU (for the ``'fast'`` implementation).

@@ -346,3 +346,82 @@ def test_whole_pipeline_statistics_match_the_reference(photo_crops):
     skipped = D.RealESRGANDegradation(seed=12, final_sinc_prob=0.0, jpeg_range2=(94, 95), second_blur_prob=0.0)
     other = _pipeline_stats(photo_crops, skipped, n)
     assert _ks(ref[:, 0], other[:, 0]) < ALPHA
+
+
+# ------------------------------------------------------------------------- dataset and BasicSR model
+
+@pytest.fixture(scope="module")
+def class_tree(tmp_path_factory):
+    from constyle_plugin.samples import export_sample_classes
+
+    root = tmp_path_factory.mktemp("classes")
+    export_sample_classes(root, crops_per_photo=1, crop_size=96)
+    return root
+
+
+def test_dataset_draws_the_parameters_in_the_worker(class_tree):
+    from constyle_plugin.datasets import ConStylePretrainDataset
+
+    base = {"dataroot": str(class_tree), "resize": 80, "crop_size": 64}
+    assert "degradation" not in ConStylePretrainDataset(base)[0]  # off by default
+    ds = ConStylePretrainDataset({**base, "degradation": {"noise_range": [2, 3]}, "phase": "val", "seed": 3})
+    a, b = ds[1], ds[1]
+    assert set(a["degradation"]) == set(D.PARAM_SAMPLE_KEYS + D.PARAM_BATCH_KEYS)
+    assert all(torch.equal(a["degradation"][k], b["degradation"][k]) for k in a["degradation"])  # (seed, index)
+    assert not torch.equal(a["degradation"]["kernel1"], ds[2]["degradation"]["kernel1"])
+    assert 2 <= float(a["degradation"]["sigma1"]) <= 3  # the options given
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1)))
+    assert batch["degradation"]["kernel1"].shape == (4, 21, 21) and batch["degradation"]["jpeg1"].shape == (4,)
+    with pytest.raises(ValueError, match="option `degradation`.*noise_rnge"):
+        ConStylePretrainDataset({**base, "degradation": {"noise_rnge": [1, 2]}})
+    with pytest.raises(ValueError, match="option `degradation` must be"):
+        ConStylePretrainDataset({**base, "degradation": "yes"})
+
+
+def _pretrain_model(tmp_path, dataset_degradation=True, train_degradation=None):
+    from basicsr.models import build_model
+
+    opt = {
+        "name": "unit_pretrain", "model_type": "ConStyleV2PretrainModel", "num_gpu": 0, "dist": False, "rank": 0,
+        "world_size": 1, "is_train": True,
+        "datasets": {"train": {"type": "ConStylePretrainDataset", "degradation": dataset_degradation}},
+        "network_g": {"type": "ConStyleMoCo", "queue_size": 16},
+        "path": {"pretrain_network_g": None, "models": str(tmp_path / "models"),
+                 "training_states": str(tmp_path / "states")},
+        "train": {"optim_g": {"type": "AdamW", "lr": 1e-3}, "degradation": train_degradation,
+                  "scheduler": {"type": "CosineAnnealingRestartLR", "periods": [10], "restart_weights": [1]}},
+    }
+    return build_model(opt)
+
+
+def test_basicsr_model_degrades_with_the_batch_parameters(tmp_path, photo_crops):
+    model = _pretrain_model(tmp_path)
+    params = model.degradation.sample_params(4, rng=np.random.default_rng(0))
+    query = _batch(photo_crops, 4)
+    weather = torch.tensor([True, False, False, True])
+    model.feed_data({"query": query, "key": query.clone(), "label": torch.arange(4), "weather": weather,
+                     "degradation": params})
+    calls = []
+    real = model.degradation.forward
+    model.degradation.forward = lambda x, p=None: calls.append((x, p)) or real(x, p)
+    torch.manual_seed(5)
+    out = model._degraded_query(model.degradation)
+    (x, p), = calls
+    assert torch.equal(x, query[1:3])  # only the samples without weather, with their own parameters
+    assert all(torch.equal(p[k], v[1:3]) for k, v in params.items())
+    assert torch.equal(out[[0, 3]], query[[0, 3]])
+    torch.manual_seed(5)
+    assert torch.equal(out[1:3], real(query[1:3], {k: v[1:3] for k, v in params.items()}))
+    model.optimize_parameters(1)  # and a training step runs with them
+    assert set(model.get_current_log()) >= {"l_infonce", "l_total"}
+
+
+def test_basicsr_model_refuses_parameters_drawn_from_other_options(tmp_path):
+    from constyle_plugin.builder import OptionError
+
+    with pytest.raises(OptionError, match=r"datasets\.train\.degradation.*first\.noise_range"):
+        _pretrain_model(tmp_path, dataset_degradation={"noise_range": [1, 40]})
+    with pytest.raises(OptionError, match=r"second_blur_prob"):
+        _pretrain_model(tmp_path, dataset_degradation=True, train_degradation={"second_blur_prob": 0.5})
+    # the same values, one written as the defaults and one spelt out: accepted
+    _pretrain_model(tmp_path, dataset_degradation=True, train_degradation={"noise_range": [1, 30]})

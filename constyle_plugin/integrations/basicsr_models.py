@@ -193,7 +193,11 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
 
     Data (``ConStylePretrainDataset``): ``query`` and ``key`` ``B x 3 x S x S`` in [0, 1], ``label``
     ``B``, ``weather`` ``B`` (bool). Queries without the CPU weather degradation get the Real-ESRGAN
-    pipeline here, on the device, as the authors do.
+    pipeline here, on the device, as the authors do. With the dataset option ``degradation`` the
+    batch also carries their Real-ESRGAN parameters, drawn in the data workers
+    (``RealESRGANDegradation.sample_params``); they must come from the same options as
+    ``train.degradation`` (checked when training starts). Without it they are drawn here, on the
+    host. Either way the device work reads nothing back to the host.
 
     ``train`` options beyond BasicSR's: ``class_iter`` [50000] (pretext cross-entropy while
     ``iter < class_iter``; ``~``: always), ``kl_iter`` [~] (distillation while ``iter < kl_iter``;
@@ -264,8 +268,39 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
             self.degradation = RealESRGANDegradation.from_opt(train_opt.get("degradation")).to(self.device)
         except (TypeError, ValueError) as exc:
             raise OptionError("train.degradation", str(exc)) from exc
+        self._check_dataset_degradation()
         self.setup_optimizers()
         self.setup_schedulers()
+
+    def _check_dataset_degradation(self) -> None:
+        """Parameters drawn by the training set (its ``degradation`` option) must follow
+        ``train.degradation``: the same ranges and probabilities, or the model would silently train
+        on other degradations than its options say."""
+        from ..datasets import ConStylePretrainDataset
+
+        for phase, dataset_opt in (self.opt.get("datasets") or {}).items():
+            if not str(phase).startswith("train") or not isinstance(dataset_opt, dict):
+                continue
+            if dataset_opt.get("type") != "ConStylePretrainDataset":
+                continue
+            try:
+                drawn = ConStylePretrainDataset.degradation_from_opt(dataset_opt.get("degradation", False))
+            except ValueError as exc:
+                raise OptionError(f"datasets.{phase}.degradation", str(exc)) from None
+            if drawn is None:
+                continue
+            ours, theirs = self.degradation.sampling_options(), drawn.sampling_options()
+            differ = []
+            for k, v in ours.items():
+                if isinstance(v, dict):
+                    differ += [f"{k}.{kk}" for kk in v if v[kk] != theirs[k].get(kk)]
+                elif v != theirs[k]:
+                    differ.append(k)
+            if differ:
+                raise OptionError(f"datasets.{phase}.degradation",
+                                  f"the data workers would draw Real-ESRGAN parameters from other values than "
+                                  f"train.degradation (differing: {', '.join(differ)}); give both the same "
+                                  f"options (a YAML anchor: `degradation: &deg {{...}}` and `degradation: *deg`)")
 
     @torch.no_grad()
     def model_ema(self, decay: float = 0.999) -> None:
@@ -284,17 +319,26 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         self.label = torch.as_tensor(label).to(self.device).long() if label is not None else None
         weather = data.get("weather")
         n = self.query.shape[0]
-        self.weather = (torch.as_tensor(weather).to(self.device).bool().reshape(n) if weather is not None
-                        else torch.zeros(n, dtype=torch.bool, device=self.device))
+        # kept on the host (as collated): which samples to degrade is decided without a device read
+        self.weather = (torch.as_tensor(weather).cpu().bool().reshape(n) if weather is not None
+                        else torch.zeros(n, dtype=torch.bool))
+        params = data.get("degradation")
+        self.degradation_params = dict(params) if isinstance(params, dict) else None
 
     def _degraded_query(self, degradation) -> torch.Tensor:
-        """The query views: weather-degraded ones as they came, the others through ``degradation``."""
-        clean = ~self.weather
-        if not bool(clean.any()):
+        """The query views: weather-degraded ones as they came, the others through ``degradation``
+        (with the batch's Real-ESRGAN parameters when the dataset drew them)."""
+        todo = (~self.weather).nonzero().flatten()  # host indices
+        params = self.degradation_params
+        if todo.numel() == 0:
             return self.query
-        query = self.query.clone()
-        query[clean] = degradation(self.query[clean])
-        return query
+        if todo.numel() == self.query.shape[0]:
+            return degradation(self.query, params)
+        if params is not None:
+            params = {k: v.index_select(0, todo.to(v.device)) for k, v in params.items()}
+        index = todo.to(self.query.device, non_blocking=True)
+        degraded = degradation(self.query.index_select(0, index), params)
+        return self.query.index_copy(0, index, degraded)
 
     def optimize_parameters(self, current_iter: int) -> None:
         query = self._degraded_query(self.degradation)
@@ -339,7 +383,7 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
                 labels.append(self.label.cpu())
         finally:
             encoder.train(was_training)
-            for name in ("query", "key", "label", "weather"):
+            for name in ("query", "key", "label", "weather", "degradation_params"):
                 self.__dict__.pop(name, None)
         if not logits:
             return
