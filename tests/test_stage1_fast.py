@@ -425,3 +425,21 @@ def test_basicsr_model_refuses_parameters_drawn_from_other_options(tmp_path):
         _pretrain_model(tmp_path, dataset_degradation=True, train_degradation={"second_blur_prob": 0.5})
     # the same values, one written as the defaults and one spelt out: accepted
     _pretrain_model(tmp_path, dataset_degradation=True, train_degradation={"noise_range": [1, 30]})
+
+
+def test_mmengine_pretrainer_degrades_without_reading_the_device():
+    """The MMEngine stage-1 model picks the samples to degrade on the host (the weather metainfo) and
+    degrades only those; on the meta device any read-back would raise."""
+    pytest.importorskip("mmengine")
+    from mmengine.structures import BaseDataElement
+
+    from constyle_plugin.integrations.mmengine_models import ConStylePretrainer
+
+    model = ConStylePretrainer(queue_size=8, num_classes=4, degradation=dict(seed=0))
+    samples = [BaseDataElement(metainfo={"weather": w}) for w in (True, False, False, True)]
+    query = torch.empty(4, 3, 32, 32, device="meta")
+    assert model.degrade_queries(query, samples).shape == query.shape
+    cpu = torch.rand(4, 3, 32, 32)
+    model = ConStylePretrainer(queue_size=8, num_classes=4, degradation=dict(seed=0))
+    out = model.degrade_queries(cpu, samples)
+    assert torch.equal(out[[0, 3]], cpu[[0, 3]]) and not torch.equal(out[1:3], cpu[1:3])

@@ -313,10 +313,11 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         _copy_buffers(self.get_bare_model(self.net_g), self.net_g_ema)
 
     def feed_data(self, data: Dict[str, Any]) -> None:
-        self.query = data["query"].to(self.device)
-        self.key = data["key"].to(self.device)
+        # non_blocking: copies from the host that do not wait for the previous step's device work
+        self.query = data["query"].to(self.device, non_blocking=True)
+        self.key = data["key"].to(self.device, non_blocking=True)
         label = data.get("label")
-        self.label = torch.as_tensor(label).to(self.device).long() if label is not None else None
+        self.label = torch.as_tensor(label).to(self.device, non_blocking=True).long() if label is not None else None
         weather = data.get("weather")
         n = self.query.shape[0]
         # kept on the host (as collated): which samples to degrade is decided without a device read

@@ -338,14 +338,15 @@ class ConStylePretrainer(BaseModel):
         """Real-ESRGAN degradation (on the query's device) of the samples without weather."""
         if not self._degrader:
             return query
-        weather = torch.tensor([bool(ds.metainfo.get("weather", False)) for ds in data_samples]
-                               if data_samples else [False] * query.shape[0], device=query.device)
-        todo = ~weather
-        if not bool(todo.any()):
+        weather = ([bool(ds.metainfo.get("weather", False)) for ds in data_samples] if data_samples
+                   else [False] * query.shape[0])
+        todo = [i for i, w in enumerate(weather) if not w]  # on the host: no read from the device
+        if not todo:
             return query
-        query = query.clone()
-        query[todo] = self._degrader[0](query[todo])
-        return query
+        if len(todo) == query.shape[0]:
+            return self._degrader[0](query)
+        index = torch.tensor(todo).to(query.device, non_blocking=True)
+        return query.index_copy(0, index, self._degrader[0](query.index_select(0, index)))
 
     def forward(self, inputs: Union[Mapping[str, Tensor], Tensor],
                 data_samples: Optional[List[BaseDataElement]] = None,
