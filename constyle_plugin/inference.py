@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -624,7 +625,10 @@ def restore_main(args) -> int:
                            f"inputs; choose another folder")
     inputs = find_images(args.input, exclude=output)
     root = Path(args.input) if Path(args.input).is_dir() else None
-    plan_outputs(inputs, output, root, args.compare)
+    for path, target, _ in plan_outputs(inputs, output, root, args.compare):
+        if target.stem != path.stem:
+            print(f"note: {path} is written as {target.name} (another input differs from it only in extension)",
+                  file=sys.stderr)
     net = load_network(args.checkpoint, args.config, device=device)
     written = restore_images(net, inputs, output, tile=args.tile, overlap=args.tile_overlap,
                              compare=args.compare, device=device, root=root)

@@ -192,9 +192,10 @@ def test_restore_same_stem_inputs_get_distinct_outputs(mmengine_checkpoint, tmp_
     write_png(src / "photo.png", 21, 30, seed=1)
     write_png(src / "photo.bmp", 40, 33, seed=2)  # lossless, so the inputs keep their pixels
     out = tmp_path / "out"
-    code, stdout, _ = run_cli(capsys, "restore", "--checkpoint", str(mmengine_checkpoint), "--input", str(src),
-                              "--output", str(out), "--device", "cpu")
+    code, stdout, err = run_cli(capsys, "restore", "--checkpoint", str(mmengine_checkpoint), "--input", str(src),
+                                "--output", str(out), "--device", "cpu")
     assert code == 0 and "restored 2 image(s)" in stdout
+    assert f"{src / 'photo.bmp'} is written as photo_bmp.png" in err
     assert tree(out) == ["photo_bmp.png", "photo_png.png"]
     assert read_image(out / "photo_png.png").shape == (21, 30, 3)
     assert read_image(out / "photo_bmp.png").shape == (40, 33, 3)
