@@ -57,3 +57,36 @@ def test_overhead_smoke(tmp_path):
     assert all(f"| {arch} (smoke) | 32 |" in md for arch in results)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out / "overhead_cpu.png").stat().st_size > 1000
+
+
+def test_stage1_smoke(tmp_path):
+    out = tmp_path / "stage1"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage1.py"), "--smoke", "--device", "cpu",
+                           "--channels-last", "--fused-adamw", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "stage1_cpu.json").read_text())
+    assert report["command"].startswith("python benchmarks/stage1.py --smoke")
+    assert report["device"] == "cpu" and report["settings"]["smoke"] is True
+    nets = report["networks"]
+    assert list(nets) == ["baseline", "channels_last", "fused_adamw", "channels_last+fused_adamw"]
+    for name, res in nets.items():
+        if "error" in res:  # an AdamW(fused=True) this torch lacks is recorded, not fatal
+            assert "fused" in name, res
+            continue
+        assert _positive(res["wall_s"]["median"]) and _positive(res["back_to_back_s"]), name
+        assert res["losses"] == ["class", "content", "infonce", "kl", "style"], name
+    assert nets["baseline"]["vs_baseline"] == 1.0
+    deg = report["degradation"]
+    for path in ("reference", "fast"):
+        assert _positive(deg[path]["wall_s"]["median"]), path
+    assert _positive(deg["params_host_s"]["median"]) and _positive(deg["speedup_fast_vs_reference"])
+    total = report["settings"]["total_iters"]
+    assert total == 400000
+    for variant in ("reference", "fast"):
+        res = report["pipeline"][variant]
+        assert _positive(res["iteration_s"]["median"]) and res["data_wait_s"]["median"] >= 0, variant
+        assert math.isclose(res["hours_for_total_iters"], res["iteration_s"]["median"] * total / 3600), variant
+    md = (out / "stage1_cpu.md").read_text()
+    assert "python benchmarks/stage1.py --smoke" in md and "**CPU** numbers" in md
+    assert "| baseline |" in md and "| fast |" in md and "400,000 iterations" in md
