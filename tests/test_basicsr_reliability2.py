@@ -80,6 +80,18 @@ def refused(proc: subprocess.CompletedProcess, *fragments: str) -> str:
     return errors[0]
 
 
+def refused_here(capsys, cwd: Path, monkeypatch, *args: str, fragments=()) -> str:
+    """The same as :func:`refused`, running the command's ``main`` in this process (for refusals that
+    come before anything is built)."""
+    from constyle_plugin.integrations.basicsr_cli import main
+
+    monkeypatch.chdir(cwd)
+    code = main(list(args))
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    return refused(subprocess.CompletedProcess(args, 2, "", err), *fragments)
+
+
 def losses(log: str) -> Dict[int, str]:
     return {int(m.group(1).replace(",", "")): m.group(2)
             for m in re.finditer(r"iter:\s*([\d,]+), lr:\(([^)]*)\)\]", log)}
@@ -101,9 +113,11 @@ def options_file(tmp_path: Path, edit) -> Path:
 # 2. Runs that would never train
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("total_iter", ["0", "-5"])
-def test_a_run_of_no_iterations_is_refused_before_anything_is_created(tmp_path, photos, prompter_file, total_iter):
+def test_a_run_of_no_iterations_is_refused_before_anything_is_created(tmp_path, photos, prompter_file, capsys,
+                                                                     monkeypatch, total_iter):
     opts = tiny(photos, prompter_file) + [f"train:total_iter={total_iter}"]
-    line = refused(basicsr(tmp_path, "train", "-opt", str(OPTIONS), "--force_yml", *opts), "train.total_iter")
+    line = refused_here(capsys, tmp_path, monkeypatch, "train", "-opt", str(OPTIONS), "--force_yml", *opts,
+                        fragments=("train.total_iter",))
     assert total_iter in line
     assert not (tmp_path / "experiments").exists()
 
@@ -229,29 +243,30 @@ TYPOS = [
 
 
 @pytest.mark.parametrize("edit, key, meant", TYPOS, ids=[t[1] for t in TYPOS])
-def test_a_misspelt_option_is_refused_with_a_did_you_mean_before_anything_is_created(tmp_path, photos,
-                                                                                     prompter_file, edit, key, meant):
+def test_a_misspelt_option_is_refused_with_a_did_you_mean_before_anything_is_created(tmp_path, photos, prompter_file,
+                                                                                     capsys, monkeypatch, edit, key,
+                                                                                     meant):
     path = options_file(tmp_path, edit)
     opts = tiny(photos, prompter_file)
     if key == "netwrok_g":
         opts = [o for o in opts if not o.startswith("network_g:")]
     if key == "datasets.vall":
         opts = [o for o in opts if not o.startswith("datasets:val:")]
-    line = refused(basicsr(tmp_path, "train", "-opt", str(path), "--force_yml", *opts), f"{key}: ",
-                   f"did you mean {meant!r}")
+    line = refused_here(capsys, tmp_path, monkeypatch, "train", "-opt", str(path), "--force_yml", *opts,
+                        fragments=(f"{key}: ", f"did you mean {meant!r}"))
     assert not (tmp_path / "experiments").exists(), line
 
 
-def test_a_misspelt_force_yml_key_is_refused_naming_the_item(tmp_path, photos, prompter_file):
-    proc = basicsr(tmp_path, "train", "-opt", str(OPTIONS), "--force_yml", *tiny(photos, prompter_file),
-                   "train:total_iters=3")
-    refused(proc, "train.total_iters", "did you mean 'total_iter'", "--force_yml train:total_iters=3")
+def test_a_misspelt_force_yml_key_is_refused_naming_the_item(tmp_path, photos, prompter_file, capsys, monkeypatch):
+    refused_here(capsys, tmp_path, monkeypatch, "train", "-opt", str(OPTIONS), "--force_yml",
+                 *tiny(photos, prompter_file), "train:total_iters=3",
+                 fragments=("train.total_iters", "did you mean 'total_iter'", "--force_yml train:total_iters=3"))
     assert not (tmp_path / "experiments").exists()
 
 
 @pytest.mark.parametrize("case", ["missing", "folder", "broken_yaml", "not_a_mapping", "no_equals", "two_equals",
                                   "no_section", "bad_list", "bare_word_list"])
-def test_command_line_mistakes_are_one_line(tmp_path, case):
+def test_command_line_mistakes_are_one_line(tmp_path, capsys, monkeypatch, case):
     opt_file = str(OPTIONS)
     extra: List[str] = []
     fragments = []
@@ -276,7 +291,7 @@ def test_command_line_mistakes_are_one_line(tmp_path, case):
     else:  # BasicSR evaluates lists as Python: NameError
         extra, fragments = ["datasets:val:photos=[camera]"], ["--force_yml", "strings quoted"]
     args = ["train", "-opt", opt_file] + (["--force_yml", *extra] if extra else [])
-    refused(basicsr(tmp_path, *args), *fragments)
+    refused_here(capsys, tmp_path, monkeypatch, *args, fragments=fragments)
     assert not (tmp_path / "experiments").exists()
 
 
