@@ -443,3 +443,26 @@ def test_mmengine_pretrainer_degrades_without_reading_the_device():
     model = ConStylePretrainer(queue_size=8, num_classes=4, degradation=dict(seed=0))
     out = model.degrade_queries(cpu, samples)
     assert torch.equal(out[[0, 3]], cpu[[0, 3]]) and not torch.equal(out[1:3], cpu[1:3])
+
+
+def test_basicsr_train_with_parameters_drawn_by_the_dataset(tmp_path):
+    """`basicsr train` on the stage-1 options with datasets.train.degradation on: the workers draw the
+    parameters, the model degrades with them, training runs; a dataset drawing from other values than
+    train.degradation is refused before training."""
+    from test_basicsr_cli import OPTIONS, losses_by_iter, run, train_log
+
+    opts = ["train:total_iter=2", "val:val_freq=2", "logger:print_freq=1", "logger:save_checkpoint_freq=2",
+            "network_g:queue_size=8", "datasets:train:batch_size_per_gpu=4", "datasets:train:num_worker_per_gpu=1",
+            "datasets:train:crop_size=48", "datasets:train:resize=56", "datasets:train:crops_per_photo=1",
+            "datasets:val:crop_size=48", "datasets:val:resize=56", "datasets:val:crops_per_photo=1",
+            "datasets:train:degradation=true"]
+    run(tmp_path, "train", "-opt", str(OPTIONS / "constyle_v2_pretrain.yml"), "--force_yml", *opts)
+    losses = losses_by_iter(train_log(tmp_path / "experiments" / "ConStyle_v2_pretrain"))
+    assert set(losses) == {1, 2} and all("l_infonce" in v for v in losses.values())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    proc = run(bad, "train", "-opt", str(OPTIONS / "constyle_v2_pretrain.yml"), "--force_yml", *opts,
+               "train:degradation:noise_range=[1,40]", ok=False)
+    said = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "datasets.train.degradation" in said and "first.noise_range" in said
+    assert not list(bad.glob("experiments/*/models/*.pth"))
