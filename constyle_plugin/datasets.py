@@ -30,6 +30,7 @@ from torch.utils import data
 
 from . import degradations as deg
 from .compat import ensure_basicsr_importable
+from .inference import IMAGE_EXTENSIONS
 from .samples import export_sample_classes, export_sample_photos
 
 ensure_basicsr_importable()
@@ -39,7 +40,6 @@ from basicsr.utils import img2tensor  # noqa: E402
 __all__ = ["MixDegradationDataset", "ConStylePretrainDataset", "BadImageWarning",
            "IMAGE_EXTENSIONS", "read_image"]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SAMPLE_PHOTOS = "sample_photos"
 SAMPLE_CLASSES = "sample_classes"
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .archs._padding import pad_to_multiple as pad_bottom_right
+from .archs._padding import pad_to_multiple as _pad_to_multiple
 from .prompter import CheckpointError, atomic_write, read_state_dict
 
 __all__ = ["IMAGE_EXTENSIONS", "RestoreError", "check_device", "check_output_folder", "check_tiling", "find_images",
@@ -28,7 +28,8 @@ __all__ = ["IMAGE_EXTENSIONS", "RestoreError", "check_device", "check_output_fol
            "size_multiple_of", "tiled_forward", "write_image"]
 
 logger = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The image files the plugin reads (restore inputs, dataset folders): what OpenCV decodes.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BASICSR_COPY_HEADER = "# GENERATE TIME:"  # first line of the options copy BasicSR's copy_opt_file writes
 
 
@@ -49,7 +50,7 @@ def size_multiple_of(net: nn.Module) -> int:
 def pad_to_multiple(x: Tensor, multiple: int) -> Tuple[Tensor, Tuple[int, int]]:
     """Pad bottom/right (reflect where possible, else replicate) so H and W divide ``multiple``;
     also returns the original ``(H, W)`` to crop back to."""
-    return pad_bottom_right(x, multiple, "reflect"), tuple(x.shape[-2:])
+    return _pad_to_multiple(x, multiple, "reflect"), tuple(x.shape[-2:])
 
 
 def _image_output(out: Any, like: Tensor) -> Tensor:
@@ -408,19 +409,22 @@ def _without_prompter_file(prompter_opt: Any) -> Any:
 
 
 def _build_basicsr(config: Path) -> nn.Module:
-    from .compat import ensure_basicsr_importable
+    # Through the basicsr importable here, whichever its flavour: PyPI BasicSR's registries or a
+    # 1.2-era fork's module scans (a fork's own NAFNet is the one its checkpoints hold).
+    from .integrations.basicsr import ARCH, current_host
 
-    ensure_basicsr_importable()
-    import constyle_plugin  # noqa: F401  (registers the plugin's archs)
-    from basicsr.archs import build_network
-
+    host = current_host()
     opt = _basicsr_options(config)
     network_opt = dict(opt["network_g"])
     if "prompter" in network_opt:
         network_opt["prompter"] = _without_prompter_file(network_opt["prompter"])
+    arch_type = network_opt.pop("type", None)
+    cls = host.find(ARCH, arch_type)
+    if cls is None:
+        raise ValueError(f"--config {config}: network_g.type: {host.unknown(ARCH, arch_type)}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
-        return build_network(network_opt)
+        return cls(**network_opt)
 
 
 def _build_mmengine(cfg: Any, source: str) -> nn.Module:

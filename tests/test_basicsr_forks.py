@@ -204,6 +204,14 @@ def test_basicsr_train_runs_the_forks_pipeline_with_validation_and_resume_on_cpu
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Test held-out psnr" in (fork / "results" / "nafnet_like" / "test.log").read_text()
 
+    # constyle restore builds the network through the fork's own archs (forks keep no options copy:
+    # --config names the file trained with)
+    restore = BOOT + "from constyle_plugin.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    proc = python(restore, fork, "restore", "--checkpoint", str(exp / "models" / "net_g_latest.pth"),
+                  "--config", str(opt), "--input", "datasets/val/lq", "--output", "restored")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (fork / "restored").iterdir()) == ["0.png", "1.png"]
+
 
 def test_forks_ema_keeps_the_frozen_prompter_bit_identical(fork):
     opt = options(fork, "restormer_like", model_type="ImageCleanModel", ema_decay=0.9)

@@ -20,20 +20,30 @@ def check_input(x: Tensor, channels: int, owner: str) -> None:
         raise ValueError(f"{owner}: input must be B x {channels} x H x W, got {shape}")
 
 
-def pad_to_multiple(x: Tensor, multiple: int, mode: str = "zeros") -> Tensor:
-    """Pad ``x`` (B x C x H x W) at the bottom and right so that H and W are multiples of ``multiple``.
+def pad_bottom_right(x: Tensor, height: int, width: int, mode: str = "zeros") -> Tensor:
+    """Pad ``x`` (``... x H x W``, 3-D or 4-D) at the bottom and right to ``height x width``.
 
     ``mode`` is ``"zeros"``, ``"reflect"`` or ``"replicate"``. Reflection needs the pad to be smaller
     than the side it mirrors; for tiny inputs where it is not, ``"reflect"`` falls back to
     ``"replicate"`` so that every size stays legal.
     """
     h, w = x.shape[-2:]
-    pad_h = (-h) % multiple
-    pad_w = (-w) % multiple
+    pad_h, pad_w = height - h, width - w
+    if pad_h < 0 or pad_w < 0:
+        raise ValueError(f"pad_bottom_right: {h} x {w} is larger than {height} x {width}")
     if pad_h == 0 and pad_w == 0:
         return x
     if mode == "zeros":
         return F.pad(x, (0, pad_w, 0, pad_h))
     if mode == "reflect" and (pad_h >= h or pad_w >= w):
         mode = "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    batched = x if x.dim() == 4 else x[None]  # reflect / replicate want a batch dimension
+    out = F.pad(batched, (0, pad_w, 0, pad_h), mode=mode)
+    return out if x.dim() == 4 else out[0]
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "zeros") -> Tensor:
+    """Pad ``x`` (B x C x H x W) at the bottom and right so that H and W are multiples of ``multiple``
+    (see :func:`pad_bottom_right` for ``mode``)."""
+    h, w = x.shape[-2:]
+    return pad_bottom_right(x, h + (-h) % multiple, w + (-w) % multiple, mode)

@@ -25,8 +25,9 @@ from mmengine.registry import MODELS, OPTIM_WRAPPERS, OPTIMIZERS
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
+from ..archs._padding import pad_bottom_right
+from ..builder import OptionError, wrap_from_options
 from ..prompter import ConStyleV2
-from ..unet import wrap_unet
 
 __all__ = ["ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConStylePretrainer",
            "ConStyleRestorer"]
@@ -65,20 +66,6 @@ def _as_list(images: Union[Tensor, Sequence[Tensor]], what: str) -> List[Tensor]
                 raise ValueError(f"{what}: expected C x H x W images, got one of shape {tuple(t.shape)}")
         return list(images)
     raise TypeError(f"{what}: expected a tensor or a non-empty list of tensors, got {type(images).__name__}")
-
-
-def _pad(img: Tensor, hp: int, wp: int, mode: str) -> Tensor:
-    """Pad ``C x H x W`` at the bottom/right to ``hp x wp`` (reflect falls back to replicate when the
-    padding is larger than the image, where reflection is undefined)."""
-    h, w = img.shape[-2:]
-    ph, pw = hp - h, wp - w
-    if ph == 0 and pw == 0:
-        return img
-    if mode == "reflect" and (ph >= h or pw >= w):
-        mode = "replicate"
-    if mode == "zeros":
-        return F.pad(img, (0, pw, 0, ph))
-    return F.pad(img[None], (0, pw, 0, ph), mode=mode)[0]
 
 
 class ConStyleDataPreprocessor(BaseDataPreprocessor):
@@ -146,7 +133,7 @@ class ConStyleDataPreprocessor(BaseDataPreprocessor):
         hp = max(t.shape[-2] for t in imgs)
         wp = max(t.shape[-1] for t in imgs)
         hp, wp = -(-hp // m) * m, -(-wp // m) * m
-        batch = torch.stack([_pad(t, hp, wp, self.pad_mode) for t in imgs])
+        batch = torch.stack([pad_bottom_right(t, hp, wp, self.pad_mode) for t in imgs])
         for t, ds in zip(imgs, samples):
             ds.set_metainfo({"ori_shape": tuple(t.shape[-2:]), "pad_shape": (hp, wp)})
             if "gt_img" in ds:
@@ -205,20 +192,12 @@ class ConStyleRestorer(BaseModel):
                 prompter = {}
             if not isinstance(prompter, Mapping):
                 raise TypeError(f"prompter: expected dict(pretrained=None | path) or None, got {prompter!r}")
-            unknown = sorted(set(prompter) - {"pretrained"})
-            if unknown:
-                raise ValueError(f"prompter: unknown key(s) {unknown}; expected dict(pretrained=None | path)")
-            path = prompter.get("pretrained")
-            kwargs: Dict[str, Any] = dict(inject=tuple(inject) if not isinstance(inject, str) else inject,
-                                          stages=stages)
-            if path is not None:
-                try:
-                    kwargs["prompter"] = ConStyleV2.from_pretrained(path)
-                except FileNotFoundError as exc:
-                    raise FileNotFoundError(f"prompter.pretrained: {exc}") from None
-            if probe_size is not None:
-                kwargs["probe_size"] = tuple(probe_size) if isinstance(probe_size, (list, tuple)) else probe_size
-            net = wrap_unet(net, **kwargs)
+            try:
+                net = wrap_from_options(net, prompter=prompter, inject=inject, stages=stages, probe_size=probe_size)
+            except OptionError as exc:
+                if exc.key == "prompter.pretrained" and "not found" in exc.message:
+                    raise FileNotFoundError(str(exc)) from None
+                raise
         self.net = net
         self.pixel_loss = _build(pixel_loss, "pixel_loss")
         base = self.net.backbone if self.use_prompter else self.net
