@@ -264,6 +264,27 @@ def test_a_misspelt_force_yml_key_is_refused_naming_the_item(tmp_path, photos, p
     assert not (tmp_path / "experiments").exists()
 
 
+ARGUMENTS = [
+    ("nafnet_origin.yml", "network_g:widht=8", "network_g.widht", "width"),
+    ("nafnet_constyle.yml", "train:pixel_opt:loss_wieght=1", "train.pixel_opt.loss_wieght", "loss_weight"),
+    ("nafnet_constyle.yml", "train:optim_g:weight_decy=0", "train.optim_g.weight_decy", "weight_decay"),
+    ("nafnet_constyle.yml", "train:scheduler:period=[4]", "train.scheduler.period", "periods"),
+    ("nafnet_constyle.yml", "train:scheduler:type=CosineAnnealingRestart", "train.scheduler.type",
+     "CosineAnnealingRestartLR"),
+    ("constyle_v2_pretrain.yml", "network_g:queue_sise=16", "network_g.queue_sise", "queue_size"),
+]
+
+
+@pytest.mark.parametrize("source, item, key, meant", ARGUMENTS, ids=[a[2] for a in ARGUMENTS])
+def test_a_misspelt_argument_of_a_network_loss_optimiser_or_scheduler_is_refused_before_anything_is_created(
+        tmp_path, capsys, monkeypatch, source, item, key, meant):
+    """These options are passed as keyword arguments once BasicSR builds the model (after the experiment
+    folder exists); a misspelt one was a TypeError there."""
+    refused_here(capsys, tmp_path, monkeypatch, "train", "-opt", str(ROOT / "options" / source), "--force_yml",
+                 item, fragments=(f"{key}: ", f"did you mean {meant!r}"))
+    assert not (tmp_path / "experiments").exists()
+
+
 @pytest.mark.parametrize("case", ["missing", "folder", "broken_yaml", "not_a_mapping", "no_equals", "two_equals",
                                   "no_section", "bad_list", "bare_word_list"])
 def test_command_line_mistakes_are_one_line(tmp_path, capsys, monkeypatch, case):

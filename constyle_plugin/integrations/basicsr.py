@@ -42,7 +42,8 @@ from ..compat import ensure_basicsr_importable
 __all__ = [
     "ARCH", "DATASET", "LOSS", "MODEL",
     "BasicSRHost", "ForkHost", "OptionError", "OptionWarning", "RegistryHost",
-    "available", "check_network_options", "check_option_keys", "check_options", "check_training_numbers",
+    "available", "check_call_options", "check_network_options", "check_option_keys", "check_options",
+    "check_training_numbers",
     "current_host", "register", "register_here",
     "register_into", "register_with_fork_module",
 ]
@@ -672,7 +673,9 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optio
             raise OptionError(_join(key, "type"), host.unknown(ARCH, net["type"]))
         if net["type"] == "ConStyleUNet":
             check_network_options(net, key, host=host)
-        elif net["type"] in ("ConStyleV2", "ConStyleMoCo") and net.get("pretrained") is not None:
+            continue
+        check_call_options(host.find(ARCH, net["type"]), net, key, str(net["type"]))
+        if net["type"] in ("ConStyleV2", "ConStyleMoCo") and net.get("pretrained") is not None:
             check_file(_join(key, "pretrained"), net["pretrained"], "checkpoint")
 
     for phase, dataset in (opt.get("datasets") or {}).items():
@@ -697,8 +700,62 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optio
                 check_file(_join("path", name), value, "checkpoint")
 
     if model_type in ("ConStyleSRModel", "ConStyleV2PretrainModel") and opt.get("is_train"):
-        for name, value in (opt.get("train") or {}).items():
+        train = opt.get("train") or {}
+        for name in ("optim_g", "scheduler"):
+            if not isinstance(train.get(name), Mapping) or "type" not in train[name]:
+                raise OptionError(_join("train", name), f"missing: {model_type} needs a dict with a `type`")
+        for name, value in train.items():
             if name.startswith("optim_") and isinstance(value, Mapping):
                 optim = value.get("type")
                 if not isinstance(getattr(torch.optim, str(optim), None), type):
                     raise OptionError(_join("train", name, "type"), f"{optim!r} is not an optimiser of torch.optim")
+                check_call_options(getattr(torch.optim, optim), value, _join("train", name), optim, positional=1)
+        _check_scheduler(train["scheduler"])
+        for name in ("pixel_opt", "perceptual_opt"):
+            loss = train.get(name)
+            if isinstance(loss, Mapping):
+                found = host.find(LOSS, loss.get("type"))
+                if found is None:
+                    raise OptionError(_join("train", name, "type"), host.unknown(LOSS, loss.get("type")))
+                check_call_options(found, loss, _join("train", name), str(loss["type"]))
+
+
+def check_call_options(target: Callable, options: Mapping[str, Any], key: str, what: str,
+                       positional: int = 0) -> None:
+    """OptionError for a key of ``options`` (besides ``type``) that ``target`` does not take as an
+    argument (a class's ``__init__`` or a function; the first ``positional`` arguments are passed by
+    the trainer). Targets taking ``**kwargs`` accept anything."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    names = [p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                   inspect.Parameter.KEYWORD_ONLY)][positional:]
+    for name in options:
+        if name != "type" and name not in names:
+            hint = _hint(name, names)
+            raise OptionError(_join(key, str(name)), f"not an argument of {what}{'; ' + hint if hint else ''} "
+                                                     f"(arguments: {', '.join(names)})")
+
+
+_SCHEDULERS = {"MultiStepLR": "MultiStepRestartLR", "MultiStepRestartLR": "MultiStepRestartLR",
+               "CosineAnnealingRestartLR": "CosineAnnealingRestartLR"}  # BaseModel.setup_schedulers
+
+
+def _check_scheduler(scheduler: Mapping[str, Any]) -> None:
+    kind = scheduler.get("type")
+    if kind not in _SCHEDULERS:
+        hint = _hint(kind, sorted(_SCHEDULERS))
+        raise OptionError("train.scheduler.type", f"{kind!r} is not a scheduler BasicSR's BaseModel builds"
+                                                  f"{'; ' + hint if hint else ''} "
+                                                  f"(known: {', '.join(sorted(_SCHEDULERS))})")
+    try:
+        from basicsr.models import lr_scheduler
+    except ImportError:
+        return
+    check_call_options(getattr(lr_scheduler, _SCHEDULERS[kind]), scheduler, "train.scheduler", str(kind),
+                       positional=1)
