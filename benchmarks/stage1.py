@@ -474,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--total-iters", type=int, default=AUTHORS["total_iters"])
     parser.add_argument("--parts", nargs="+", choices=("networks", "degradation", "pipeline"),
                         default=["networks", "degradation", "pipeline"])
-    parser.add_argument("--profile", action="store_true", help="CUDA: kernel busy time of 3 iterations (torch.profiler)")
+    parser.add_argument("--profile", action="store_true",
+                        help="CUDA: kernel busy time of 3 iterations (torch.profiler)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="seconds-long run for CI; numbers mean nothing")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -494,7 +495,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     workers = args.workers if args.workers is not None else (
         min(12, max(0, (os.cpu_count() or 1) - 1)) if device.type == "cuda" and not smoke else 0)
     for name, value, low in (("--batch", batch, 2), ("--size", size, 16), ("--iters", iters, 1),
-                             ("--warmup", warmup, 0), ("--workers", workers, 0), ("--total-iters", args.total_iters, 1)):
+                             ("--warmup", warmup, 0), ("--workers", workers, 0),
+                             ("--total-iters", args.total_iters, 1)):
         if value < low:
             raise SystemExit(f"{name}: must be >= {low} (got {value})")
     if queue % batch:

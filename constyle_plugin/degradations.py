@@ -55,7 +55,8 @@ class _BasicSROps:
 _bsr = _BasicSROps()
 
 __all__ = [
-    "RealESRGANDegradation", "PARAM_SAMPLE_KEYS", "PARAM_BATCH_KEYS", "line_kernel", "disk_kernel", "contrast", "snow", "weather",
+    "RealESRGANDegradation", "PARAM_SAMPLE_KEYS", "PARAM_BATCH_KEYS", "line_kernel", "disk_kernel",
+    "contrast", "snow", "weather",
     "gaussian_noise", "jpeg", "motion_blur", "defocus_blur", "haze", "rain", "snow_degradation",
     "low_light", "ALL_IN_ONE", "CONTRAST_LEVELS", "SNOW_PARAMS", "IMAGENET_C_SNOW_PARAMS",
 ]
