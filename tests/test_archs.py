@@ -38,9 +38,11 @@ def tiny_convunet(**kw):
 
 
 def tiny_maxim(**kw):
-    # block / grid 2 at the first two levels, 1 below: size_multiple 8 like the other tiny archs
-    args = dict(width=4, depth=3, num_groups=1, num_bottleneck_blocks=1, block_size_hr=2, grid_size_hr=2,
-                block_size_lr=1, grid_size_lr=1)
+    # block / grid 2 at the first two levels, 1 below: size_multiple 8 like the other tiny archs;
+    # width 8 and reduction 1: with fewer hidden ReLU units in the channel attention, a random init
+    # can leave them all dead (their weights then get no gradient)
+    args = dict(width=8, depth=3, num_groups=1, num_bottleneck_blocks=1, block_size_hr=2, grid_size_hr=2,
+                block_size_lr=1, grid_size_lr=1, reduction=1)
     args.update(kw)
     return MAXIM(**args)
 
