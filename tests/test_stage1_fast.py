@@ -494,3 +494,14 @@ def test_basicsr_pretrain_ema_is_basicsrs_arithmetic_in_fewer_kernels(tmp_path):
         assert torch.equal(got[name], value), name
     name = "encoder_q.classifier.3.weight"
     assert not torch.equal(got[name], model.net_g.state_dict()[name])
+
+
+def test_basicsr_model_degradation_step_reads_nothing_back_from_the_device(tmp_path):
+    """The BasicSR model's query degradation (weather subset, batch parameters) on the meta device."""
+    model = _pretrain_model(tmp_path)
+    params = model.degradation.sample_params(4, rng=np.random.default_rng(0))
+    model.feed_data({"query": torch.rand(4, 3, 32, 32), "key": torch.rand(4, 3, 32, 32), "label": torch.arange(4),
+                     "weather": torch.tensor([True, False, False, True]), "degradation": params})
+    model.query = torch.empty(4, 3, 32, 32, device="meta")
+    out = model._degraded_query(D.RealESRGANDegradation(seed=0))
+    assert out.shape == (4, 3, 32, 32) and out.device.type == "meta"
