@@ -301,8 +301,9 @@ class RunFixes:
             else:
                 if states:
                     raise OptionError("--auto_resume", f"no training state in {state_dir} loads: "
-                                      + "; ".join(self.skipped) + ". Remove the folder experiments/"
-                                      f"{opt['name']} (or drop --auto_resume to start again beside it)")
+                                      + "; ".join(self.skipped) + ". Without --auto_resume the run starts "
+                                      f"afresh (BasicSR renames experiments/{opt['name']} to "
+                                      f"{opt['name']}_archived_<time>)")
                 return None
         elif opt["path"].get("resume_state"):
             path = opt["path"]["resume_state"]
