@@ -8,7 +8,9 @@ Three measurements, each in this process:
   (:class:`~constyle_plugin.pretrain.ConStylePretrainLoss`, pretext and distillation on) and AdamW
   (lr 3e-4, weight decay 1e-4), on a fixed batch already on the device: ``zero_grad``, forward,
   losses, backward, step. Variants: ``baseline`` (fp32, torch's default AdamW), and with
-  ``--channels-last`` / ``--fused-adamw`` each of those and both, to measure what helps.
+  ``--channels-last`` / ``--fused-adamw`` each of those and both, with ``--no-host-checks`` without
+  the two input checks that read back to the host (prompter NaN/Inf check, label range check), to
+  measure what helps.
 * **degradation**: the Real-ESRGAN query degradation of one batch of photo crops
   (:class:`~constyle_plugin.degradations.RealESRGANDegradation`): ``reference`` (the original
   path: kernels drawn on the host per sample, per-sample reads from the device), ``fast`` with
@@ -161,17 +163,35 @@ def make_optimizer(params, fused: bool) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, **kwargs)
 
 
+@contextlib.contextmanager
+def no_label_check():
+    """The pretext loss without its label range check (a read-back of the labels), for measuring."""
+    from constyle_plugin import losses
+
+    saved = losses._check_labels
+    losses._check_labels = lambda logits, labels: None
+    try:
+        yield
+    finally:
+        losses._check_labels = saved
+
+
 class NetworkStep:
-    """One variant of the networks' step: its own model, optimiser and batch (same seed for all)."""
+    """One variant of the networks' step: its own model, optimiser and batch (same seed for all).
+
+    ``host_checks=False``: without the two input checks that read values back to the host (the
+    prompter's NaN/Inf check of each encoder input, the pretext loss's label range check)."""
 
     def __init__(self, device: torch.device, batch: int, size: int, queue: int, channels_last: bool, fused: bool,
-                 num_classes: int, seed: int):
+                 num_classes: int, seed: int, host_checks: bool = True):
         torch.manual_seed(seed)
+        self.host_checks = host_checks
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.device = device
         self.model = ConStyleMoCo(queue_size=queue, num_classes=num_classes).to(device).train()
         self.model = self.model.to(memory_format=fmt)
         self.criterion = self.model.pretrain_loss(class_iter=None, kl_iter=None)
+        self.model.encoder_q.check_finite = self.model.encoder_k.check_finite = host_checks
         self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], fused)
         self.query = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
         self.key = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
@@ -181,11 +201,12 @@ class NetworkStep:
         self.i = 0
 
     def step(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        out = self.model(self.query, self.key)
-        losses = self.criterion(out, self.labels, self.i)
-        losses["total"].backward()
-        self.opt.step()
+        with contextlib.nullcontext() if self.host_checks else no_label_check():
+            self.opt.zero_grad(set_to_none=True)
+            out = self.model(self.query, self.key)
+            losses = self.criterion(out, self.labels, self.i)
+            losses["total"].backward()
+            self.opt.step()
         self.i += 1
 
     def timed(self) -> None:
@@ -212,9 +233,9 @@ def bench_networks(device: torch.device, batch: int, size: int, queue: int, iter
     of machine load hits them alike."""
     steps: Dict[str, NetworkStep] = {}
     out: Dict[str, Any] = {}
-    for name, cl, fused in variants:
+    for name, cl, fused, checks in variants:
         try:
-            steps[name] = NetworkStep(device, batch, size, queue, cl, fused, num_classes, seed)
+            steps[name] = NetworkStep(device, batch, size, queue, cl, fused, num_classes, seed, checks)
         except (RuntimeError, TypeError, ValueError) as exc:
             out[name] = {"error": f"{type(exc).__name__}: {exc}"}
     for s in steps.values():
@@ -469,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 with --smoke)")
     parser.add_argument("--channels-last", action="store_true", help="also time the networks in channels_last")
     parser.add_argument("--fused-adamw", action="store_true", help="also time the networks with AdamW(fused=True)")
+    parser.add_argument("--no-host-checks", action="store_true",
+                        help="also time the networks without the input checks that read back to the host (the "
+                             "prompter's NaN/Inf check, the pretext loss's label range check)")
     parser.add_argument("--weather-prob", type=float, default=0.4)
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the pipeline's model (0: none)")
     parser.add_argument("--total-iters", type=int, default=AUTHORS["total_iters"])
@@ -523,7 +547,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         "settings": {"batch": batch, "size": size, "queue": queue, "iters": iters, "warmup": warmup,
                      "workers": workers, "weather_prob": args.weather_prob, "ema": args.ema,
                      "total_iters": args.total_iters, "channels_last": args.channels_last,
-                     "fused_adamw": args.fused_adamw, "parts": args.parts, "seed": args.seed, "smoke": smoke,
+                     "fused_adamw": args.fused_adamw, "no_host_checks": args.no_host_checks, "parts": args.parts, "seed": args.seed, "smoke": smoke,
                      "optimizer": "AdamW(lr=3e-4, weight_decay=1e-4, betas=(0.9, 0.999))",
                      "losses": "infonce, content, style, class, kl (all on)"},
         "notes": [],
@@ -532,13 +556,17 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         f"{torch.get_num_threads()} threads, batch {batch}, {size} px, queue {queue}")
     num_classes = 1000
     if "networks" in args.parts:
-        variants = [("baseline", False, False)]
+        variants = [("baseline", False, False, True)]
         if args.channels_last:
-            variants.append(("channels_last", True, False))
+            variants.append(("channels_last", True, False, True))
         if args.fused_adamw:
-            variants.append(("fused_adamw", False, True))
+            variants.append(("fused_adamw", False, True, True))
         if args.channels_last and args.fused_adamw:
-            variants.append(("channels_last+fused_adamw", True, True))
+            variants.append(("channels_last+fused_adamw", True, True, True))
+        if args.no_host_checks:
+            variants.append(("no_host_checks", False, False, False))
+            if args.channels_last and args.fused_adamw:
+                variants.append(("channels_last+fused_adamw+no_host_checks", True, True, False))
         report["networks"] = bench_networks(device, batch, size, queue, iters, warmup, variants, num_classes,
                                             args.seed, log)
     if "degradation" in args.parts:

@@ -144,10 +144,15 @@ class ConStyleMoCo(nn.Module):
     # ------------------------------------------------------------------ MoCo steps
     @torch.no_grad()
     def momentum_update(self) -> None:
-        """``param_k <- m * param_k + (1 - m) * param_q`` for every parameter (buffers untouched)."""
+        """``param_k <- m * param_k + (1 - m) * param_q`` for every parameter (buffers untouched).
+
+        The arithmetic of ``p_k.mul_(m).add_(p_q, alpha=1 - m)``, issued as two multi-tensor kernels
+        rather than two per parameter."""
         m = self.momentum
-        for p_q, p_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            p_k.mul_(m).add_(p_q.detach().to(p_k.dtype), alpha=1.0 - m)
+        keys = [p.data for p in self.encoder_k.parameters()]
+        queries = [p_q.detach().to(p_k.dtype) for p_q, p_k in zip(self.encoder_q.parameters(), keys)]
+        torch._foreach_mul_(keys, m)
+        torch._foreach_add_(keys, queries, alpha=1.0 - m)
 
     @torch.no_grad()
     def dequeue_and_enqueue(self, latents: Tensor) -> None:
@@ -155,7 +160,8 @@ class ConStyleMoCo(nn.Module):
 
         Under ``torch.distributed`` the latents of all ranks are gathered first (every rank must
         pass the same batch size) so the queues stay identical; the pointer advances by the
-        gathered batch and wraps modulo K, and so do the written columns.
+        gathered batch and wraps modulo K, and so do the written columns. The pointer stays on the
+        queue's device: nothing is read back to the host.
         """
         if not isinstance(latents, Tensor) or latents.dim() != 2 or latents.shape[1] != self.queue.shape[0]:
             shape = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
@@ -172,10 +178,9 @@ class ConStyleMoCo(nn.Module):
             raise ValueError(f"latents: {n} latents (all ranks) do not fit a queue of {size}")
         if self.normalize:
             latents = F.normalize(latents, dim=1)
-        ptr = int(self.queue_ptr)
-        cols = (ptr + torch.arange(n, device=self.queue.device)) % size
-        self.queue[:, cols] = latents.t().to(self.queue.dtype)
-        self.queue_ptr[0] = (ptr + n) % size
+        cols = (self.queue_ptr + torch.arange(n, device=self.queue.device)) % size
+        self.queue.index_copy_(1, cols, latents.t().to(self.queue.dtype))
+        self.queue_ptr.add_(n).remainder_(size)
 
     def forward(self, query_img: Tensor, key_img: Tensor) -> MoCoOutput:
         """One MoCo step: encode both views; in training also update the key encoder and the queue.
@@ -211,10 +216,10 @@ class ConStyleMoCo(nn.Module):
             # A copy: the enqueue below writes into the buffer in place.
             queue = self.queue.clone()
             size = queue.shape[1]
-            ptr = int(self.queue_ptr)
-            steps = torch.arange(b, device=queue.device)
-            neg2 = queue[:, (ptr + steps) % size].t()
-            neg1 = queue[:, (ptr + b + steps) % size].t()
+            # column indices computed on the device from the pointer buffer (no host read-back)
+            steps = self.queue_ptr + torch.arange(b, device=queue.device)
+            neg2 = queue.index_select(1, steps % size).t()
+            neg1 = queue.index_select(1, (steps + b) % size).t()
 
             if self.training:
                 self.dequeue_and_enqueue(q_enc.z2 if self.enqueue == "query" else k)

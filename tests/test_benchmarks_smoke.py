@@ -62,14 +62,15 @@ def test_overhead_smoke(tmp_path):
 def test_stage1_smoke(tmp_path):
     out = tmp_path / "stage1"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage1.py"), "--smoke", "--device", "cpu",
-                           "--channels-last", "--fused-adamw", "--out", str(out)],
+                           "--channels-last", "--fused-adamw", "--no-host-checks", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "stage1_cpu.json").read_text())
     assert report["command"].startswith("python benchmarks/stage1.py --smoke")
     assert report["device"] == "cpu" and report["settings"]["smoke"] is True
     nets = report["networks"]
-    assert list(nets) == ["baseline", "channels_last", "fused_adamw", "channels_last+fused_adamw"]
+    assert list(nets) == ["baseline", "channels_last", "fused_adamw", "channels_last+fused_adamw", "no_host_checks",
+                          "channels_last+fused_adamw+no_host_checks"]
     for name, res in nets.items():
         if "error" in res:  # an AdamW(fused=True) this torch lacks is recorded, not fatal
             assert "fused" in name, res

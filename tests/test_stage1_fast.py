@@ -505,3 +505,48 @@ def test_basicsr_model_degradation_step_reads_nothing_back_from_the_device(tmp_p
     model.query = torch.empty(4, 3, 32, 32, device="meta")
     out = model._degraded_query(D.RealESRGANDegradation(seed=0))
     assert out.shape == (4, 3, 32, 32) and out.device.type == "meta"
+
+
+# ------------------------------------------------------------------------- the networks' step
+
+def test_moco_training_step_reads_nothing_back_from_the_device():
+    """Forward (momentum update, key encoder, negatives from the queue, enqueue), the losses and the
+    backward of a MoCo step on the meta device: the queue pointer stays a device tensor. Two input
+    checks do read back and are switched off here: the prompter's NaN/Inf check of its input
+    (``check_finite``, prompter.py) and the pretext loss's label range check (losses.py; labels=None);
+    benchmarks/stage1.py --no-host-checks measures what they cost."""
+    from constyle_plugin.pretrain import ConStyleMoCo
+
+    model = ConStyleMoCo(queue_size=8, num_classes=4).to("meta").train()
+    model.encoder_q.check_finite = model.encoder_k.check_finite = False
+    out = model(torch.empty(2, 3, 32, 32, device="meta"), torch.empty(2, 3, 32, 32, device="meta"))
+    losses = model.pretrain_loss()(out, None, 0)
+    losses["total"].backward()
+    assert set(losses) == {"infonce", "content", "style", "kl", "total"} and out.neg1.shape == (2, 128)
+
+
+def test_moco_momentum_update_is_the_per_parameter_arithmetic():
+    from constyle_plugin.pretrain import ConStyleMoCo
+
+    torch.manual_seed(0)
+    model = ConStyleMoCo(queue_size=8, num_classes=4, momentum=0.9)
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.add_(torch.randn_like(p))
+    expected = [p_k.clone().mul_(0.9).add_(p_q, alpha=0.1)
+                for p_q, p_k in zip(model.encoder_q.parameters(), model.encoder_k.parameters())]
+    model.momentum_update()
+    assert all(torch.equal(p, e) for p, e in zip(model.encoder_k.parameters(), expected))
+
+
+def test_moco_queue_pointer_and_negatives_wrap_on_the_device():
+    from constyle_plugin.pretrain import ConStyleMoCo
+
+    torch.manual_seed(0)
+    model = ConStyleMoCo(queue_size=6, num_classes=4).train()
+    model.queue_ptr[0] = 4
+    before = model.queue.clone()
+    out = model(torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    assert torch.equal(out.neg2, before[:, [4, 5]].t()) and torch.equal(out.neg1, before[:, [0, 1]].t())
+    assert torch.equal(model.queue[:, [4, 5]], out.q_enc.z2.detach().t()) and int(model.queue_ptr) == 0
+    assert torch.equal(model.queue[:, :4], before[:, :4])
