@@ -707,21 +707,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     register_here()
     if isinstance(host, ForkHost):
-        from .basicsr_fork import run_fork
+        from .basicsr_fork import prepare_fork_run
 
-        return run_fork(command, rest)
-    import basicsr.test
-    import basicsr.train
+        try:
+            argv0, rest, fixes, pipeline = prepare_fork_run(command, rest)
+        except OptionError as exc:
+            print(f"basicsr {command}: {exc}", file=sys.stderr)
+            return 2
+    else:
+        import basicsr.test
+        import basicsr.train
 
-    root = os.getcwd()
+        root = os.getcwd()
+        argv0, fixes = f"basicsr {command}", RunFixes(command)
+        run = basicsr.train.train_pipeline if command == "train" else basicsr.test.test_pipeline
+
+        def pipeline() -> None:
+            run(root)
+
     saved_argv = sys.argv
-    sys.argv = [f"basicsr {command}", *rest]
+    sys.argv = [argv0, *rest]
     try:
-        with RunFixes(command):
-            if command == "train":
-                basicsr.train.train_pipeline(root)
-            else:
-                basicsr.test.test_pipeline(root)
+        with fixes:
+            pipeline()
     except OptionError as exc:
         print(f"basicsr {command}: error in the options: {exc}", file=sys.stderr)
         return 2

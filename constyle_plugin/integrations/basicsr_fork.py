@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import sys
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -40,7 +39,7 @@ from ..builder import OptionError, check_file, join_keys
 from .basicsr import ForkHost, check_network_options
 from .safe_loading import safe_torch_load
 
-__all__ = ["ForkRunFixes", "apply_overrides", "run_fork", "split_command_flags"]
+__all__ = ["ForkRunFixes", "apply_overrides", "prepare_fork_run", "split_command_flags"]
 
 
 def split_command_flags(args: Sequence[str]) -> Tuple[List[str], List[str], bool]:
@@ -214,24 +213,15 @@ def _exact_frozen_ema(model_ema: Callable) -> Callable:
     return wrapped
 
 
-def run_fork(command: str, args: Sequence[str]) -> int:
-    """Run the fork's ``basicsr/<command>.py`` ``main()`` with ``args``; returns the exit status."""
+def prepare_fork_run(command: str, args: Sequence[str]) -> Tuple[str, List[str], ForkRunFixes, Callable[[], None]]:
+    """What the ``basicsr`` command needs to run the fork's ``basicsr/<command>.py``: ``(argv[0],
+    the arguments for the fork's parser, the run's fixes, the fork's main)``. Raises OptionError
+    when the fork has no ``main()`` there."""
     rest, overrides, _ = split_command_flags(args)
     launcher = "none"
     if "--launcher" in rest and rest.index("--launcher") + 1 < len(rest):
         launcher = rest[rest.index("--launcher") + 1]
     module = importlib.import_module(f"basicsr.{command}")
     if not callable(getattr(module, "main", None)):
-        print(f"basicsr {command}: this fork's basicsr/{command}.py has no main()", file=sys.stderr)
-        return 2
-    saved_argv = sys.argv
-    sys.argv = [f"basicsr/{command}.py", *rest]
-    try:
-        with ForkRunFixes(command, overrides, launcher):
-            module.main()
-    except OptionError as exc:
-        print(f"basicsr {command}: error in the options: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        sys.argv = saved_argv
-    return 0
+        raise OptionError("", f"this fork's basicsr/{command}.py has no main()")
+    return f"basicsr/{command}.py", rest, ForkRunFixes(command, overrides, launcher), module.main

@@ -17,7 +17,6 @@ import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from mmengine.logging import MessageHub
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
