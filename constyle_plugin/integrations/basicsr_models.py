@@ -318,7 +318,11 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         torch._foreach_add_(list(ema), current, alpha=1 - decay)
         buffers = dict(self.get_bare_model(self.net_g).named_buffers())
         names, ema_buffers = zip(*self.net_g_ema.named_buffers())
-        torch._foreach_copy_(list(ema_buffers), [buffers[name] for name in names])
+        if hasattr(torch, "_foreach_copy_"):  # torch >= 2.1
+            torch._foreach_copy_(list(ema_buffers), [buffers[name] for name in names])
+        else:
+            for name, buf in zip(names, ema_buffers):
+                buf.copy_(buffers[name])
 
     def feed_data(self, data: Dict[str, Any]) -> None:
         # non_blocking: copies from the host that do not wait for the previous step's device work
