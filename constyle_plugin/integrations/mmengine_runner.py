@@ -143,9 +143,19 @@ class ConStyleRunner(Runner):
 
     def load_checkpoint(self, filename: str, map_location: Any = "cpu", strict: bool = False,
                         revise_keys: list = [(r"^module.", "")]):
-        with mmengine_checkpoint_globals():
-            return super().load_checkpoint(filename, map_location=map_location, strict=strict,
-                                           revise_keys=revise_keys)
+        # MMEngine's loader calls torch.load without weights_only: safe only where torch >= 2.6
+        # defaults to it; here it is safe on every torch the package allows.
+        from .safe_loading import weights_only_loading
+
+        try:
+            with mmengine_checkpoint_globals(), weights_only_loading():
+                return super().load_checkpoint(filename, map_location=map_location, strict=strict,
+                                               revise_keys=revise_keys)
+        except pickle.UnpicklingError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            blocked = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else "")
+            raise ConfigError(f"{filename}: the checkpoint holds objects that safe loading does not allow "
+                              f"({blocked}); nothing in it was run") from None
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
         """Runner.save_checkpoint, with local files written atomically (:func:`atomic_local_writes`)."""
