@@ -61,6 +61,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _host import device_name, load_average, resolve_device, sync  # noqa: E402  (benchmarks/_host.py)
 
 from constyle_plugin.degradations import RealESRGANDegradation  # noqa: E402
 from constyle_plugin.pretrain import ConStyleMoCo  # noqa: E402
@@ -71,38 +72,6 @@ AUTHORS = {"batch": 32, "size": 224, "queue": 65760, "total_iters": 400000}
 # ------------------------------------------------------------------------------------------------
 # Helpers
 # ------------------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
-    return torch.device(name)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> Optional[List[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def spread(values: Sequence[float]) -> Dict[str, float]:
     vals = sorted(values)
     return {"median": statistics.median(vals), "mean": statistics.fmean(vals), "min": vals[0], "max": vals[-1],
