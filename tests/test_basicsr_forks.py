@@ -368,3 +368,23 @@ def test_a_code_running_checkpoint_runs_nothing_even_where_torch_defaults_to_uns
     assert not marker.exists(), "the checkpoint's code ran"
     assert proc.returncode != 0
     assert "Weights only load failed" in proc.stderr or "weights_only" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_fork_trains_on_the_plugins_all_in_one_data_from_the_sample_photos(fork):
+    """MixDegradationDataset (no BasicSR >= 1.3 utilities needed) inside a fork, on the offline sample
+    photos exported into the run's own folder, as options/forks/nafnet/NAFNet-AllInOne-*.yml does."""
+    opt = options(fork, "all_in_one")
+    data = yaml.safe_load(opt.read_text())
+    data["datasets"] = {
+        "train": {"name": "mix", "type": "MixDegradationDataset", "dataroot_gt": "sample_photos",
+                  "photos": ["astronaut", "coffee"], "gt_size": 32, "batch_size_per_gpu": 2},
+        "val": {"name": "held-out", "type": "MixDegradationDataset", "dataroot_gt": "sample_photos",
+                "photos": ["camera"], "gt_size": 32, "val_crop": "center", "seed": 0},
+    }
+    opt.write_text(yaml.safe_dump(data))
+    proc = python(CLI, fork, "train", "-opt", str(opt))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = fork / "experiments" / "all_in_one"
+    assert {"astronaut", "coffee", "camera"} <= {p.stem for p in (exp / "sample_photos").iterdir()}
+    assert (exp / "train.log").read_text().count("Validation psnr") == 3
+    assert (exp / "models" / "net_g_latest.pth").is_file()

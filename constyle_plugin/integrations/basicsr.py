@@ -507,6 +507,19 @@ _SAMPLE_ROOTS = {"MixDegradationDataset": ("dataroot_gt", "sample_photos"),
                  "ConStylePretrainDataset": ("dataroot", "sample_classes")}
 
 
+def point_sample_datasets(opt: Mapping[str, Any]) -> None:
+    """Give the plugin's datasets that read the offline sample photos (``dataroot_gt: sample_photos``,
+    ``dataroot: sample_classes`` or none) a ``sample_dir`` in the run's folder, where they are
+    exported at first use (``experiments/<name>/sample_photos``, or ``results/<name>/...``)."""
+    folder = opt["path"].get("experiments_root") or opt["path"].get("results_root")
+    for dataset in (opt.get("datasets") or {}).values():
+        if not isinstance(dataset, dict):
+            continue
+        root_key, special = _SAMPLE_ROOTS.get(dataset.get("type"), (None, None))
+        if root_key and dataset.get(root_key) in (None, special) and not dataset.get("sample_dir"):
+            dataset["sample_dir"] = os.path.join(folder, special)
+
+
 class OptionWarning(UserWarning):
     """An option key that nothing reads, in a section where BasicSR allows extra keys."""
 

@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from ..prompter import atomic_write
-from .basicsr import OptionError, check_options
+from .basicsr import OptionError, check_options, point_sample_datasets
 from .safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
 
 __all__ = ["RunFixes", "atomic_torch_save", "capture_rng", "check_command_line", "load_state_file", "main",
@@ -79,9 +79,6 @@ ConStyleSRModel, the stage-1 losses and the plugin's datasets). Experiments are 
 Inside a 1.2-era BasicSR fork (NAFNet, Restormer: a `basicsr` package without registries), it
 runs the fork's own basicsr/train.py or basicsr/test.py with the plugin's names findable there;
 --force_yml works there too, and the fork resumes by itself from its newest state."""
-
-_PLUGIN_DATASETS = {"MixDegradationDataset": ("dataroot_gt", "sample_photos"),
-                    "ConStylePretrainDataset": ("dataroot", "sample_classes")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -581,13 +578,7 @@ def prepare_options(opt: Dict[str, Any], warn: Optional[Callable[[str], None]] =
             if opt["path"].get(f"pretrain_{key}") is None:
                 raise OptionError(f"path.pretrain_{key}", "set it to the trained checkpoint to test, e.g. "
                                   f"--force_yml path:pretrain_{key}=experiments/<name>/models/net_g_latest.pth")
-    folder = opt["path"].get("experiments_root") or opt["path"].get("results_root")
-    for dataset in (opt.get("datasets") or {}).values():
-        if not isinstance(dataset, dict):
-            continue
-        root_key, special = _PLUGIN_DATASETS.get(dataset.get("type"), (None, None))
-        if root_key and dataset.get(root_key) in (None, special) and not dataset.get("sample_dir"):
-            dataset["sample_dir"] = osp.join(folder, special)
+    point_sample_datasets(opt)
     resuming = bool(opt.get("auto_resume") or opt["path"].get("resume_state"))
     check_options(opt, resuming=resuming, warn=warn)
     _check_queue(opt)

@@ -13,7 +13,8 @@ For the duration of the run, and nowhere else (:class:`ForkRunFixes`):
 - the parsed options are checked before anything is created on disk: every ``ConStyleUNet``
   network (backbone type found in the fork, prompter file, inject targets, stage names) and the
   ``path.pretrain_network_*`` files; ``num_gpu: auto`` means the GPUs visible, or 0 (the CPU);
-  ``num_gpu`` > 0 without CUDA is refused with what to write instead;
+  ``num_gpu`` > 0 without CUDA is refused with what to write instead; the plugin's datasets that
+  read the offline sample photos export them into the run's folder, as with PyPI BasicSR;
 - ``torch.load`` called without ``weights_only`` loads with ``weights_only=True`` (only
   ``collections.Counter`` / ``OrderedDict`` allowed besides tensors and plain containers), whatever
   the torch version; without CUDA, the fork's resume (``storage.cuda(torch.cuda.current_device())``)
@@ -36,7 +37,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from ..builder import OptionError, check_file, join_keys
-from .basicsr import ForkHost, check_network_options
+from .basicsr import ForkHost, check_network_options, point_sample_datasets
 from .safe_loading import safe_torch_load
 
 __all__ = ["ForkRunFixes", "apply_overrides", "prepare_fork_run", "split_command_flags"]
@@ -93,6 +94,7 @@ def _check_fork_options(opt: Dict[str, Any]) -> None:
     if gpus and not torch.cuda.is_available():
         raise OptionError("num_gpu", f"{gpus} GPU(s) asked for but CUDA is not available here; set num_gpu: 0 "
                                      f"(or auto), e.g. --force_yml num_gpu=0")
+    point_sample_datasets(opt)
     host = ForkHost()
     for key in [k for k in opt if k.startswith("network_")]:
         net = opt[key]
