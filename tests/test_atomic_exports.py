@@ -15,19 +15,18 @@ import collections
 import configparser
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
 import pytest
 import torch
 
 from constyle_plugin import CheckpointError, ConStyleV2
 
+from processes import kill_when, visible
 from test_reliability import NAME, OPTIONS, _tiny, photos, prompter_file  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,35 +35,6 @@ TEMP = re.compile(r"^\..+\.tmp$")  # atomic_write's temporary files: .<name>.<ra
 
 def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def _kill_when(cmd: List[str], cwd: Path, ready: Callable[[str], bool], timeout: float = 300, **env: str) -> str:
-    """Run ``cmd``; SIGKILL it as soon as ``ready(stdout so far)``; return its stdout."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**_env(), **env})
-    out, start = [], time.time()
-    try:
-        for line in proc.stdout:
-            out.append(line)
-            if ready("".join(out)):
-                break
-            if time.time() - start > timeout:
-                raise AssertionError("timed out waiting:\n" + "".join(out)[-3000:])
-        else:
-            proc.wait()
-            raise AssertionError(f"exited ({proc.returncode}) before it could be killed:\n" + "".join(out)[-3000:])
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return "".join(out)
-
-
-def _visible(folder: Path) -> List[str]:
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,7 +86,7 @@ def _killed_export(tmp_path: Path, name: str, mode: str) -> Path:
     folder.mkdir()
     script = tmp_path / "child.py"
     script.write_text(EXPORT_CHILD)
-    out = _kill_when([sys.executable, str(script), str(folder / name), mode], tmp_path,
+    out = kill_when([sys.executable, str(script), str(folder / name), mode], tmp_path,
                      lambda text: "WRITING" in text)
     written = Path(out.split("WRITING", 1)[1].split()[0])
     assert written.parent == folder
@@ -128,7 +98,7 @@ def test_save_pretrained_killed_mid_write_keeps_the_previous_export(tmp_path, na
     written = _killed_export(tmp_path, name, "atomic")
     folder = written.parent
     assert TEMP.match(written.name), written.name  # the half-written bytes went to a temporary file
-    assert _visible(folder) == [name]
+    assert visible(folder) == [name]
     assert (folder / name).read_bytes() == (tmp_path / "first.bak").read_bytes()
     torch.manual_seed(0)
     first = ConStyleV2().state_dict()
@@ -207,7 +177,7 @@ def _created_by_rename(out: str, folders: List[Path]) -> None:
     direct = [p for p in saves if p.parent in folders and not TEMP.match(p.name)]
     assert not direct, f"saved straight to the final path: {direct}"
     for folder in folders:
-        for name in _visible(folder):
+        for name in visible(folder):
             src = renames.get(folder / name)
             assert src is not None, f"{folder / name} was not created by a rename"
             assert src.parent == folder and TEMP.match(src.name) and name in src.name, (name, src)
@@ -222,13 +192,13 @@ def test_basicsr_command_writes_checkpoints_by_rename_and_a_kill_mid_save_leaves
     opts = _tiny(photos, prompter_file, total_iter=4, ckpt_freq=2)
     cmd = [sys.executable, str(script), _basicsr_console_script(), "train", "-opt",
            str(OPTIONS / "nafnet_constyle.yml"), "--force_yml", *opts]
-    out = _kill_when(cmd, tmp_path, lambda text: "WRITING" in text, KILL_AT="net_g_4.pth")
+    out = kill_when(cmd, tmp_path, lambda text: "WRITING" in text, env={**_env(), "KILL_AT": "net_g_4.pth"})
     exp = tmp_path / "experiments" / NAME
     models, states = exp / "models", exp / "training_states"
     # the iteration-2 checkpoint, and the iteration-4 generator state (written first): complete files,
     # each renamed into place; no net_g_4.pth and no 4.state
-    assert _visible(models) == ["net_g_2.pth"]
-    assert _visible(states) == ["2.rank0.rng", "2.state", "4.rank0.rng"]
+    assert visible(models) == ["net_g_2.pth"]
+    assert visible(states) == ["2.rank0.rng", "2.state", "4.rank0.rng"]
     _created_by_rename(out, [models, states])
     assert torch.load(models / "net_g_2.pth", weights_only=True)["params"]
     with torch.serialization.safe_globals([collections.Counter]):

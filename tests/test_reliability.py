@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import List
 
@@ -19,6 +17,7 @@ import pytest
 import torch
 
 from payloads import RunsCodeOnLoad
+from processes import kill_when, visible
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ROOT / "options"
@@ -30,35 +29,6 @@ def _env(**extra: str):
 
 # What the CPU launches test, on any machine: with one GPU visible, two ranks would both take it.
 NO_CUDA = {"CUDA_VISIBLE_DEVICES": ""}
-
-
-def _kill_when(cmd: List[str], cwd: Path, ready, timeout: float = 240) -> str:
-    """Run ``cmd``; SIGKILL it as soon as ``ready(stdout_so_far)`` is true. Returns its stdout."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
-    out, start = [], time.time()
-    try:
-        for line in proc.stdout:
-            out.append(line)
-            if ready("".join(out)):
-                break
-            if time.time() - start > timeout:
-                raise AssertionError("timed out waiting:\n" + "".join(out)[-3000:])
-        else:
-            proc.wait()
-            raise AssertionError(f"exited ({proc.returncode}) before it could be killed:\n" + "".join(out)[-3000:])
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return "".join(out)
-
-
-def _visible(folder: Path) -> List[str]:
-    """File names, without the hidden temporary files an interrupted atomic write leaves behind."""
-    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -166,7 +136,7 @@ def _run_killed_save(tmp_path: Path, child: str, *args: str) -> Path:
     folder.mkdir()
     script = tmp_path / "child.py"
     script.write_text(child)
-    _kill_when([sys.executable, str(script), str(folder), *args], tmp_path, lambda out: "WRITING" in out)
+    kill_when([sys.executable, str(script), str(folder), *args], tmp_path, lambda out: "WRITING" in out)
     return folder
 
 
@@ -182,11 +152,11 @@ def test_basicsr_save_killed_mid_write_keeps_the_previous_checkpoint(tmp_path, t
     folder = _run_killed_save(tmp_path, BASICSR_CHILD, "atomic", target)
     first = tmp_path / "first.bak"
     if target == "network":  # net_g_latest.pth is overwritten in place by each save
-        assert _visible(folder) == ["net_g_latest.pth"]
+        assert visible(folder) == ["net_g_latest.pth"]
         assert (folder / "net_g_latest.pth").read_bytes() == first.read_bytes()
         assert _load(folder / "net_g_latest.pth")["params"]["weight"].shape == (64, 64)
     else:  # a new <iter>.state: no partial 2.state that --auto_resume would pick as the latest
-        assert _visible(folder) == ["1.state"]
+        assert visible(folder) == ["1.state"]
         assert (folder / "1.state").read_bytes() == first.read_bytes()
         assert _load(folder / "1.state")["iter"] == 1
     assert all(p.name.endswith(".tmp") for p in folder.iterdir() if p.name.startswith("."))
@@ -203,7 +173,7 @@ def test_basicsr_plain_save_killed_mid_write_corrupts_the_file(tmp_path):
 @pytest.mark.parametrize("mode", ["atomic", "plain"])
 def test_mmengine_save_killed_mid_write(tmp_path, mode):
     folder = _run_killed_save(tmp_path, MMENGINE_CHILD, mode)
-    assert _visible(folder) == ["latest.pth"]
+    assert visible(folder) == ["latest.pth"]
     if mode == "atomic":  # ConStyleRunner.save_checkpoint
         assert (folder / "latest.pth").read_bytes() == (tmp_path / "first.bak").read_bytes()
         assert _load(folder / "latest.pth")["meta"]["iter"] == 1
@@ -258,7 +228,7 @@ def test_auto_resume_after_sigkill_resumes_from_the_last_complete_state(tmp_path
     run_dir.mkdir()
     states = run_dir / "experiments" / NAME / "training_states"
     # killed once iteration 7 is logged: the state of iteration 4 is complete, 5..7 were trained after it
-    killed = _kill_when(cmd + ["--force_yml", *opts], run_dir, lambda out: bool(re.search(r"iter:\s+7, lr", out)))
+    killed = kill_when(cmd + ["--force_yml", *opts], run_dir, lambda out: bool(re.search(r"iter:\s+7, lr", out)))
     saved = sorted(int(p.name.split(".")[0]) for p in states.glob("*.state"))
     assert saved == [4], saved
     assert not (run_dir / "experiments" / NAME / "models" / "net_g_latest.pth").exists()  # it did not finish
@@ -320,8 +290,8 @@ def test_basicsr_launcher_pytorch_on_cpu_two_processes(tmp_path, photos, prompte
                for line in losses.values() for v in re.findall(r"l_\w+: ([-\d.e+]+)", line))
     # each rank saved its generator state; the networks and the training state were written once,
     # by rank 0 (BasicSR's @master_only), and load
-    assert _visible(exp / "training_states") == ["2.rank0.rng", "2.rank1.rng", "2.state"]
-    assert _visible(exp / "models") == ["net_g_2.pth", "net_g_latest.pth"]
+    assert visible(exp / "training_states") == ["2.rank0.rng", "2.rank1.rng", "2.state"]
+    assert visible(exp / "models") == ["net_g_2.pth", "net_g_latest.pth"]
     ckpt = torch.load(exp / "models" / "net_g_latest.pth", weights_only=True)
     reference = ConStyleV2.from_pretrained(prompter_file).state_dict()
     for key in ("params", "params_ema"):  # the prompter stayed frozen (BatchNorm buffers included)
@@ -357,7 +327,7 @@ def test_mmengine_launcher_pytorch_on_cpu_two_processes(tmp_path, prompter_file)
     assert "Distributed training: True" in log and "GPU number: 2" in log, log[:3000]  # world size 2
     losses = [float(v) for v in re.findall(r"Iter\(train\) \[\s*\d+/2\].*?\bloss: ([-\d.e+]+)", log)]
     assert len(losses) == 2 and all(abs(v) < 1e6 for v in losses), log[-2000:]
-    assert _visible(work).count("iter_2.pth") == 1
+    assert visible(work).count("iter_2.pth") == 1
     from constyle_plugin.integrations.mmengine_runner import mmengine_checkpoint_globals
 
     with mmengine_checkpoint_globals():
