@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-import torch
 import yaml
 
 from constyle_plugin.compat import ensure_basicsr_importable
+from test_reliability import photos, prompter_file  # noqa: F401  (module-scoped fixtures)
 
 ensure_basicsr_importable()
 
@@ -31,23 +31,6 @@ OPTIONS = ROOT / "options" / "nafnet_constyle.yml"
 COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr_cli import main; sys.exit(main())"]
 NAME = "NAFNet_ConStyle_v2"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    from constyle_plugin.samples import export_sample_photos
-
-    folder = tmp_path_factory.mktemp("sample_photos")
-    export_sample_photos(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def prompter_file(tmp_path_factory) -> Path:
-    from constyle_plugin import ConStyleV2
-
-    torch.manual_seed(5)
-    return ConStyleV2().freeze().save_pretrained(tmp_path_factory.mktemp("prompter") / "prompter.safetensors")
 
 
 def tiny(photos: Path, prompter_file: Path, total_iter: int = 4, ckpt_freq: int = 2) -> List[str]:
