@@ -2,10 +2,12 @@
 folder is on ``sys.path``): the device, its name, the load average, synchronisation."""
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+import shlex
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -40,3 +42,15 @@ def load_average() -> Optional[List[float]]:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def report_header(script: str, argv: Sequence[str], device: torch.device) -> Dict[str, Any]:
+    """The first entries of a benchmark report: the command, when, and on what (software, device, load)."""
+    return {
+        "command": shlex.join(["python", f"benchmarks/{script}"] + list(argv)),
+        "argv": list(argv),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "device": device.type, "device_name": device_name(device), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "load_average_start": load_average(),
+    }

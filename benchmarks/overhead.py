@@ -35,10 +35,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiet the profiler's start/sto
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -46,7 +43,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple  # noqa: E402
 
 import torch  # noqa: E402
-from _host import device_name, load_average, resolve_device  # noqa: E402  (benchmarks/_host.py)
+from _host import load_average, report_header, resolve_device  # noqa: E402  (benchmarks/_host.py)
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
@@ -565,12 +562,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     started = time.time()
     report: Dict[str, Any] = {
-        "command": shlex.join(["python", "benchmarks/overhead.py"] + argv),
-        "argv": argv,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "device": device.type, "device_name": device_name(device), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "load_average_start": load_average(),
+        **report_header("overhead.py", argv, device),
         "settings": {"batch": batch, "sizes": sizes, "archs": archs, "presets": {a: presets[a] for a in archs},
                      "inject": list(args.inject), "repeats": repeats, "warmup": args.warmup, "seed": args.seed,
                      "smoke": args.smoke, "optimizer": "AdamW(lr=3e-4, weight_decay=1e-4)", "loss": "L1"},

@@ -48,10 +48,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -61,7 +58,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _host import device_name, load_average, resolve_device, sync  # noqa: E402  (benchmarks/_host.py)
+from _host import load_average, report_header, resolve_device, sync  # noqa: E402  (benchmarks/_host.py)
 
 from constyle_plugin.degradations import RealESRGANDegradation  # noqa: E402
 from constyle_plugin.pretrain import ConStyleMoCo  # noqa: E402
@@ -507,12 +504,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     started = time.time()
     report: Dict[str, Any] = {
-        "command": shlex.join(["python", "benchmarks/stage1.py"] + argv),
-        "argv": argv,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "device": device.type, "device_name": device_name(device), "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(), "load_average_start": load_average(),
+        **report_header("stage1.py", argv, device),
         "settings": {"batch": batch, "size": size, "queue": queue, "iters": iters, "warmup": warmup,
                      "workers": workers, "weather_prob": args.weather_prob, "ema": args.ema,
                      "total_iters": args.total_iters, "channels_last": args.channels_last,
