@@ -13,20 +13,12 @@ from torch import nn
 from constyle_plugin import ConStyleV2, StageSpec, wrap_unet
 from constyle_plugin.unet import UNetStructureError, discover_stages
 
-from unets import MixerUNet, SwinStyleUNet, TokenUNet
+from unets import MixerUNet, SwinStyleUNet, TokenUNet, live_adapters
 
 
 def prompter(seed=0):
     torch.manual_seed(seed)
     return ConStyleV2()
-
-
-def live_adapters(net, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.adapters.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return net
 
 
 CASES = {

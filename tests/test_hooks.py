@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 from constyle_plugin import ConStyleV2, wrap_unet
 from constyle_plugin.unet import discover_stages, unwrap_unet
 
-from unets import ModuleListUNet, SequentialUNet
+from unets import ModuleListUNet, SequentialUNet, live_adapters
 
 
 def prompter(seed=0):
@@ -24,15 +24,6 @@ def prompter(seed=0):
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
     return p
-
-
-def live_adapters(net, seed=1):
-    """Move the adapters off their zero initialisation, so that the prompt changes the gradients."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.adapters.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return net
 
 
 class CheckpointedUNet(ModuleListUNet):

@@ -15,6 +15,7 @@ from torch import nn
 
 from constyle_plugin import ConStyleV2, wrap_unet
 
+import unets
 from unets import ModuleListUNet, SequentialUNet
 
 
@@ -25,11 +26,7 @@ def prompter(seed=0):
 
 def live_adapters(net, seed=1):
     """Give the zero-initialised adapters real weights, so the prompt path really computes."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.adapters.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return net
+    return unets.live_adapters(net, seed, scale=0.05)
 
 
 def test_torch_compile_matches_eager():

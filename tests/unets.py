@@ -367,3 +367,13 @@ class SwinStyleUNet(nn.Module):
         for up in self.ups:
             y = up(y)
         return x + self.head(y)
+
+
+def live_adapters(net: nn.Module, seed: int = 1, scale: float = 0.1) -> nn.Module:
+    """Move a wrapped net's adapters off their zero initialisation (normal noise times ``scale``), so
+    that the prompt really changes the output and the gradients."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.adapters.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return net
