@@ -3,13 +3,17 @@
 
 One backbone (NAFNet, small width), one training set (``MixDegradationDataset`` over the offline
 sample photos of scikit-image and matplotlib, the eight all-in-one degradations drawn on the fly),
-the same seed and number of iterations for three variants:
+the same seed and number of iterations for four variants:
 
 * ``origin``: the bare NAFNet;
 * ``constyle``: ``wrap_unet(NAFNet, prompter=<pre-trained prompter, --prompter>)``;
 * ``constyle_untrained``: the same wrapper around a randomly initialised, frozen prompter (fixed
   seed): the ablation that separates "what the pre-training buys" from "what the extra adapter
-  parameters and the architecture change buy".
+  parameters and the architecture change buy";
+* ``learned``: the same wrapper around the same random prompter, but trained with the U-Net (a
+  plain learned conditioning of the same size and shape, without pre-training): what the adapters'
+  capacity plus a conditioning network learned end to end buy, against which the frozen
+  pre-trained prompter has to show its worth.
 
 Photos are split by source photo (``constyle_plugin.samples.split_by_photo``): the test crops come
 only from held-out photos that no training batch ever sees (asserted). The test set is fixed: for each
@@ -19,10 +23,12 @@ and PSNR on the Y channel, on 8-bit-rounded images, per degradation and averaged
 ``--seeds``.
 
 Investigation (always computed): a linear probe (multinomial logistic regression, in torch) that
-predicts the degradation type from the prompter's latent ``z2`` (B x 128), trained on crops of the
-training photos and tested on the held-out test inputs, for the pre-trained and for the untrained
-prompter, plus a PCA projection of the latents coloured by degradation. This says whether the
-prompt carries the degradation type at all.
+predicts the degradation type from the prompter's latent ``z2`` (B x 128) and from the spatial mean
+of each feature map ``f1``, ``f2``, ``f3``, trained on crops of the training photos and tested on the
+held-out test inputs; the between / within scatter ratio grouped by degradation and by photo; for
+the pre-trained, the untrained and any ``--compare NAME=PATH`` prompter (the previously packaged
+one, the authors' released file), plus a PCA projection of the latents coloured by degradation.
+This says whether the prompt carries the degradation type at all.
 
 Outputs in ``--out``: ``allinone.json`` (command, versions, date, wall time, every number),
 ``allinone.md`` (tables), ``allinone_examples.png`` and ``allinone_latents.png``.
@@ -52,9 +58,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-VARIANTS = ("origin", "constyle", "constyle_untrained")
+VARIANTS = ("origin", "constyle", "constyle_untrained", "learned")
 VARIANT_LABELS = {"origin": "origin", "constyle": "+ConStyle v2",
-                  "constyle_untrained": "+ConStyle v2 (untrained prompter)"}
+                  "constyle_untrained": "+ConStyle v2 (untrained prompter)",
+                  "learned": "+learned conditioning (no pre-training)"}
+FEATURES = (("z2", "z2 (latent prompt)"), ("f1_mean", "mean of f1 (1/2 features)"),
+            ("f2_mean", "mean of f2 (1/4 features)"), ("f3_mean", "mean of f3 (1/8 features)"))
 UNTRAINED_PROMPTER_SEED = 1234  # the ablation's random prompter is the same in every run
 SMOKE_PROMPTER_SEED = 4321  # the stand-in "pre-trained" prompter of --smoke without a file
 TEST_SEED = 2024  # fixed test crops and degradations
@@ -69,11 +78,15 @@ REPO = Path(__file__).resolve().parent.parent
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="All-in-one restoration benchmark: NAFNet origin vs +ConStyle v2 (pre-trained "
-                    "prompter) vs +ConStyle v2 (untrained prompter), on the offline sample photos.",
+                    "prompter) vs +ConStyle v2 (untrained prompter) vs a learned conditioning of the same "
+                    "size, on the offline sample photos.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--prompter", default=None,
                    help="pre-trained prompter checkpoint (authors' .pth or this project's export); "
                         "default: the prompter packaged with constyle_plugin")
+    p.add_argument("--compare", nargs="+", default=[], metavar="NAME=PATH",
+                   help="more prompters for the investigation (linear probe, scatter ratios), e.g. "
+                        "previous=benchmarks/prompters/<file> or authors=pretrained_ConStyle_v2.pth")
     p.add_argument("--iters", type=int, default=600, help="training iterations per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -123,6 +136,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--holdout must be in (0, 1), got {args.holdout}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has duplicates: {args.seeds}")
+    compare = {}
+    for item in args.compare:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path or name in ("pretrained", "untrained") or name in compare:
+            p.error(f"--compare {item!r}: expected NAME=PATH with a new NAME (not pretrained / untrained)")
+        if not Path(path).expanduser().is_file():
+            p.error(f"--compare {item!r}: no such file {path}")
+        compare[name] = Path(path).expanduser()
+    args.compare = compare
     if "origin" not in args.variants:
         p.error("--variants must include origin (the reference of every comparison)")
     args.variants = [v for v in VARIANTS if v in args.variants]
@@ -329,9 +351,28 @@ def load_prompter(path: Path):
                              f"{type(exc).__name__}: {exc}")
 
 
+def learned_conditioning(seed: int):
+    """The ``learned`` variant's conditioning network: :func:`random_prompter`'s weights, trained.
+
+    ``wrap_unet`` runs its prompter under ``no_grad`` and freezes it; this ConStyleV2 re-enables
+    gradients inside its own forward, and :func:`build_model` makes its parameters trainable after
+    wrapping, so it learns with the U-Net from the restoration loss alone. Its BatchNorm stays in
+    eval mode (the wrapper's rule), i.e. a fixed affine map at initialisation."""
+    from constyle_plugin import ConStyleV2
+
+    class LearnedConditioning(ConStyleV2):
+        def forward(self, x):
+            with torch.enable_grad():
+                return super().forward(x)
+
+    net = LearnedConditioning()
+    net.load_state_dict(random_prompter(seed).state_dict())
+    return net
+
+
 def build_model(variant: str, args: argparse.Namespace, seed: int, prompters: Dict) -> torch.nn.Module:
     """The backbone is initialised from ``seed`` alone, so all variants of a seed start from the same
-    NAFNet weights; both wrapped variants also get the same adapter initialisation."""
+    NAFNet weights; the wrapped variants also get the same adapter initialisation."""
     from constyle_plugin import wrap_unet
     from constyle_plugin.archs import NAFNet
 
@@ -340,6 +381,11 @@ def build_model(variant: str, args: argparse.Namespace, seed: int, prompters: Di
                  enc_blk_nums=(args.blocks,) * args.levels, dec_blk_nums=(args.blocks,) * args.levels)
     if variant == "origin":
         return net
+    if variant == "learned":
+        conditioning = learned_conditioning(UNTRAINED_PROMPTER_SEED)
+        wrapped = wrap_unet(net, prompter=conditioning)
+        conditioning.requires_grad_(True)
+        return wrapped
     prompter = prompters["pretrained" if variant == "constyle" else "untrained"]
     return wrap_unet(net, prompter=prompter)
 
@@ -429,14 +475,16 @@ def evaluate(preds: np.ndarray, items: List[Dict], degradation_names: Sequence[s
 
 @torch.no_grad()
 def prompter_latents(prompter, images: torch.Tensor, device: torch.device, batch: int) -> Dict[str, torch.Tensor]:
-    """``z2`` (N x 128, the latent prompt) and the spatial mean of ``f3`` (N x 128, the 1/8 features)."""
+    """``z2`` (N x 128, the latent prompt) and the spatial means of ``f1``, ``f2``, ``f3`` (N x 32,
+    N x 64, N x 128: the 1/2, 1/4 and 1/8 feature maps)."""
     prompter = prompter.to(device).eval()
-    z2, f3 = [], []
+    out: Dict[str, List[torch.Tensor]] = {key: [] for key, _ in FEATURES}
     for i in range(0, len(images), batch):
         enc = prompter.encode(images[i:i + batch].to(device))
-        z2.append(enc.z2.float().cpu())
-        f3.append(enc.features[2].float().mean(dim=(2, 3)).cpu())
-    return {"z2": torch.cat(z2), "f3_mean": torch.cat(f3)}
+        out["z2"].append(enc.z2.float().cpu())
+        for k, f in enumerate(enc.features):
+            out[f"f{k + 1}_mean"].append(f.float().mean(dim=(2, 3)).cpu())
+    return {key: torch.cat(v) for key, v in out.items()}
 
 
 def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
@@ -530,7 +578,7 @@ def investigate(prompters: Dict, probe_items: List[Dict], test_items: List[Dict]
         tr = prompter_latents(prompter, x_train_img, device, batch)
         te = prompter_latents(prompter, x_test_img, device, batch)
         results[key] = {}
-        for feat in ("z2", "f3_mean"):
+        for feat, _ in FEATURES:
             probe = fit_probe(tr[feat], y_train, te[feat], y_test, n)
             probe["test_recall"] = dict(zip(degradation_names, probe["test_recall"]))
             probe["separability_test"] = separability(te[feat], y_test, n)
@@ -598,7 +646,7 @@ def figure_examples(path: Path, items: List[Dict], preds: Dict[str, np.ndarray],
 
 def figure_latents(path: Path, points: Dict, probe: Dict) -> None:
     plt = _pyplot()
-    keys = [k for k in ("pretrained", "untrained") if k in points]
+    keys = [k for k in probe if k != "meta" and k in points]
     classes = points["classes"]
     cmap = plt.get_cmap("tab10")
     rows = [("", "PC")] + ([("tsne_", "t-SNE ")] if all("tsne_train" in points[k] for k in keys) else [])
@@ -662,15 +710,15 @@ def summarise(runs: List[Dict], variants: Sequence[str], degradation_names: Sequ
         summary[v] = entry
     deltas = {f"{v} - origin": paired_delta(runs, v, "origin", degradation_names)
               for v in variants if v != "origin"}
-    if "constyle" in variants and "constyle_untrained" in variants:
-        deltas["constyle - constyle_untrained"] = paired_delta(runs, "constyle", "constyle_untrained",
-                                                               degradation_names)
+    for other in ("constyle_untrained", "learned"):
+        if "constyle" in variants and other in variants:
+            deltas[f"constyle - {other}"] = paired_delta(runs, "constyle", other, degradation_names)
     return {"variants": summary, "paired_deltas": deltas}
 
 
 def markdown_probe(probe: Dict, degs: Sequence[str], latents_png: str) -> List[str]:
     """The investigation's tables (linear probe, separability, spread, latent norms)."""
-    keys = [k for k in ("pretrained", "untrained") if k in probe]
+    keys = [k for k in probe if k != "meta"]
     lines = ["### Do the prompter's latents separate the degradation types?", "",
              f"Linear probe (multinomial logistic regression) predicting the degradation type, fitted on "
              f"{probe['meta']['n_train']} degraded crops of the training photos, tested on the "
@@ -683,7 +731,7 @@ def markdown_probe(probe: Dict, degs: Sequence[str], latents_png: str) -> List[s
              "separability (photo) | spread | " + " | ".join(degs) + " |",
              "|" + "---|" * (7 + len(degs))]
     for key in keys:
-        for feat, label in (("z2", "z2 (latent prompt)"), ("f3_mean", "mean of f3 (1/8 features)")):
+        for feat, label in FEATURES:
             p = probe[key][feat]
             lines.append(f"| {key} | {label} | {p['train_accuracy'] * 100:.1f}% | {p['test_accuracy'] * 100:.1f}% "
                         f"| {p['separability_test']:.3f} | {p.get('separability_by_photo_test', float('nan')):.3f} "
@@ -718,7 +766,8 @@ def markdown(report: Dict) -> str:
         f"({report['host']['processor']}, {report['host']['torch_threads']} torch threads, load average at "
         f"start {report['host'].get('load_average_at_start')}).  ",
         f"Prompter (`constyle`): `{report['prompter']['path']}` (sha256 `{report['prompter']['sha256'][:16]}…`); "
-        f"untrained prompter: `ConStyleV2()` with torch seed {UNTRAINED_PROMPTER_SEED}, frozen.",
+        f"untrained prompter: `ConStyleV2()` with torch seed {UNTRAINED_PROMPTER_SEED}, frozen; learned "
+        f"conditioning: the same network and initial weights, trained with the U-Net.",
         "",
         f"Backbone: NAFNet width {cfg['width']}, {cfg['levels']} levels x {cfg['blocks']} block(s), "
         f"{cfg['middle_blocks']} middle block(s). Training: {cfg['iters']} iterations, batch {cfg['batch']}, "
@@ -794,12 +843,16 @@ def write_probe_only(out: Path, args: argparse.Namespace, argv: Optional[Sequenc
         "wall_time_s": time.perf_counter() - t_start, "versions": versions(),
         "prompter": {"path": str(prompter_path), "sha256": sha256_file(prompter_path),
                      "untrained_seed": UNTRAINED_PROMPTER_SEED},
+        "compared": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in args.compare.items()},
         "degradations": list(degradation_names), "probe": probe,
     }
     (out / "allinone_probe.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
     md = "\n".join(markdown_probe(probe, list(degradation_names), "(not drawn with --probe-only)"))
     (out / "allinone_probe.md").write_text(f"Command: `{report['command']}`  \nDate: {report['date']}; prompter "
-                                           f"sha256 `{report['prompter']['sha256'][:16]}…`\n\n" + md)
+                                           f"sha256 `{report['prompter']['sha256'][:16]}…`"
+                                           + "".join(f"; {n}: `{c['path']}` (sha256 `{c['sha256'][:16]}…`)"
+                                                     for n, c in report["compared"].items())
+                                           + "\n\n" + md)
     print(f"[allinone] wrote {out / 'allinone_probe.json'}, {out / 'allinone_probe.md'}", flush=True)
     workdir_obj.cleanup()
     return 0
@@ -858,6 +911,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"[allinone] prompter: {prompter_path} ({prompter_note})", flush=True)
     prompters = {"pretrained": load_prompter(prompter_path),
                  "untrained": random_prompter(UNTRAINED_PROMPTER_SEED)}
+    for name, path in args.compare.items():
+        prompters[name] = load_prompter(path)
 
     # ---- photos, split by source photo
     photos = dict(sample_photos())
@@ -883,7 +938,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     probe, points = investigate(prompters, probe_items, test_items, degradation_names, device, args.eval_batch)
     probe["meta"]["time_s"] = time.perf_counter() - t0
-    for key in ("pretrained", "untrained"):
+    for key in prompters:
         print(f"[allinone] linear probe on z2, {key} prompter: test accuracy "
               f"{probe[key]['z2']['test_accuracy'] * 100:.1f}% (chance {100 / len(degradation_names):.1f}%)",
               flush=True)
@@ -932,6 +987,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "prompter": {"path": str(prompter_path), "sha256": sha256_file(prompter_path), "random": prompter_random,
                      "note": prompter_note, "untrained_seed": UNTRAINED_PROMPTER_SEED,
                      "untrained_state_sha256_16": state_fingerprint(prompters["untrained"])},
+        "compared": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in args.compare.items()},
         "split": {"train_photos": train_photos, "test_photos": test_photos, "dataset_photos": dataset_photos,
                   "disjoint": not set(train_photos) & set(test_photos), "holdout": args.holdout,
                   "split_seed": args.split_seed},

@@ -31,7 +31,7 @@ from torch.utils import data
 from . import degradations as deg
 from .compat import ensure_basicsr_importable
 from .inference import IMAGE_EXTENSIONS
-from .samples import export_sample_classes, export_sample_photos
+from .samples import export_dead_leaves, export_sample_classes, export_sample_photos
 
 ensure_basicsr_importable()
 from basicsr.data.transforms import augment  # noqa: E402
@@ -237,21 +237,21 @@ class MixDegradationDataset(data.Dataset):
         self.names, self.probs = self._parse_degradations(self.opt.get("degradations"), owner)
 
     @staticmethod
-    def _parse_degradations(spec, owner: str) -> Tuple[List[str], np.ndarray]:
+    def _parse_degradations(spec, owner: str, option: str = "degradations") -> Tuple[List[str], np.ndarray]:
         if spec is None:
             spec = {name: 1.0 for name in deg.ALL_IN_ONE}
         elif isinstance(spec, (list, tuple)):
             spec = {name: 1.0 for name in spec}
         elif not isinstance(spec, Mapping):
-            raise TypeError(f"{owner}: option `degradations` must be a mapping name -> weight or "
+            raise TypeError(f"{owner}: option `{option}` must be a mapping name -> weight or "
                             f"a list of names, got {type(spec).__name__}")
         unknown = sorted(set(spec) - set(deg.ALL_IN_ONE))
         if unknown:
-            raise ValueError(f"{owner}: option `degradations` has unknown name(s) {unknown}; "
+            raise ValueError(f"{owner}: option `{option}` has unknown name(s) {unknown}; "
                              f"valid: {list(deg.ALL_IN_ONE)}")
         weights = np.array([float(spec.get(n, 0.0)) for n in deg.ALL_IN_ONE])
         if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"{owner}: option `degradations` needs non-negative weights with a "
+            raise ValueError(f"{owner}: option `{option}` needs non-negative weights with a "
                              f"positive sum, got {dict(spec)}")
         return list(deg.ALL_IN_ONE), weights / weights.sum()
 
@@ -348,9 +348,29 @@ class ConStylePretrainDataset(data.Dataset):
       the device only runs the batched pipeline. Use the same options as the model's
       ``train.degradation`` (the BasicSR model refuses a mismatch).
 
+    Options that teach the prompt the degradation (all off by default, which is the authors'
+    recipe; see ``options/constyle_v2_pretrain_degradation.yml``):
+
+    * ``photos`` [all]: class folder names to keep (with the sample tree: photo names), so that
+      photos held out for testing never reach pre-training; unknown names raise.
+    * ``dead_leaves`` [0]: with the sample tree, also this many synthetic dead-leaves images
+      (:func:`~constyle_plugin.samples.dead_leaves`, one class each) of ``sample_crop_size`` px:
+      content with natural-image statistics that no test photo shares.
+    * ``query_degradations`` [none]: ``{name: weight}`` or a list of names of
+      :data:`~constyle_plugin.degradations.ALL_IN_ONE`. Each query view gets one of them here,
+      on the CPU (replacing weather and Real-ESRGAN), and the sample carries
+      ``'degradation_label'``, the index of its degradation in ``ALL_IN_ONE``: the target of the
+      model's degradation head and, with ``pretext_target: degradation``, of the pretext head.
+    * ``key_degradation`` ['clean']: ``'clean'`` (authors: the key view is clean, so InfoNCE pulls
+      a degraded query onto its clean picture and teaches the latent to ignore the degradation)
+      or ``'same'``: the key view gets the query's degradation type with parameters of its own,
+      so InfoNCE groups views by picture *and* degradation.
+
     ``dataset[i]`` = ``{'query'': 3 x S x S float [0, 1] (weather-degraded or clean),
     'key': 3 x S x S clean, an independent crop of the same picture, 'label': int,
-    'weather': bool, 'path': str}`` (+ ``'degradation'``: a dict of tensors, with the option).
+    'weather': bool, 'path': str}`` (+ ``'degradation'``: a dict of tensors, with the option;
+    + ``'degradation_label'``: int, with ``query_degradations``). ``weather`` is true for every
+    query already degraded here (weather, or an all-in-one degradation).
     Samples with ``weather == False`` are meant to get the
     Real-ESRGAN batch pipeline (:class:`~constyle_plugin.degradations.RealESRGANDegradation`)
     on the device, in the model, as the authors do; the dataset leaves their query clean.
@@ -360,24 +380,43 @@ class ConStylePretrainDataset(data.Dataset):
 
     OPTIONS = frozenset({"dataroot", "sample_dir", "crops_per_photo", "sample_crop_size", "resize", "crop_size",
                          "rrc_scale", "rrc_ratio", "weather_prob", "phase", "seed", "repeat", "check_images",
-                         "degradation"})
+                         "degradation", "photos", "dead_leaves", "query_degradations", "key_degradation"})
 
     def __init__(self, opt: Mapping):
         super().__init__()
         owner = type(self).__name__
         self.opt = dict(opt)
         use_samples, root = _sample_root(self.opt, "dataroot", SAMPLE_CLASSES, owner)
+        photos = self.opt.get("photos")
+        if photos is not None and (isinstance(photos, str) or not all(isinstance(p, str) for p in photos)):
+            raise ValueError(f"{owner}: option `photos` must be a list of names, got {photos!r}")
+        dead_leaves = int(self.opt.get("dead_leaves", 0) or 0)
+        if dead_leaves < 0:
+            raise ValueError(f"{owner}: option `dead_leaves` must be >= 0, got {dead_leaves}")
+        if dead_leaves and not use_samples:
+            raise ValueError(f"{owner}: option `dead_leaves` adds synthetic classes to the sample "
+                             f"tree only (dataroot: {SAMPLE_CLASSES}); got dataroot {root!r}")
         if use_samples:
+            crop = _positive_int(self.opt, "sample_crop_size", 256, owner)
             export_sample_classes(root,
                                   crops_per_photo=_positive_int(self.opt, "crops_per_photo", 8,
                                                                 owner),
-                                  crop_size=_positive_int(self.opt, "sample_crop_size", 256,
-                                                          owner))
+                                  crop_size=crop)
+            export_dead_leaves(root, dead_leaves, size=crop)
         self.folder = Path(root)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"{owner}: option `dataroot` = {root!r} is not a folder")
         self.classes = sorted(p.name for p in self.folder.iterdir()
-                              if p.is_dir() and not p.name.startswith("."))
+                              if p.is_dir() and not p.name.startswith(".")
+                              and (not p.name.startswith("dead_leaves_")
+                                   or int(p.name.rsplit("_", 1)[1]) < dead_leaves or not use_samples))
+        if photos is not None:
+            unknown = sorted(set(photos) - set(self.classes))
+            if unknown:
+                raise ValueError(f"{owner}: option `photos` names {unknown}, not class folders of "
+                                 f"{self.folder} (option `dataroot`)")
+            self.classes = sorted(c for c in self.classes
+                                  if c in set(photos) or c.startswith("dead_leaves_"))
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         paths, labels = [], []
         for c in self.classes:
@@ -407,6 +446,19 @@ class ConStylePretrainDataset(data.Dataset):
         self.seed = int(self.opt.get("seed", 0))
         self.repeat = _positive_int(self.opt, "repeat", 1, owner)
         self.degradation = self.degradation_from_opt(self.opt.get("degradation", False), owner)
+        spec = self.opt.get("query_degradations")
+        if spec is None:
+            self.query_names: List[str] = []
+            self.query_probs = np.zeros(0)
+        else:
+            self.query_names, self.query_probs = MixDegradationDataset._parse_degradations(
+                spec, owner, "query_degradations")
+        self.key_degradation = str(self.opt.get("key_degradation", "clean"))
+        if self.key_degradation not in ("clean", "same"):
+            raise ValueError(f"{owner}: option `key_degradation` must be 'clean' or 'same', "
+                             f"got {self.key_degradation!r}")
+        if self.key_degradation == "same" and not self.query_names:
+            raise ValueError(f"{owner}: option `key_degradation: same` needs `query_degradations`")
 
     @staticmethod
     def degradation_from_opt(value, owner: str = "ConStylePretrainDataset"
@@ -438,15 +490,30 @@ class ConStylePretrainDataset(data.Dataset):
         rng = _train_rng() if self.phase == "train" else _val_rng(self.seed, index)
         j, img = self.source.load(index % len(self.paths))
         img = _resize_short(img, self.resize)
-        is_weather = bool(rng.uniform() < self.weather_prob)
-        query_src = deg.weather(img, rng) if is_weather else img
-        query = _random_resized_crop(query_src, self.crop_size, rng, self.rrc_scale,
-                                     self.rrc_ratio)
-        key = _random_resized_crop(img, self.crop_size, rng, self.rrc_scale, self.rrc_ratio)
+        label = None
+        if self.query_names:
+            # crop first, then degrade: the degradation's scale (blur radius, noise) is that of the
+            # views the network sees, as in the all-in-one data
+            label = int(rng.choice(len(self.query_names), p=self.query_probs))
+            degrade = deg.ALL_IN_ONE[self.query_names[label]]
+            is_weather = True
+            query = degrade(np.ascontiguousarray(_random_resized_crop(
+                img, self.crop_size, rng, self.rrc_scale, self.rrc_ratio), dtype=np.float32), rng)
+            key = _random_resized_crop(img, self.crop_size, rng, self.rrc_scale, self.rrc_ratio)
+            if self.key_degradation == "same":
+                key = degrade(np.ascontiguousarray(key, dtype=np.float32), rng)
+        else:
+            is_weather = bool(rng.uniform() < self.weather_prob)
+            query_src = deg.weather(img, rng) if is_weather else img
+            query = _random_resized_crop(query_src, self.crop_size, rng, self.rrc_scale,
+                                         self.rrc_ratio)
+            key = _random_resized_crop(img, self.crop_size, rng, self.rrc_scale, self.rrc_ratio)
         query_t, key_t = img2tensor([np.ascontiguousarray(query), np.ascontiguousarray(key)],
                                     bgr2rgb=False, float32=True)
         sample = {"query": query_t, "key": key_t, "label": self.labels[j], "weather": is_weather,
                   "path": str(self.paths[j])}
+        if label is not None:
+            sample["degradation_label"] = label  # query_names is ALL_IN_ONE, in its order
         if self.degradation is not None:
             sample["degradation"] = self.degradation.sample_params(rng=rng)
         return sample

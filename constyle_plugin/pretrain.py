@@ -40,7 +40,7 @@ AUTHORS_QUEUE_SIZE = 65760
 # latent_spread below this: the latents barely depend on the image. Measured here: 0.03 for a
 # prompter whose unnormalised InfoNCE collapsed, < 1e-4 for a random one, 0.7-0.9 for healthy ones.
 COLLAPSE_SPREAD = 0.1
-LOSS_NAMES = ("infonce", "content", "style", "class", "kl")
+LOSS_NAMES = ("infonce", "content", "style", "class", "kl", "degradation")
 
 
 class MoCoOutput(NamedTuple):
@@ -57,6 +57,8 @@ class MoCoOutput(NamedTuple):
         overwritten), one latent per row; the style loss pairs it with ``z1``.
     neg2: ``B x 128``, queue columns ``ptr .. ptr+B`` (the slot about to be overwritten); the style
         loss pairs it with ``z2``. Column indices wrap modulo K.
+    q_degradation_logits: ``B x D`` logits of the degradation head on the query's ``z2`` (with
+        gradients), or ``None`` when the model has no degradation head.
     """
 
     q_enc: Encoding
@@ -66,6 +68,7 @@ class MoCoOutput(NamedTuple):
     queue: Tensor
     neg1: Tensor
     neg2: Tensor
+    q_degradation_logits: Optional[Tensor] = None
 
 
 def _world_size() -> int:
@@ -97,6 +100,12 @@ class ConStyleMoCo(nn.Module):
         num_classes: size of the pretext classifier (ImageNet: 1000).
         encoder_q: start from this (non-frozen) prompter instead of a fresh one; the key encoder
             starts as its copy.
+        degradation_classes: 0 (the authors' model) or D > 0: a linear head ``degradation_head``
+            (``128 -> D``) on the query's latent prompt ``z2``, trained by the ``degradation`` loss
+            to predict the query's degradation type. Supervising ``z2`` itself, not only the
+            pooled features, is what makes the latent prompt carry the degradation. The head is
+            used in pre-training only: :meth:`export_prompter` leaves it out, so the exported
+            prompter has the released layout.
 
     In training mode, :meth:`forward` also updates the key encoder and the queue; in eval mode it
     changes no state. The key encoder follows the module's train/eval mode, as in MoCo (its
@@ -105,7 +114,8 @@ class ConStyleMoCo(nn.Module):
 
     def __init__(self, queue_size: int = AUTHORS_QUEUE_SIZE, momentum: float = 0.999,
                  temperature: float = 0.07, normalize: bool = False, enqueue: str = "query",
-                 num_classes: int = NUM_CLASSES, encoder_q: Optional[ConStyleV2] = None) -> None:
+                 num_classes: int = NUM_CLASSES, encoder_q: Optional[ConStyleV2] = None,
+                 degradation_classes: int = 0) -> None:
         super().__init__()
         if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
             raise ValueError(f"queue_size: expected a positive integer, got {queue_size!r}")
@@ -113,6 +123,9 @@ class ConStyleMoCo(nn.Module):
             raise ValueError(f"momentum: must be in [0, 1], got {momentum}")
         if not temperature > 0:
             raise ValueError(f"temperature: must be > 0, got {temperature}")
+        if (not isinstance(degradation_classes, int) or isinstance(degradation_classes, bool)
+                or degradation_classes < 0):
+            raise ValueError(f"degradation_classes: expected an integer >= 0, got {degradation_classes!r}")
         if enqueue not in ("query", "key"):
             raise ValueError(f"enqueue: expected 'query' (authors) or 'key' (MoCo), got {enqueue!r}")
         if encoder_q is None:
@@ -140,6 +153,9 @@ class ConStyleMoCo(nn.Module):
             queue = F.normalize(queue, dim=0)
         self.register_buffer("queue", queue)
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.degradation_classes = degradation_classes
+        self.degradation_head = (nn.Linear(LATENT_DIM, degradation_classes).to(device=ref.device, dtype=ref.dtype)
+                                 if degradation_classes else None)
 
     # ------------------------------------------------------------------ MoCo steps
     @torch.no_grad()
@@ -224,7 +240,8 @@ class ConStyleMoCo(nn.Module):
             if self.training:
                 self.dequeue_and_enqueue(q_enc.z2 if self.enqueue == "query" else k)
 
-        return MoCoOutput(q_enc, q_logits, k, k_logits, queue, neg1, neg2)
+        q_deg = self.degradation_head(q_enc.z2) if self.degradation_head is not None else None
+        return MoCoOutput(q_enc, q_logits, k, k_logits, queue, neg1, neg2, q_deg)
 
     # ------------------------------------------------------------------ losses
     def pretrain_loss(self, **kwargs) -> "ConStylePretrainLoss":
@@ -280,6 +297,9 @@ class ConStyleMoCo(nn.Module):
             raise CheckpointError(f"{source}: key 'queue' holds {size} negatives but "
                                   f"queue_size={queue_size} was asked for")
         q_state = {k[len("encoder_q."):]: v for k, v in state.items() if k.startswith("encoder_q.")}
+        head = state.get("degradation_head.weight")
+        if isinstance(head, Tensor) and head.dim() == 2:
+            kwargs.setdefault("degradation_classes", int(head.shape[0]))
         model = cls(queue_size=size, num_classes=_num_classes(q_state), **kwargs)
         own = model.state_dict()
         missing = [k for k in own if k not in state]
@@ -307,7 +327,8 @@ class ConStyleMoCo(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"queue_size={self.queue_size}, momentum={self.momentum}, temperature={self.temperature}, "
-                f"normalize={self.normalize}, enqueue={self.enqueue!r}")
+                f"normalize={self.normalize}, enqueue={self.enqueue!r}, "
+                f"degradation_classes={self.degradation_classes}")
 
 
 def _num_classes(prompter_state: Mapping[str, Tensor]) -> int:
@@ -343,12 +364,15 @@ class ConStylePretrainLoss(nn.Module):
             authors' setting: always).
         kl_temperature: temperature of the distillation (authors: 1).
         label_smoothing: of the pretext cross-entropy (authors: 0).
-        weights: per-loss weights by name (``infonce``, ``content``, ``style``, ``class``, ``kl``),
-            default 1 each; a weight of 0 skips that loss.
+        weights: per-loss weights by name (``infonce``, ``content``, ``style``, ``class``, ``kl``,
+            ``degradation``), default 1 each; a weight of 0 skips that loss.
 
-    Forward: ``(out: MoCoOutput, labels: B class indices or None, iteration: int)`` ->
-    ``{name: scalar}`` with the active losses (already weighted) and ``'total'``, their sum.
-    ``labels=None`` skips the pretext loss (unlabelled data).
+    Forward: ``(out: MoCoOutput, labels: B class indices or None, iteration: int,
+    degradation_labels: B degradation indices or None)`` -> ``{name: scalar}`` with the active
+    losses (already weighted) and ``'total'``, their sum. ``labels=None`` skips the pretext loss
+    (unlabelled data). The ``degradation`` loss (cross-entropy of the degradation head's logits,
+    see ``ConStyleMoCo(degradation_classes=...)``) runs when the model has the head and
+    ``degradation_labels`` are given.
     """
 
     def __init__(self, temperature: float = 0.07, normalize: bool = False,
@@ -368,13 +392,18 @@ class ConStylePretrainLoss(nn.Module):
         self.style = StyleLoss(loss_weight=w["style"])
         self.classification = ClassificationLoss(label_smoothing, loss_weight=w["class"])
         self.kl = DistillKLLoss(kl_temperature, loss_weight=w["kl"])
+        self.degradation = ClassificationLoss(label_smoothing, loss_weight=w["degradation"])
 
-    def active(self, iteration: int, has_labels: bool = True) -> Tuple[str, ...]:
+    def active(self, iteration: int, has_labels: bool = True,
+               has_degradation_labels: bool = False) -> Tuple[str, ...]:
         """The names of the losses computed at ``iteration``."""
         on = []
         for name, module in (("infonce", self.infonce), ("content", self.content), ("style", self.style),
-                             ("class", self.classification), ("kl", self.kl)):
+                             ("class", self.classification), ("kl", self.kl),
+                             ("degradation", self.degradation)):
             if module.loss_weight == 0:
+                continue
+            if name == "degradation" and not has_degradation_labels:
                 continue
             if name == "class" and (not has_labels or (self.class_iter is not None and iteration >= self.class_iter)):
                 continue
@@ -383,11 +412,15 @@ class ConStylePretrainLoss(nn.Module):
             on.append(name)
         return tuple(on)
 
-    def forward(self, out: MoCoOutput, labels: Optional[Tensor], iteration: int) -> Dict[str, Tensor]:
+    def forward(self, out: MoCoOutput, labels: Optional[Tensor], iteration: int,
+                degradation_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
         if not isinstance(out, MoCoOutput):
             raise TypeError(f"out: expected the MoCoOutput of ConStyleMoCo.forward, got {type(out).__name__}")
+        if degradation_labels is not None and out.q_degradation_logits is None:
+            raise ValueError("degradation_labels: given, but the model has no degradation head; build "
+                             "ConStyleMoCo with degradation_classes > 0 (network_g.degradation_classes)")
         losses: Dict[str, Tensor] = {}
-        for name in self.active(iteration, labels is not None):
+        for name in self.active(iteration, labels is not None, degradation_labels is not None):
             if name == "infonce":
                 losses[name] = self.infonce(out.q_enc.z2, out.k, out.queue)
             elif name == "content":
@@ -396,6 +429,8 @@ class ConStylePretrainLoss(nn.Module):
                 losses[name] = self.style(out.q_enc.z1, out.q_enc.z2, out.neg1, out.neg2)
             elif name == "class":
                 losses[name] = self.classification(out.q_logits, labels)
+            elif name == "degradation":
+                losses[name] = self.degradation(out.q_degradation_logits, degradation_labels)
             else:
                 losses[name] = self.kl(out.q_logits, out.k_logits)
         if not losses:

@@ -165,6 +165,50 @@ def export_sample_classes(folder: PathLike, crops_per_photo: int = 8, crop_size:
     return paths
 
 
+def dead_leaves(size: int, rng: np.random.Generator, r_min: float = 2.0, r_max: float = 64.0,
+                disks: Optional[int] = None) -> np.ndarray:
+    """A dead-leaves image: ``size x size x 3`` uint8 RGB, occluding disks of random colour.
+
+    Radii follow the scale-invariant law ``p(r) ~ r^-3`` on ``[r_min, r_max]`` px, which gives the
+    power spectrum and edge statistics of natural images (the dead-leaves model used in the
+    restoration literature to train without photos); each disk is drawn over the earlier ones
+    until ``disks`` (default: enough to cover the canvas several times) have fallen.
+    """
+    if size < 8 or not 0 < r_min < r_max:
+        raise ValueError(f"dead_leaves: need size >= 8 and 0 < r_min < r_max, got size={size}, "
+                         f"r_min={r_min}, r_max={r_max}")
+    if disks is None:
+        disks = int(12 * size * size / (np.pi * r_min * r_max))
+    canvas = np.empty((size, size, 3), np.uint8)
+    canvas[:] = rng.integers(0, 256, size=3)
+    # inverse CDF of p(r) ~ r^-3 on [r_min, r_max]
+    u = rng.uniform(size=disks)
+    radii = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5
+    centres = rng.integers(-int(r_max) // 2, size + int(r_max) // 2, size=(disks, 2))
+    colours = rng.integers(0, 256, size=(disks, 3))
+    for (x, y), r, c in zip(centres, radii, colours):
+        cv2.circle(canvas, (int(x), int(y)), int(round(r)), tuple(int(v) for v in c), -1,
+                   lineType=cv2.LINE_AA)
+    return canvas
+
+
+def export_dead_leaves(folder: PathLike, count: int, size: int = 256, seed: int = 0) -> List[Path]:
+    """Write ``count`` dead-leaves images (:func:`dead_leaves`) as an ImageFolder-style tree,
+    ``folder/dead_leaves_<i>/0.png``, one class each. Image ``i`` is drawn from a generator seeded
+    by ``(seed, i)``, so the tree is the same on every machine; idempotent and atomic like
+    :func:`export_sample_photos`."""
+    if count < 0 or size < 8:
+        raise ValueError(f"export_dead_leaves: count ({count}) must be >= 0 and size ({size}) >= 8")
+    folder = Path(folder)
+    paths = []
+    for i in range(count):
+        path = folder / f"dead_leaves_{i:04d}" / "0.png"
+        if not path.exists():
+            _write_png(path, dead_leaves(size, np.random.default_rng([seed, i])))
+        paths.append(path)
+    return paths
+
+
 def split_by_photo(names: Sequence[str], val_fraction: float = 0.2,
                    seed: int = 0) -> Tuple[List[str], List[str]]:
     """Split photo names into ``(train, val)`` with no photo in both.

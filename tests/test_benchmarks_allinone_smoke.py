@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "allinone.py"
-VARIANTS = ("origin", "constyle", "constyle_untrained")
+VARIANTS = ("origin", "constyle", "constyle_untrained", "learned")
 DEGRADATIONS = ("noise", "jpeg", "motion_blur", "defocus_blur", "haze", "rain", "snow", "low_light")
 
 
@@ -95,20 +96,55 @@ def test_refuses_to_run_without_a_prompter_outside_smoke_mode(tmp_path):
 
 def test_probe_only_trains_nothing_and_records_both_separabilities(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
+    from constyle_plugin import ConStyleV2
+
+    torch.manual_seed(7)
+    other = tmp_path / "other.safetensors"
+    ConStyleV2().save_pretrained(other)
     proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--probe-only", "--threads", "1",
-                           "--no-progress", "--out", str(tmp_path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                           "--no-progress", "--out", str(tmp_path), "--compare", f"previous={other}"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert not (tmp_path / "allinone.json").exists()  # nothing trained, no full report
     report = json.loads((tmp_path / "allinone_probe.json").read_text())
     assert "--probe-only" in report["command"]
-    for key in ("pretrained", "untrained"):
-        for feat in ("z2", "f3_mean"):
+    assert report["compared"]["previous"]["path"] == str(other)
+    for key in ("pretrained", "untrained", "previous"):
+        for feat in ("z2", "f1_mean", "f2_mean", "f3_mean"):
             p = report["probe"][key][feat]
             assert p["separability_test"] >= 0 and p["separability_by_photo_test"] >= 0
             assert 0.0 <= p["test_accuracy"] <= 1.0 and p["spread_test"] >= 0
     md = (tmp_path / "allinone_probe.md").read_text()
-    assert "separability (photo)" in md and "| pretrained | z2" in md
+    assert "separability (photo)" in md and "| pretrained | z2" in md and "| previous | mean of f1" in md
+
+
+def test_the_learned_variant_trains_its_conditioning_network_and_the_untrained_one_stays_frozen():
+    import argparse
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import allinone
+    finally:
+        sys.path.pop(0)
+    args = argparse.Namespace(width=8, middle_blocks=1, blocks=1, levels=3)
+    prompters = {"untrained": allinone.random_prompter(allinone.UNTRAINED_PROMPTER_SEED)}
+    learned = allinone.build_model("learned", args, 0, prompters)
+    frozen = allinone.build_model("constyle_untrained", args, 0, prompters)
+    # same network, same initial weights: the ablations differ only in what is trained
+    assert all(torch.equal(a, b) for a, b in zip(learned.prompter.state_dict().values(),
+                                                  frozen.prompter.state_dict().values()))
+    for net in (learned, frozen):
+        before = {k: v.clone() for k, v in net.prompter.state_dict().items()}
+        opt = torch.optim.AdamW(allinone.trainable(net), lr=1e-2)
+        torch.manual_seed(0)
+        for _ in range(3):  # the injections start at zero: the conditioning gets gradients from step 2
+            x = torch.rand(2, 3, 32, 32)
+            loss = (net(x) - x).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        moved = not all(torch.equal(before[k], v) for k, v in net.prompter.state_dict().items())
+        assert moved == (net is learned)
 
 
 def test_batches_made_in_worker_processes_are_the_same_for_every_variant(tmp_path):

@@ -305,16 +305,19 @@ def build_prompter(pretrained: Optional[str] = None, frozen: bool = True, num_cl
 @_named("ConStyleMoCo")
 def build_moco(queue_size: int = 65760, momentum: float = 0.999, temperature: float = 0.07,
                normalize: bool = False, enqueue: str = "query", num_classes: int = 1000,
-               pretrained: Optional[str] = None):
+               pretrained: Optional[str] = None, degradation_classes: int = 0):
     """The ``ConStyleMoCo`` architecture: the stage-1 MoCo wrapper (query / key encoder, queue).
 
     ``pretrained``: start from a checkpoint, either a whole MoCo state (the authors' layout; its
     queue must hold ``queue_size`` negatives) or a prompter-only file (fresh key encoder and queue).
+    ``degradation_classes``: 0 (the authors) or the size of a degradation head on ``z2`` (see
+    :class:`~constyle_plugin.pretrain.ConStyleMoCo`).
     """
     from ..pretrain import ConStyleMoCo
     from ..prompter import CheckpointError
 
-    kwargs = dict(momentum=momentum, temperature=temperature, normalize=normalize, enqueue=enqueue)
+    kwargs = dict(momentum=momentum, temperature=temperature, normalize=normalize, enqueue=enqueue,
+                  degradation_classes=degradation_classes)
     if pretrained is not None:
         path = check_file("pretrained", pretrained, "checkpoint")
         try:

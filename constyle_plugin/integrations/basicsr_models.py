@@ -205,7 +205,13 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
     (``{infonce, content, style, class, kl}``, default 1 each), ``degradation`` (the
     :class:`~constyle_plugin.degradations.RealESRGANDegradation` options; the authors' values by
     default), ``ema_decay``, ``save_prompter`` [true] (also export the EMA query encoder as
-    ``models/prompter_<iter>.safetensors``).
+    ``models/prompter_<iter>.safetensors``), ``pretext_target`` ['class']: what the pretext head
+    predicts, ``class`` (the authors: the picture's class) or ``degradation`` (the query's
+    degradation type; needs the dataset's ``query_degradations``).
+
+    With the dataset's ``query_degradations`` the batch carries ``degradation_label``; a
+    ``ConStyleMoCo`` built with ``degradation_classes`` then also trains its degradation head
+    (loss ``degradation``), and validation reports the head's top-1 (``degradation_top1``).
 
     Validation: top-1 / top-5 accuracy (percent) of the pretext head of the EMA query encoder on
     the degraded query views (Real-ESRGAN with a fixed seed, so every validation sees the same
@@ -218,7 +224,7 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
     TRAIN_OPTIONS = frozenset({"total_iter", "warmup_iter",  # basicsr.train
                                "scheduler",  # BaseModel.setup_schedulers
                                "ema_decay", "optim_g", "class_iter", "kl_iter", "kl_temperature", "label_smoothing",
-                               "loss_weights", "degradation", "save_prompter"})
+                               "loss_weights", "degradation", "save_prompter", "pretext_target"})
     VAL_OPTIONS = frozenset({"val_freq", "save_img",  # basicsr.train / basicsr.test
                              "seed"})
 
@@ -269,6 +275,10 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         except (TypeError, ValueError) as exc:
             raise OptionError("train.degradation", str(exc)) from exc
         self._check_dataset_degradation()
+        self.pretext_target = str(train_opt.get("pretext_target", "class"))
+        if self.pretext_target not in ("class", "degradation"):
+            raise OptionError("train.pretext_target", f"expected 'class' (the authors) or 'degradation', "
+                                                      f"got {self.pretext_target!r}")
         self.setup_optimizers()
         self.setup_schedulers()
 
@@ -337,6 +347,9 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
                         else torch.zeros(n, dtype=torch.bool))
         params = data.get("degradation")
         self.degradation_params = dict(params) if isinstance(params, dict) else None
+        deg_label = data.get("degradation_label")
+        self.degradation_label = (torch.as_tensor(deg_label).to(self.device, non_blocking=True).long()
+                                  if deg_label is not None else None)
 
     def _degraded_query(self, degradation) -> torch.Tensor:
         """The query views: weather-degraded ones as they came, the others through ``degradation``
@@ -357,7 +370,15 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         query = self._degraded_query(self.degradation)
         self.optimizer_g.zero_grad()
         out = self.net_g(query, self.key)
-        losses = self.criterion(out, self.label, current_iter)
+        labels = self.label
+        if getattr(self, "pretext_target", "class") == "degradation":
+            if self.degradation_label is None:
+                raise OptionError("train.pretext_target", "'degradation' needs batches with degradation "
+                                                          "labels: set the training set's query_degradations")
+            labels = self.degradation_label
+        head = self.get_bare_model(self.net_g).degradation_head
+        losses = self.criterion(out, labels, current_iter,
+                                self.degradation_label if head is not None else None)
         losses["total"].backward()
         self.optimizer_g.step()
         self.log_dict = self.reduce_loss_dict(OrderedDict((f"l_{k}", v) for k, v in losses.items()))
@@ -385,7 +406,10 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         encoder = self._eval_encoder()
         was_training = encoder.training
         encoder.eval()
-        logits, labels, latents = [], [], []
+        net = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
+        head = net.degradation_head
+        by_degradation = getattr(self, "pretext_target", "class") == "degradation"
+        logits, labels, latents, head_hits = [], [], [], []
         try:
             for data in dataloader:
                 self.feed_data(data)
@@ -393,10 +417,16 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
                 encoded = encoder.encode(query)
                 logits.append(encoder.classifier(encoded.pooled).float().cpu())
                 latents.append(encoded.z2.float().cpu())
-                labels.append(self.label.cpu())
+                target = self.degradation_label if by_degradation else self.label
+                if target is None:
+                    raise OptionError("train.pretext_target", "'degradation' needs validation batches with "
+                                                              "degradation labels: set query_degradations")
+                labels.append(target.cpu())
+                if head is not None and self.degradation_label is not None:
+                    head_hits.append((head(encoded.z2).argmax(1) == self.degradation_label).float().cpu())
         finally:
             encoder.train(was_training)
-            for name in ("query", "key", "label", "weather", "degradation_params"):
+            for name in ("query", "key", "label", "weather", "degradation_params", "degradation_label"):
                 self.__dict__.pop(name, None)
         if not logits:
             return
@@ -405,6 +435,8 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         top1, top5 = accuracy(logits_t, labels_t, topk=(1, k5))
         dataset_name = dataloader.dataset.opt["name"]
         self.metric_results = {"top1": top1, "top5": top5}
+        if head_hits:
+            self.metric_results["degradation_top1"] = 100.0 * float(torch.cat(head_hits).mean())
         if not hasattr(self, "_best"):
             self._best: Dict[str, Dict[str, tuple]] = {}
         best = self._best.setdefault(dataset_name, {})
