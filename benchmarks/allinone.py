@@ -69,6 +69,9 @@ SMOKE_PROMPTER_SEED = 4321  # the stand-in "pre-trained" prompter of --smoke wit
 TEST_SEED = 2024  # fixed test crops and degradations
 PROBE_SEED = 2025  # fixed probe-training crops (training photos only)
 REPO = Path(__file__).resolve().parent.parent
+# what a report given to --runs-from must share with this run
+REUSE_MUST_MATCH = ("iters", "width", "levels", "blocks", "middle_blocks", "batch", "patch", "lr", "weight_decay",
+                    "test_patch", "test_crops", "holdout", "split_seed")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,6 +90,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--compare", nargs="+", default=[], metavar="NAME=PATH",
                    help="more prompters for the investigation (linear probe, scatter ratios), e.g. "
                         "previous=benchmarks/prompters/<file> or authors=pretrained_ConStyle_v2.pth")
+    p.add_argument("--runs-from", default=None, metavar="ALLINONE_JSON",
+                   help="take the runs of the variants not in --variants from this earlier report (made with "
+                        "the same settings; checked: configuration, test set, and each seed's training batches "
+                        "against this run's), e.g. to re-run only `constyle` with a new prompter")
     p.add_argument("--iters", type=int, default=600, help="training iterations per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
@@ -145,7 +152,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--compare {item!r}: no such file {path}")
         compare[name] = Path(path).expanduser()
     args.compare = compare
-    if "origin" not in args.variants:
+    args.reused = []
+    if args.runs_from is not None:
+        try:
+            earlier = json.loads(Path(args.runs_from).read_text())
+        except (OSError, ValueError) as exc:
+            p.error(f"--runs-from {args.runs_from}: cannot read an allinone.json report ({exc})")
+        differ = [k for k in REUSE_MUST_MATCH if earlier.get("config", {}).get(k) != getattr(args, k)]
+        if differ:
+            p.error(f"--runs-from {args.runs_from}: made with other settings ("
+                    + ", ".join(f"{k}: {earlier['config'].get(k)!r} there, {getattr(args, k)!r} here" for k in differ)
+                    + ")")
+        args.reused = [r for r in earlier.get("runs", []) if r["variant"] not in args.variants
+                       and r["seed"] in args.seeds]
+        missing = {(v, sd) for v in {r["variant"] for r in args.reused} for sd in args.seeds} - \
+            {(r["variant"], r["seed"]) for r in args.reused}
+        if missing:
+            p.error(f"--runs-from {args.runs_from}: lacks runs {sorted(missing)}")
+        args.runs_from_report = {k: earlier.get(k) for k in ("command", "date")}
+        args.runs_from_report["test_set"] = earlier.get("test_set", {}).get("images")
+    if "origin" not in args.variants and not any(r["variant"] == "origin" for r in args.reused):
         p.error("--variants must include origin (the reference of every comparison)")
     args.variants = [v for v in VARIANTS if v in args.variants]
     return args
@@ -760,6 +786,10 @@ def markdown(report: Dict) -> str:
                   "prompter file was given): its numbers say nothing about ConStyle v2.", ""]
     if cfg["smoke"]:
         lines += ["> Smoke run (a few iterations, tiny sizes): for CI only, the numbers mean nothing.", ""]
+    if report.get("reused"):
+        ru = report["reused"]
+        lines += [f"> Runs of {', '.join(ru['variants'])} come from `{ru['file']}` (made {ru['date']} by "
+                  f"`{ru['command']}`), with the same settings, test set and training batches (checked).", ""]
     lines += [
         f"Command: `{report['command']}`  ",
         f"Date: {report['date']}; wall time {report['wall_time_s'] / 60:.1f} min on {report['host']['device']} "
@@ -933,6 +963,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"[allinone] device {device}, {torch.get_num_threads()} threads; training photos {train_photos}; "
           f"held-out photos {test_photos}; {len(test_items)} test images", flush=True)
     test_lq = to_tensor([it["lq"] for it in test_items])
+    if args.reused:
+        ours = [{k: it[k] for k in ("photo", "crop", "top", "left", "degradation")} for it in test_items]
+        if args.runs_from_report["test_set"] != ours:
+            raise SystemExit(f"--runs-from {args.runs_from}: its test set differs from this run's")
 
     # ---- investigation (cheap, independent of training)
     t0 = time.perf_counter()
@@ -948,6 +982,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # ---- training and evaluation
     input_baseline = evaluate(test_lq.permute(0, 2, 3, 1).numpy(), test_items, degradation_names)
+    all_variants = [v for v in VARIANTS if v in args.variants or any(r["variant"] == v for r in args.reused)]
     runs, example_preds = [], {}
     for seed in args.seeds:
         fingerprints = {}
@@ -968,6 +1003,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"SSIM {run['metrics']['average']['ssim']:.4f}; train {run['train_time_s']:.0f} s, "
                   f"eval {run['eval_time_s']:.0f} s", flush=True)
             del net
+        for r in args.reused:
+            if r["seed"] == seed:
+                runs.append(r)
+                fingerprints[f"{r['variant']} (from --runs-from)"] = r["data_fingerprint"]
         assert len(set(fingerprints.values())) == 1, f"variants of seed {seed} saw different data: {fingerprints}"
 
     # ---- outputs
@@ -983,7 +1022,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": time.perf_counter() - t_start,
         "versions": versions(), "host": host,
-        "config": {k: v for k, v in vars(args).items() if k not in ("no_progress",)},
+        "config": {**{k: v for k, v in vars(args).items()
+                      if k not in ("no_progress", "reused", "runs_from_report", "compare")},
+                   "variants": all_variants, "variants_trained": list(args.variants),
+                   "compare": {k: str(v) for k, v in args.compare.items()}},
         "prompter": {"path": str(prompter_path), "sha256": sha256_file(prompter_path), "random": prompter_random,
                      "note": prompter_note, "untrained_seed": UNTRAINED_PROMPTER_SEED,
                      "untrained_state_sha256_16": state_fingerprint(prompters["untrained"])},
@@ -997,7 +1039,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 for it in test_items]},
         "input_baseline": {**input_baseline["per_degradation"], "average": input_baseline["average"]},
         "runs": runs,
-        "summary": summarise(runs, args.variants, degradation_names),
+        "summary": summarise(runs, all_variants, degradation_names),
+        "reused": ({"file": args.runs_from, **{k: args.runs_from_report[k] for k in ("command", "date")},
+                    "variants": sorted({r["variant"] for r in args.reused})} if args.reused else None),
         "probe": probe,
         "files": files,
     }
@@ -1005,7 +1049,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (out / files["markdown"]).write_text(markdown(report))
     avg = report["summary"]["variants"]
     print("[allinone] average PSNR: " + "; ".join(f"{v} {_fmt(avg[v]['average']['psnr'], 2)} dB"
-                                                   for v in args.variants), flush=True)
+                                                   for v in all_variants), flush=True)
     if prompter_random:
         print(f"[allinone] NOTE: {prompter_note}", flush=True)
     print(f"[allinone] wrote {', '.join(str(out / f) for f in files.values())} "

@@ -159,3 +159,30 @@ def test_batches_made_in_worker_processes_are_the_same_for_every_variant(tmp_pat
     runs = report["runs"]
     assert sorted(r["variant"] for r in runs) == sorted(VARIANTS)
     assert len({r["data_fingerprint"] for r in runs}) == 1
+
+
+def test_runs_from_reuses_an_earlier_reports_runs_and_refuses_other_settings(smoke_run, tmp_path):
+    """Only `constyle` trained again; the other variants' runs come from the smoke report, whose
+    training batches must be the ones this run draws (the script compares their fingerprints)."""
+    earlier_dir, earlier, _ = smoke_run
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    base = [sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--no-progress"]
+    proc = subprocess.run(base + ["--out", str(tmp_path / "again"), "--variants", "constyle",
+                                  "--runs-from", str(earlier_dir / "allinone.json")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    report = json.loads((tmp_path / "again" / "allinone.json").read_text())
+    assert report["config"]["variants_trained"] == ["constyle"]
+    assert sorted(report["config"]["variants"]) == sorted(VARIANTS)
+    old = {(r["variant"], r["seed"]): r for r in earlier["runs"]}
+    for r in report["runs"]:
+        if r["variant"] != "constyle":
+            assert r == old[(r["variant"], r["seed"])]
+        else:  # trained again, deterministically: the same numbers as in the earlier report
+            assert r["metrics"]["per_image_psnr"] == old[("constyle", r["seed"])]["metrics"]["per_image_psnr"]
+    assert report["reused"]["variants"] == ["constyle_untrained", "learned", "origin"]
+    assert "come from" in (tmp_path / "again" / "allinone.md").read_text()
+    bad = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--variants", "constyle", "--lr", "0.5",
+                                 "--runs-from", str(earlier_dir / "allinone.json")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "made with other settings (lr: 0.001 there, 0.5 here)" in bad.stderr
