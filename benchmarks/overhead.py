@@ -281,7 +281,7 @@ def count_macs(case: Case) -> Dict[str, Any]:
         b_total, _ = macs_of(bare, x, target)
         w_total, per = macs_of(wrapped, x, target)
         adapters = sum(v for name, v in per.items()
-                       if name.startswith(f"{root}.adapters.") and name.count(".") == 2)
+                       if name.startswith(f"{root}.injections.") and name.count(".") == 2)
         out[mode] = {"bare": b_total, "wrapped": w_total, "prompter": per.get(f"{root}.prompter", 0),
                      "adapters": adapters, "ratio": w_total / b_total if b_total else None}
     return out

@@ -6,12 +6,13 @@ and metrics are registered with BasicSR (any flavour, forks included) and MMEngi
 imports them, or at once if it already has (idempotent; names a host already has are left alone).
 See :mod:`constyle_plugin.integrations`.
 """
-from .prompter import CheckpointError, ConStyleV2, Prompt
-from .unet import ConStyleUNet, StageSpec, UNetStructureError, unwrap_unet, wrap_unet
+from .errors import CheckpointError, ConStyleError, UNetStructureError
+from .prompter import ConStyleV2, Prompt
+from .unet import ConStyleUNet, StageSpec, unwrap_unet, wrap_unet
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "ConStyleUNet", "ConStyleV2", "Prompt", "StageSpec", "UNetStructureError",
-           "__version__", "unwrap_unet", "wrap_unet"]
+__all__ = ["CheckpointError", "ConStyleError", "ConStyleUNet", "ConStyleV2", "Prompt", "StageSpec",
+           "UNetStructureError", "__version__", "unwrap_unet", "wrap_unet"]
 
 
 def _install_integrations() -> None:

@@ -8,35 +8,22 @@ front (``network_g.``, ``model.``) with :meth:`OptionError.under`.
 """
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import nn
+
+from .errors import CheckpointError, OptionError, UNetStructureError, join_keys
+from .prompter import ConStyleV2
+from .stages import check_inject, check_stage_names
+from .unet import ConStyleUNet, wrap_unet
 
 __all__ = ["WRAP_OPTIONS", "OptionError", "check_inject", "check_stage_names", "load_prompter_option",
            "prompter_path", "wrap_from_options"]
 
 # The options of a wrapped network beside its backbone (BasicSR's ConStyleUNet, MMEngine's ConStyleRestorer).
 WRAP_OPTIONS = ("prompter", "inject", "stages", "probe_size", "in_channels")
-
-
-class OptionError(ValueError):
-    """A bad option; ``key`` is its dotted path, e.g. ``network_g.backbone.type``."""
-
-    def __init__(self, key: str, message: str) -> None:
-        self.key = key
-        self.message = message
-        super().__init__(f"{key}: {message}" if key else message)
-
-    def under(self, prefix: str) -> "OptionError":
-        """The same error for an option nested under ``prefix``."""
-        return OptionError(join_keys(prefix, self.key), self.message)
-
-
-def join_keys(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
 
 
 def check_file(key: str, path: Any, what: str) -> str:
@@ -70,10 +57,8 @@ def prompter_path(prompter: Any, key: str = "prompter") -> Optional[str]:
     return None if path is None else check_file(join_keys(key, "pretrained"), path, "prompter checkpoint")
 
 
-def load_prompter_option(prompter: Any, key: str = "prompter"):
+def load_prompter_option(prompter: Any, key: str = "prompter") -> Optional[ConStyleV2]:
     """The :class:`ConStyleV2` a ``prompter`` option names (``None``: let ``wrap_unet`` take the packaged one)."""
-    from .prompter import CheckpointError, ConStyleV2
-
     path = prompter_path(prompter, key)
     if path is None:
         return None
@@ -83,49 +68,10 @@ def load_prompter_option(prompter: Any, key: str = "prompter"):
         raise OptionError(join_keys(key, "pretrained"), str(exc)) from exc
 
 
-def check_inject(inject: Any, key: str = "inject") -> Tuple[str, ...]:
-    """``inject`` as a tuple of targets (``encoder``, ``bottleneck``, ``decoder``)."""
-    from .unet import INJECT_TARGETS
-
-    values = (inject,) if isinstance(inject, str) else inject
-    if not isinstance(values, (list, tuple)) or not values:
-        raise OptionError(key, f"expected a list of {list(INJECT_TARGETS)}, got {inject!r}")
-    for v in values:
-        if v not in INJECT_TARGETS:
-            raise OptionError(key, f"{v!r} is not an injection target; choose from {list(INJECT_TARGETS)}")
-    return tuple(values)
-
-
-def check_stage_names(stages: Any, backbone: nn.Module, key: str = "stages") -> None:
-    """Every module named in ``stages`` (``{encoder: [...], bottleneck: ..., decoder: [...]}``) must
-    be a submodule of ``backbone``."""
-    from .unet import StageSpec
-
-    if isinstance(stages, StageSpec):
-        stages = {"encoder": list(stages.encoder), "bottleneck": stages.bottleneck, "decoder": list(stages.decoder)}
-    if not isinstance(stages, Mapping):
-        raise OptionError(key, f"expected {{encoder: [...], bottleneck: ..., decoder: [...]}}, got {stages!r}")
-    unknown = sorted(set(stages) - {"encoder", "bottleneck", "decoder"})
-    if unknown:
-        raise OptionError(join_keys(key, unknown[0]), "unknown key; expected encoder, bottleneck, decoder")
-    modules = dict(backbone.named_modules())
-    for role in ("encoder", "bottleneck", "decoder"):
-        value = stages.get(role)
-        if value is None:
-            continue
-        names = [value] if isinstance(value, str) else list(value)
-        for i, name in enumerate(names):
-            where = join_keys(key, role) + ("" if isinstance(value, str) else f"[{i}]")
-            if not isinstance(name, str) or not name or not isinstance(modules.get(name), nn.Module):
-                close = difflib.get_close_matches(str(name), [n for n in modules if n], n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-                raise OptionError(where, f"{name!r} is not a module of {type(backbone).__name__}{hint}")
-
-
 def wrap_from_options(backbone: nn.Module, prompter: Any = None,
                       inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
                       stages: Optional[Any] = None, probe_size: Optional[Union[int, Sequence[int]]] = None,
-                      in_channels: Optional[int] = None):
+                      in_channels: Optional[int] = None) -> ConStyleUNet:
     """:func:`~constyle_plugin.unet.wrap_unet` with its arguments given as options (as read from a
     YAML or config file), each checked and named in the error when bad.
 
@@ -139,8 +85,6 @@ def wrap_from_options(backbone: nn.Module, prompter: Any = None,
 
     Returns a :class:`~constyle_plugin.unet.ConStyleUNet`.
     """
-    from .unet import UNetStructureError, wrap_unet
-
     targets = check_inject(inject)
     if stages is not None:
         check_stage_names(stages, backbone)

@@ -104,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.func(args) or 0)
     except Exception as exc:
         # Configuration mistakes get one clear line (the key at fault), not a traceback.
-        from .integrations.mmengine_runner import ConfigError
+        from .errors import ConfigError
         from .prompter import CheckpointError
 
         restore_errors = (OSError, CheckpointError, ValueError)  # RestoreError is a ValueError

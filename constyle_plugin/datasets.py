@@ -18,7 +18,6 @@ worker). Validation samples (any ``phase`` other than ``train``) are a pure func
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -30,7 +29,7 @@ from torch.utils import data
 
 from . import degradations as deg
 from .compat import ensure_basicsr_importable
-from .inference import IMAGE_EXTENSIONS
+from .imageio import IMAGE_EXTENSIONS, read_image
 from .samples import export_dead_leaves, export_sample_classes, export_sample_photos
 
 ensure_basicsr_importable()
@@ -46,21 +45,6 @@ SAMPLE_CLASSES = "sample_classes"
 
 class BadImageWarning(UserWarning):
     """A file in a dataset folder is not a readable image and is skipped."""
-
-
-def read_image(path: os.PathLike) -> np.ndarray:
-    """Read an image file as H x W x 3 float32 RGB in [0, 1] (grey is repeated, alpha dropped).
-
-    Raises ``OSError`` naming the file when it cannot be read or decoded.
-    """
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)  # also works for non-ASCII paths
-    except OSError as exc:
-        raise OSError(f"cannot read image file {path}: {exc}") from exc
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
-    if img is None:
-        raise OSError(f"cannot decode image file {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
 
 
 def _scan_images(folder: Path, option: str, owner: str, check: str = "header",

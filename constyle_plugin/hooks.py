@@ -1,6 +1,6 @@
 """Where the prompt enters the user's network: the forward hooks that :func:`wrap_unet` attaches.
 
-One :class:`StageHook` per hook point sends the stage's output through its adapter. The hooks are
+One :class:`StageHook` per hook point sends the stage's output through its injection module. The hooks are
 registered with ``register_forward_hook`` and the returned ``RemovableHandle``s are kept
 (:class:`HookSet`), so unwrapping removes exactly those hooks; nothing here reads the private
 ``_forward_hooks`` dicts.
@@ -26,15 +26,17 @@ from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from .prompter import Prompt
+from .stages import StageInfo
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .prompter import Prompt
-    from .unet import ConStyleUNet, StageInfo
+    from .unet import ConStyleUNet
 
 __all__ = ["HookSet", "StageHook", "PromptLedger", "to_channels_first", "from_channels_first"]
 
 
 # --------------------------------------------------------------------------------------------
-# Layouts: the adapters work on B x C x H x W; stages may return B x H x W x C or B x L x C tokens
+# Layouts: the injection modules work on B x C x H x W; stages may return B x H x W x C or B x L x C tokens
 # --------------------------------------------------------------------------------------------
 def _token_grid(length: int, image_hw: Tuple[int, int], name: str) -> Tuple[int, int]:
     """(h, w) with h * w == length and h / w as close as possible to the image's aspect ratio."""
@@ -93,7 +95,7 @@ def _capturing() -> bool:
 
 
 class _Holder:
-    """What a graph keeps alive: the prompt of the forward that built it, and the adapters it used."""
+    """What a graph keeps alive: the prompt of the forward that built it, and the injection modules it used."""
 
     __slots__ = ("found", "__weakref__")
 
@@ -101,7 +103,7 @@ class _Holder:
         self.found = found
 
 
-# (prompt, image H x W, the adapters of the wrapper replica that runs the forward)
+# (prompt, image H x W, the injection modules of the wrapper replica that runs the forward)
 Found = Tuple["Prompt", Tuple[int, int], nn.ModuleDict]
 
 
@@ -109,13 +111,13 @@ class PromptLedger:
     """The prompt of the forward in progress, and those of earlier forwards whose graphs still live.
 
     ``begin`` / ``end`` bracket one call of the backbone; ``lookup`` gives a hook its prompt and
-    adapters: the active ones inside ``forward``, the recorded ones when autograd re-runs the stage
+    injection modules: the active ones inside ``forward``, the recorded ones when autograd re-runs the stage
     during backward (activation checkpointing), ``None`` when the backbone is called on its own
     (also when such a bare call is re-run during backward: it is recomputed bare, as it ran).
 
     The forward in progress is per thread: ``nn.DataParallel`` runs one replica of the wrapper per
     device in its own thread (replicas share this ledger and the hooks), and each replica's hooks
-    must apply that replica's prompt with that replica's adapters.
+    must apply that replica's prompt with that replica's injection modules.
     """
 
     def __init__(self) -> None:
@@ -126,8 +128,8 @@ class PromptLedger:
     def active(self) -> Optional[Found]:
         return getattr(self._local, "active", None)
 
-    def begin(self, prompt: "Prompt", image_hw: Tuple[int, int], adapters: nn.ModuleDict) -> None:
-        self._local.active = (prompt, image_hw, adapters)
+    def begin(self, prompt: "Prompt", image_hw: Tuple[int, int], injections: nn.ModuleDict) -> None:
+        self._local.active = (prompt, image_hw, injections)
         self._graphs = [g for g in self._graphs if g[2]() is not None]
         self._local.start = _sequence_now() if torch.is_grad_enabled() and not _capturing() else None
 
@@ -194,23 +196,23 @@ def _tensors(obj: Any) -> Iterable[Tensor]:
 # The hooks
 # --------------------------------------------------------------------------------------------
 class StageHook:
-    """A forward hook that sends a stage's output through its adapter.
+    """A forward hook that sends a stage's output through its injection module.
 
     A plain object (not a closure) so that ``copy.deepcopy`` of the wrapper gives hooks bound to the
-    copy's adapters, and so that pickling works.
+    copy's ledger and injection modules, and so that pickling works.
     """
 
-    def __init__(self, owner: "ConStyleUNet", info: "StageInfo", key: str, feature: Optional[int]) -> None:
-        self.owner = owner
+    def __init__(self, ledger: "PromptLedger", info: "StageInfo", key: str, feature: Optional[int]) -> None:
+        self.ledger = ledger
         self.info = info
         self.key = key
         self.feature = feature
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
-        found = self.owner._ledger.lookup()
+        found = self.ledger.lookup()
         if found is None:
             return None
-        prompt, image_hw, adapters = found
+        prompt, image_hw, injections = found
         index = self.info.output_index
         x = output if index is None else output[index]
         layout = getattr(self.info, "layout", "BCHW")
@@ -219,13 +221,13 @@ class StageHook:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise RuntimeError(f"ConStyle hook on {self.info.name!r}: expected a {layout} output "
                                f"(as the probe saw), got {got}")
-        adapter = adapters[self.key]
+        injection = injections[self.key]
         stage = x
         x = to_channels_first(x, layout, image_hw, self.info.name)
         if self.feature is not None:
-            y = adapter(x, prompt.features[self.feature])
+            y = injection(x, prompt.features[self.feature])
         else:
-            y = adapter(x, prompt.latent)
+            y = injection(x, prompt.latent)
         y = from_channels_first(y, layout, stage)
         if index is None:
             return y
@@ -242,10 +244,12 @@ class HookSet:
     def __init__(self) -> None:
         self.handles: list = []
 
-    def attach(self, owner: "ConStyleUNet", plan: Sequence[Tuple[str, "StageInfo", Optional[int]]]) -> None:
-        modules = dict(owner.backbone.named_modules())
+    def attach(self, backbone: nn.Module, ledger: PromptLedger,
+               plan: Sequence[Tuple[str, "StageInfo", Optional[int]]]) -> None:
+        """Hook each planned stage (``(injection key, stage, prompt feature index or None)``) of ``backbone``."""
+        modules = dict(backbone.named_modules())
         for key, info, feature in plan:
-            self.handles.append(modules[info.name].register_forward_hook(StageHook(owner, info, key, feature)))
+            self.handles.append(modules[info.name].register_forward_hook(StageHook(ledger, info, key, feature)))
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -256,19 +260,20 @@ class HookSet:
         return len(self.handles)
 
 
-# Backbones that carry a wrapper's hooks (weakly: a dropped wrapper drops its entry).
-_WRAPPED: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
+# Backbones that carry a wrapper's hooks (the wrapper weakly: a dropped wrapper drops its entry).
+_WRAPPED: "weakref.WeakKeyDictionary[nn.Module, Tuple[weakref.ref, HookSet]]" = weakref.WeakKeyDictionary()
 
 
-def mark_wrapped(backbone: nn.Module, owner: Optional["ConStyleUNet"]) -> None:
+def mark_wrapped(backbone: nn.Module, owner: Optional["ConStyleUNet"], hooks: Optional[HookSet] = None) -> None:
+    """Record that ``owner``'s ``hooks`` are on ``backbone`` (``owner=None``: that they are gone)."""
     if owner is None:
         _WRAPPED.pop(backbone, None)
     else:
-        _WRAPPED[backbone] = weakref.ref(owner)
+        _WRAPPED[backbone] = (weakref.ref(owner), hooks if hooks is not None else HookSet())
 
 
 def wrapper_of(backbone: nn.Module) -> Optional["ConStyleUNet"]:
     """The live wrapper whose hooks are on ``backbone``, if any."""
-    ref = _WRAPPED.get(backbone)
-    owner = ref() if ref is not None else None
-    return owner if owner is not None and len(owner._hooks) else None
+    owner, hooks = _WRAPPED.get(backbone, (lambda: None, HookSet()))
+    wrapper = owner()
+    return wrapper if wrapper is not None and len(hooks) else None

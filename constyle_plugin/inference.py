@@ -17,23 +17,22 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from .archs._padding import pad_to_multiple as _pad_to_multiple
-from .prompter import CheckpointError, atomic_write, read_state_dict
+from .errors import CheckpointError, RestoreError
+from .imageio import IMAGE_EXTENSIONS, encode_png, read_image
+from .padding import pad_to_multiple
+from .prompter import atomic_write, read_state_dict
+from .runs import run_reader
 
 __all__ = ["IMAGE_EXTENSIONS", "RestoreError", "check_device", "check_output_folder", "check_tiling", "find_images",
-           "load_network", "pad_to_multiple", "plan_outputs", "read_dumped_config", "read_image", "restore_images",
+           "load_network", "plan_outputs", "read_dumped_config", "read_image", "restore_images",
            "size_multiple_of", "tiled_forward", "write_image"]
 
 logger = logging.getLogger(__name__)
-# The image files the plugin reads (restore inputs, dataset folders): what OpenCV decodes.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BASICSR_COPY_HEADER = "# GENERATE TIME:"  # first line of the options copy BasicSR's copy_opt_file writes
-
-
-class RestoreError(ValueError):
-    """``constyle restore`` cannot run as asked; the message starts with the option at fault."""
 
 
 # ------------------------------------------------------------------------------------------ tensors
@@ -44,12 +43,6 @@ def size_multiple_of(net: nn.Module) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 1
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tuple[Tensor, Tuple[int, int]]:
-    """Pad bottom/right (reflect where possible, else replicate) so H and W divide ``multiple``;
-    also returns the original ``(H, W)`` to crop back to."""
-    return _pad_to_multiple(x, multiple, "reflect"), tuple(x.shape[-2:])
 
 
 def _image_output(out: Any, like: Tensor) -> Tensor:
@@ -63,8 +56,10 @@ def _image_output(out: Any, like: Tensor) -> Tensor:
 
 
 def padded_forward(net: Callable[[Tensor], Any], x: Tensor, multiple: int = 1) -> Tensor:
-    """``net(x)`` on ``x`` padded to ``multiple``, cropped back to ``x``'s size."""
-    padded, (h, w) = pad_to_multiple(x, multiple)
+    """``net(x)`` on ``x`` padded to ``multiple`` (reflected where possible, else replicated), cropped
+    back to ``x``'s size."""
+    h, w = x.shape[-2:]
+    padded = pad_to_multiple(x, multiple, "reflect")
     return _image_output(net(padded), padded)[..., :h, :w]
 
 
@@ -156,40 +151,15 @@ def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.P
     return files
 
 
-def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
-    """An image file as ``H x W x 3`` float32 RGB in [0, 1] (grey replicated, alpha dropped, 16-bit scaled)."""
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"{path}: not a readable image")
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
-    img = img.astype(np.float32) / scale
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return np.clip(img, 0.0, 1.0)
-
-
 def write_image(path: Union[str, os.PathLike], img: np.ndarray) -> None:
     """Write ``H x W x 3`` RGB in [0, 1] as an 8-bit PNG, atomically."""
-    import cv2
-
-    bgr = cv2.cvtColor((np.clip(img, 0, 1) * 255.0).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", bgr)
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buf.tobytes()))
+    data = encode_png(img, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 # ------------------------------------------------------------------------------------------ networks
 def _apply_force_yml(opt: Dict[str, Any], entries: Sequence[str]) -> None:
     """BasicSR's ``--force_yml a:b:c=value`` overrides, applied to a parsed options dict."""
-    import yaml
-
     for entry in entries:
         keys, _, value = entry.partition("=")
         node = opt
@@ -202,8 +172,6 @@ def _apply_force_yml(opt: Dict[str, Any], entries: Sequence[str]) -> None:
 def _basicsr_options(config: Path) -> Dict[str, Any]:
     """A BasicSR options file, with the ``--force_yml`` overrides that BasicSR records in the copy it
     keeps beside the experiment (``# CMD: ... --force_yml k=v``)."""
-    import yaml
-
     text = config.read_text()
     opt = yaml.safe_load(text)
     if not isinstance(opt, dict) or "network_g" not in opt:
@@ -307,13 +275,11 @@ def read_dumped_config(text: str, source: str) -> Dict[str, Any]:
 def _read_mmengine_checkpoint(checkpoint: Path) -> Any:
     """A Runner checkpoint, read with safe loading (plus the globals MMEngine's own checkpoints need)."""
     try:
-        import mmengine  # noqa: F401  (first: importing it registers the plugin, which imports mmengine_runner)
-
-        from .integrations.mmengine_runner import mmengine_checkpoint_globals
-    except ImportError:
-        mmengine_checkpoint_globals = contextlib.nullcontext
+        checkpoint_globals = run_reader("mmengine").checkpoint_globals
+    except ImportError:  # no MMEngine here: its checkpoints' extra globals cannot be in the file either
+        checkpoint_globals = contextlib.nullcontext
     try:
-        with mmengine_checkpoint_globals():
+        with checkpoint_globals():
             return torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001  (reported with the file's name, nothing run)
         raise CheckpointError(f"{checkpoint}: not a readable MMEngine checkpoint ({type(exc).__name__}: "
@@ -369,11 +335,7 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
         if config.suffix in (".yml", ".yaml"):
             net, state, source = _build_basicsr(config), read_state_dict(checkpoint), str(config)
         elif config.suffix == ".py":
-            import mmengine  # noqa: F401  (first: importing it registers the plugin, which imports mmengine_runner)
-
-            from .integrations.mmengine_runner import load_config
-
-            net = _build_mmengine(load_config(str(config)), str(config))
+            net = _build_mmengine(run_reader("mmengine").load_config(str(config)), str(config))
             state, source = _mmengine_state(checkpoint, _read_mmengine_checkpoint(checkpoint)), str(config)
         else:
             raise ValueError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
@@ -388,9 +350,7 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
             if recorded is None:
                 raise _no_config(checkpoint)
             source, text = recorded
-            from mmengine.config import Config
-
-            net = _build_mmengine(Config(read_dumped_config(text, source)), source)
+            net = _build_mmengine(run_reader("mmengine").config_from_dict(read_dumped_config(text, source)), source)
             state = _mmengine_state(checkpoint, raw)
             logger.info("config of %s: %s", checkpoint, source)
     try:
@@ -410,26 +370,18 @@ def _without_prompter_file(prompter_opt: Any) -> Any:
 def _build_basicsr(config: Path) -> nn.Module:
     # Through the basicsr importable here, whichever its flavour: PyPI BasicSR's registries or a
     # 1.2-era fork's module scans (a fork's own NAFNet is the one its checkpoints hold).
-    from .integrations.basicsr import ARCH, current_host
-
-    host = current_host()
+    reader = run_reader("basicsr")
     opt = _basicsr_options(config)
     network_opt = dict(opt["network_g"])
     if "prompter" in network_opt:
         network_opt["prompter"] = _without_prompter_file(network_opt["prompter"])
     arch_type = network_opt.pop("type", None)
-    cls = host.find(ARCH, arch_type)
-    if cls is None:
-        raise ValueError(f"--config {config}: network_g.type: {host.unknown(ARCH, arch_type)}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
-        return cls(**network_opt)
+        return reader.build_arch(arch_type, network_opt, str(config))
 
 
 def _build_mmengine(cfg: Any, source: str) -> nn.Module:
-    import constyle_plugin  # noqa: F401  (registers the plugin's models)
-    from mmengine.registry import MODELS
-
     if not isinstance(cfg.get("model"), Mapping):
         raise ValueError(f"--config {source}: no model section: not an MMEngine training config")
     model_cfg = dict(cfg.model)
@@ -437,7 +389,7 @@ def _build_mmengine(cfg: Any, source: str) -> nn.Module:
         model_cfg["prompter"] = _without_prompter_file(model_cfg["prompter"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
-        model = MODELS.build(model_cfg)
+        model = run_reader("mmengine").build_model(model_cfg)
     if not hasattr(model, "net"):
         raise ValueError(f"--config {source}: model type {cfg.model.get('type')!r} is not a restorer "
                          f"(expected ConStyleRestorer)")
@@ -557,8 +509,6 @@ def restore_images(net: nn.Module, inputs: Sequence[Path], output: Union[str, os
     image reads (files that cannot be read are skipped with one warning each). Returns the written
     paths (the restored images).
     """
-    from tqdm import tqdm
-
     check_tiling(tile, overlap)
     output = check_output_folder(output)
     plan = plan_outputs(inputs, output, root, compare)

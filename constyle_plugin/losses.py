@@ -203,12 +203,13 @@ class ClassificationLoss(nn.Module):
         self.reduction = _check_reduction(reduction)
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        _check_labels(logits, labels)
+        check_labels(logits, labels)
         return self.loss_weight * F.cross_entropy(
             logits, labels, label_smoothing=self.label_smoothing, reduction=self.reduction)
 
 
-def _check_labels(logits: Tensor, labels: Optional[Tensor]) -> None:
+def check_labels(logits: Tensor, labels: Optional[Tensor]) -> None:
+    """Refuse ``labels`` that are not class indices (``B``, integer, in range) for ``B x K`` ``logits``."""
     _check_2d(logits, "logits")
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels: expected a torch.Tensor of class indices, got {type(labels).__name__}")

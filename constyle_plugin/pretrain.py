@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .losses import (ClassificationLoss, ContentLoss, DistillKLLoss, InfoNCELoss, StyleLoss,
-                     _check_labels)
+                     check_labels)
 from .prompter import (LATENT_DIM, NUM_CLASSES, CheckpointError, ConStyleV2, Encoding,
                        extract_prompter_state, flatten_checkpoint, read_state_dict)
 
@@ -452,7 +452,7 @@ def pretrain_losses(out: MoCoOutput, labels: Optional[Tensor], iteration: int, *
 @torch.no_grad()
 def accuracy(logits: Tensor, labels: Tensor, topk: Sequence[int] = (1, 5)) -> Tuple[float, ...]:
     """Top-k accuracies in percent: ``logits`` ``B x C``, ``labels`` ``B`` -> one float per k."""
-    _check_labels(logits, labels)
+    check_labels(logits, labels)
     if logits.shape[0] == 0:
         raise ValueError("logits: empty batch")
     ks = tuple(int(k) for k in topk)

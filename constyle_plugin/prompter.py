@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
@@ -15,11 +16,14 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from .errors import CheckpointError
+
 __all__ = [
     "CheckpointError",
     "ConStyleV2",
     "Encoding",
     "Prompt",
+    "default_prompter",
     "default_prompter_path",
     "read_state_dict",
 ]
@@ -31,10 +35,6 @@ NUM_CLASSES = 1000
 FEATURE_CHANNELS = (32, 64, 128)
 PACKAGED_WEIGHTS = Path(__file__).parent / "weights" / "constyle_v2_prompter.safetensors"
 EXPORT_FORMAT = "constyle_plugin.ConStyleV2/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not hold a ConStyle v2 prompter."""
 
 
 class Prompt(NamedTuple):
@@ -219,6 +219,17 @@ def _is_compiling() -> bool:
 def default_prompter_path() -> Optional[Path]:
     """The packaged pre-trained prompter, or ``None`` if this installation has none."""
     return PACKAGED_WEIGHTS if PACKAGED_WEIGHTS.is_file() else None
+
+
+def default_prompter() -> "ConStyleV2":
+    """The packaged pre-trained prompter, frozen; an untrained one (with a warning) when this
+    installation packages none."""
+    if default_prompter_path() is not None:
+        return ConStyleV2.from_pretrained()
+    warnings.warn("constyle_plugin: no pre-trained prompter is packaged with this installation; the prompter "
+                  "is untrained. Pass prompter=ConStyleV2.from_pretrained(path) with the authors' "
+                  "pretrained_ConStyle_v2.pth or your own export.", UserWarning, stacklevel=3)
+    return ConStyleV2().freeze()
 
 
 def atomic_write(path: PathLike, write) -> None:

@@ -2,15 +2,13 @@
 
 The user's network is not edited: forward hooks on a few of its modules (the encoder stages at
 1/2, 1/4, 1/8, the bottleneck and optionally the decoder stages) add the prompt to their outputs
-through small adapters that start as the identity. The stages are found by one probe forward
+through small injection modules that start as the identity. The stages are found by one probe forward
 pass, or named explicitly with a :class:`StageSpec`.
 """
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -18,80 +16,18 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import Tensor, nn
 
+from .adapters import stage_spec_for
+from .errors import UNetStructureError
 from .hooks import HookSet, PromptLedger, mark_wrapped, wrapper_of
 from .injection import FeatureInjector, LatentFiLM, LatentModulator
-from .prompter import FEATURE_CHANNELS, LATENT_DIM, ConStyleV2, default_prompter_path, prepare_image
+from .prompter import FEATURE_CHANNELS, LATENT_DIM, ConStyleV2, default_prompter, prepare_image
+from .stages import DEFAULT_INJECT, INJECT_TARGETS, StageInfo, StageSpec, check_inject, check_stage_names
 
-__all__ = ["ConStyleUNet", "StageInfo", "StageSpec", "UNetStructureError", "wrap_unet", "unwrap_unet",
-           "discover_stages"]
+__all__ = ["INJECT_TARGETS", "ConStyleUNet", "StageInfo", "StageSpec", "UNetStructureError", "wrap_unet",
+           "unwrap_unet", "discover_stages"]
 
-INJECT_TARGETS = ("encoder", "bottleneck", "decoder")
-DEFAULT_INJECT = ("encoder", "bottleneck")
+LEGACY_INJECTIONS_KEY = "adapters"  # the state_dict prefix of the injection modules in older checkpoints
 DEFAULT_PROBE_SIZE = (256, 192)  # not square, so a global pooling (1 x 1) never passes for a stage
-
-
-class UNetStructureError(ValueError):
-    """The probe found no U-Net structure, or a StageSpec names modules that cannot be hooked."""
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """Where the prompt goes: module names as in ``backbone.named_modules()``.
-
-    encoder: the modules whose outputs are the encoder features at 1/2, 1/4 and 1/8 of the input
-        resolution, in that order (they receive ``f1``, ``f2``, ``f3``); fewer than three is fine.
-    bottleneck: the module whose output is the coarsest feature map (modulated by the latent).
-    decoder: the modules whose outputs climb back up (optionally modulated by the latent).
-
-    Its ``repr`` is valid Python, so a discovered spec can be printed and frozen into code.
-    """
-
-    encoder: Tuple[str, ...] = ()
-    bottleneck: Optional[str] = None
-    decoder: Tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for key in ("encoder", "decoder"):
-            value = getattr(self, key)
-            if isinstance(value, str):
-                value = (value,)
-            object.__setattr__(self, key, tuple(value))
-
-    @classmethod
-    def from_dict(cls, spec: Union["StageSpec", Mapping[str, Any]]) -> "StageSpec":
-        """Build from a mapping such as an options file's ``stages: {encoder: [...], ...}``."""
-        if isinstance(spec, StageSpec):
-            return spec
-        if not isinstance(spec, Mapping):
-            raise TypeError(f"stages: expected a mapping with encoder/bottleneck/decoder, got {type(spec).__name__}")
-        unknown = set(spec) - {"encoder", "bottleneck", "decoder"}
-        if unknown:
-            raise ValueError(f"stages: unknown key(s) {sorted(unknown)}; expected encoder, bottleneck, decoder")
-        return cls(encoder=tuple(spec.get("encoder") or ()), bottleneck=spec.get("bottleneck"),
-                   decoder=tuple(spec.get("decoder") or ()))
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"encoder": list(self.encoder), "bottleneck": self.bottleneck, "decoder": list(self.decoder)}
-
-    def names(self) -> List[str]:
-        return [*self.encoder, *([self.bottleneck] if self.bottleneck else []), *self.decoder]
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    """One hook point: its role, module name, scale (1/2**scale of the input) and channel count.
-
-    ``layout`` is how the stage hands its feature on: ``"BCHW"`` (a map), ``"BHWC"`` (channels last,
-    as MLP-mixer and Swin-style blocks do) or ``"BLC"`` (``B x L x C`` tokens, as Uformer-style
-    transformers do); the hook converts to ``B x C x H x W`` for the adapter and back.
-    """
-
-    role: str
-    name: str
-    scale: int
-    channels: int
-    output_index: Optional[int] = None  # which element of a tuple/list output holds the feature
-    layout: str = "BCHW"
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,12 +418,7 @@ _HOW_TO_SPEC = (
 def _resolve_spec(backbone: nn.Module, spec: StageSpec, probe_size: Tuple[int, int],
                   in_channels: Optional[int]) -> Tuple[List[StageInfo], str]:
     """Check that every name in ``spec`` is a module run once per forward, and read its channels."""
-    modules = dict(backbone.named_modules())
-    for name in spec.names():
-        if name not in modules or not name:
-            close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise UNetStructureError(f"stages: {name!r} is not a module of {type(backbone).__name__}{hint}")
+    check_stage_names(spec, backbone, error=UNetStructureError)
     in_channels = in_channels or _infer_in_channels(backbone)
     probe = _probe_with_fallback(backbone, tuple(probe_size), in_channels)
     layouts = _Layouts(probe)
@@ -529,7 +460,7 @@ class ConStyleUNet(nn.Module):
 
     Precision: the prompter keeps its own dtype (``wrap_unet`` leaves the loaded fp32 weights as they
     are, also for a half-precision backbone); the image is cast to the prompter's dtype, and each
-    adapter casts the prompt to its stage's dtype. ``net.half()`` afterwards converts everything.
+    injection module casts the prompt to its stage's dtype. ``net.half()`` afterwards converts everything.
     """
 
     def __init__(self, backbone: nn.Module, prompter: ConStyleV2, stages: StageSpec,
@@ -541,17 +472,26 @@ class ConStyleUNet(nn.Module):
         self.stage_info = tuple(infos)
         self.inject = tuple(inject)
         self.probe_note = probe_note
-        self.adapters = nn.ModuleDict()
+        self.injections = nn.ModuleDict()
         self._ledger = PromptLedger()
         self._hooks = HookSet()
         for key, info, feature in self._plan():
             if info.role == "encoder":
-                self.adapters[key] = FeatureInjector(FEATURE_CHANNELS[feature], info.channels)
+                self.injections[key] = FeatureInjector(FEATURE_CHANNELS[feature], info.channels)
             elif info.role == "bottleneck":
-                self.adapters[key] = LatentModulator(LATENT_DIM, info.channels)
+                self.injections[key] = LatentModulator(LATENT_DIM, info.channels)
             else:
-                self.adapters[key] = LatentFiLM(LATENT_DIM, info.channels)
+                self.injections[key] = LatentFiLM(LATENT_DIM, info.channels)
         self._attach()
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Checkpoints written before the injection modules were named ``injections`` hold them as ``adapters.*``.
+        old = prefix + LEGACY_INJECTIONS_KEY + "."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            new = prefix + "injections." + key[len(old):]
+            if new not in state_dict:
+                state_dict[new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _plan(self) -> Iterator[Tuple[str, StageInfo, Optional[int]]]:
         encoders = [i for i in self.stage_info if i.role == "encoder"]
@@ -568,8 +508,8 @@ class ConStyleUNet(nn.Module):
                 yield f"decoder{k + 1}", info, None
 
     def _attach(self) -> None:
-        self._hooks.attach(self, list(self._plan()))
-        mark_wrapped(self.backbone, self)
+        self._hooks.attach(self.backbone, self._ledger, list(self._plan()))
+        mark_wrapped(self.backbone, self, self._hooks)
 
     def _detach(self) -> None:
         self._hooks.remove()
@@ -578,7 +518,7 @@ class ConStyleUNet(nn.Module):
     def __setstate__(self, state: Dict[str, Any]) -> None:  # deepcopy / unpickle: the copy owns its hooks
         super().__setstate__(state)
         if len(self.__dict__.get("_hooks", ())):
-            mark_wrapped(self.backbone, self)
+            mark_wrapped(self.backbone, self, self._hooks)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         image = args[0] if args else next((kwargs[k] for k in ("x", "inp", "img", "input") if k in kwargs), None)
@@ -590,7 +530,7 @@ class ConStyleUNet(nn.Module):
             image = image.to(weight.dtype)
         with torch.no_grad():
             prompt = self.prompter(image)
-        self._ledger.begin(prompt, tuple(image.shape[-2:]), self.adapters)
+        self._ledger.begin(prompt, tuple(image.shape[-2:]), self.injections)
         try:
             output = self.backbone(*args, **kwargs)
         except BaseException:
@@ -605,8 +545,8 @@ class ConStyleUNet(nn.Module):
         return self
 
     def prompt_parameters(self) -> Iterator[nn.Parameter]:
-        """The parameters the plugin added (the adapters); the prompter's are frozen."""
-        return self.adapters.parameters()
+        """The parameters the plugin added (the injection modules); the prompter's are frozen."""
+        return self.injections.parameters()
 
     def describe(self) -> str:
         """A table of the hook points: role, module, scale, channels, and whether a prompt goes there."""
@@ -622,23 +562,6 @@ class ConStyleUNet(nn.Module):
         return f"stages={self.stages!r}, inject={self.inject}"
 
 
-def _default_prompter() -> ConStyleV2:
-    if default_prompter_path() is not None:
-        return ConStyleV2.from_pretrained()
-    warnings.warn("constyle_plugin: no pre-trained prompter is packaged with this installation; the prompter "
-                  "is untrained. Pass prompter=ConStyleV2.from_pretrained(path) with the authors' "
-                  "pretrained_ConStyle_v2.pth or your own export.", UserWarning, stacklevel=3)
-    return ConStyleV2().freeze()
-
-
-def _check_inject(inject: Union[str, Sequence[str]]) -> Tuple[str, ...]:
-    inject = (inject,) if isinstance(inject, str) else tuple(inject)
-    bad = [t for t in inject if t not in INJECT_TARGETS]
-    if bad or not inject:
-        raise ValueError(f"inject: {bad or inject} not understood; choose from {INJECT_TARGETS}")
-    return inject
-
-
 def _check_backbone(unet: nn.Module, in_channels: Optional[int]) -> None:
     """Refuse, before any probe, what the wrapper could not run: meta tensors, non-image inputs."""
     meta = next((n for n, t in itertools.chain(unet.named_parameters(), unet.named_buffers()) if t.is_meta), None)
@@ -646,7 +569,7 @@ def _check_backbone(unet: nn.Module, in_channels: Optional[int]) -> None:
         raise ValueError(
             f"wrap_unet: {type(unet).__name__} has tensors on the meta device ({meta!r}, ...): a meta model has no "
             f"values to probe, and after to_empty() the prompter would hold uninitialised memory instead of its "
-            f"loaded weights and the adapters would no longer start as the identity. Materialise the network "
+            f"loaded weights and the injections would no longer start as the identity. Materialise the network "
             f"first (unet.to_empty(device=...) and load its weights), then wrap it.")
     if in_channels is not None:
         channels, where = in_channels, f"in_channels={in_channels}"
@@ -682,8 +605,8 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
         in_channels: the network's input channels (default: the first Conv2d's).
 
     Returns:
-        A :class:`ConStyleUNet` whose output equals ``unet``'s right after wrapping (every adapter
-        ends in a zero-initialised projection). ``net.backbone is unet``; its modes, buffers and
+        A :class:`ConStyleUNet` whose output equals ``unet``'s right after wrapping (every injection
+        module ends in a zero-initialised projection). ``net.backbone is unet``; its modes, buffers and
         weights are as before wrapping (the probe restores them).
 
     Raises:
@@ -694,12 +617,10 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
     """
     if isinstance(unet, ConStyleUNet) or wrapper_of(unet) is not None:
         raise ValueError("wrap_unet: this network is already wrapped; unwrap_unet it first")
-    inject = _check_inject(inject)
+    inject = check_inject(inject)
     _check_backbone(unet, in_channels)
     size = (probe_size, probe_size) if isinstance(probe_size, int) else tuple(probe_size)
     if stages is None:
-        from .adapters import stage_spec_for
-
         stages = stage_spec_for(unet)
     if stages is None:
         stages, infos, note = _discover(unet, size, in_channels)
@@ -712,7 +633,7 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
         raise UNetStructureError(f"inject: asks for {missing} but the network has no such stage "
                                  f"(found {stages!r})")
     if prompter is None:
-        prompter = _default_prompter()
+        prompter = default_prompter()
     if not isinstance(prompter, ConStyleV2):
         raise TypeError(f"prompter: expected a ConStyleV2, got {type(prompter).__name__}")
     param = next(iter(unet.parameters()), None)
@@ -720,9 +641,9 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
         prompter = prompter.to(param.device)
     net = ConStyleUNet(unet, prompter, stages, infos, inject, note)
     if param is not None:
-        net.adapters.to(param.device)
+        net.injections.to(param.device)
         if param.is_floating_point():
-            net.adapters.to(param.dtype)
+            net.injections.to(param.dtype)
     return net
 
 

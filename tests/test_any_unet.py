@@ -66,7 +66,7 @@ def test_identity_at_wrap_time_then_the_prompt_reaches_the_output(case):
         assert (other(x) - prompted).abs().max() > 1e-5  # the prompt, not only the adapters, matters
     net.train()
     F.l1_loss(net(x), x).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.adapters.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.injections.parameters())
 
 
 def test_token_unet_falls_back_to_a_square_probe_and_says_so():

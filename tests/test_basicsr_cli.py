@@ -25,11 +25,11 @@ ensure_basicsr_importable()
 from basicsr.archs import build_network  # noqa: E402
 from basicsr.utils.options import _postprocess_yml_value  # noqa: E402
 
-from constyle_plugin.integrations.basicsr_cli import main  # noqa: E402
+from constyle_plugin.integrations.basicsr.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ROOT / "options"
-COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr_cli import main; sys.exit(main())"]
+COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr.cli import main; sys.exit(main())"]
 
 TINY_BACKBONE = {
     "nafnet": ["width=8", "enc_blk_nums=[1,1,1,1]"],
@@ -113,7 +113,7 @@ def test_console_script_is_declared():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     scripts = [line.strip() for line in cfg["options.entry_points"]["console_scripts"].splitlines() if line.strip()]
-    assert "basicsr = constyle_plugin.integrations.basicsr_cli:main" in scripts
+    assert "basicsr = constyle_plugin.integrations.basicsr.cli:main" in scripts
 
 
 def test_usage_and_unknown_command(capsys):

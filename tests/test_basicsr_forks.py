@@ -36,7 +36,7 @@ BOOT = textwrap.dedent("""
     sys.meta_path.insert(0, OnlyTheFork())
     sys.path.insert(0, os.getcwd())
 """)
-CLI = BOOT + "from constyle_plugin.integrations.basicsr_cli import main\nsys.exit(main(sys.argv[1:]))\n"
+CLI = BOOT + "from constyle_plugin.integrations.basicsr.cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 def python(code: str, cwd: Path, *args: str, timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
@@ -102,7 +102,7 @@ def assert_prompter_bit_identical_and_adapters_trained(params: dict) -> None:
     assert prompter.keys() == packaged.keys()
     for key, value in packaged.items():
         assert torch.equal(prompter[key], value), f"prompter.{key} changed"
-    adapters = {k: v for k, v in params.items() if k.startswith("adapters.")}
+    adapters = {k: v for k, v in params.items() if k.startswith("injections.")}
     assert adapters, "no adapter weights saved"
     # Every adapter ends in a zero-initialised projection: trained ones have moved off zero.
     assert any(v.abs().sum() > 0 for k, v in adapters.items() if "proj" in k or k.endswith("weight")), \
@@ -220,7 +220,7 @@ def test_forks_ema_keeps_the_frozen_prompter_bit_identical(fork):
     saved = torch.load(fork / "experiments" / "restormer_like" / "models" / "net_g_latest.pth", weights_only=True)
     assert_prompter_bit_identical_and_adapters_trained(saved["params"])
     assert_prompter_bit_identical_and_adapters_trained(saved["params_ema"])
-    trained = [k for k in saved["params"] if k.startswith("adapters.")]
+    trained = [k for k in saved["params"] if k.startswith("injections.")]
     assert any(not torch.equal(saved["params"][k], saved["params_ema"][k]) for k in trained)  # EMA averaged
 
 
@@ -309,7 +309,7 @@ LIGHT = textwrap.dedent("""
     from mmengine.registry import MODELS
     print(json.dumps({"heavy": heavy, "arch": "ConStyleUNet" in ARCH_REGISTRY,
                       "model": "ConStyleSRModel" in MODEL_REGISTRY,
-                      "mmengine": MODELS.get("ConStyleRestorer") is not None}))
+                      "mmengine": MODELS.get("constyle.ConStyleRestorer") is not None}))
 """)
 
 
@@ -327,7 +327,7 @@ def test_mmengine_custom_imports_registers_with_mmengine_already_imported(tmp_pa
         from mmengine.registry import MODELS, DATASETS
         from mmengine.utils import import_modules_from_strings
         import_modules_from_strings(["constyle_plugin"])
-        print(MODELS.get("ConStyleRestorer").__name__, DATASETS.get("MixDegradationDataset").__name__)
+        print(MODELS.get("constyle.ConStyleRestorer").__name__, DATASETS.get("constyle.MixDegradationDataset").__name__)
     """)
     proc = python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

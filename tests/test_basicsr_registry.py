@@ -120,7 +120,7 @@ def test_constyle_unet_arch_loads_the_prompter_file_and_is_identity_at_start(pro
     x = torch.rand(1, 3, 40, 48)
     with torch.no_grad():
         assert torch.equal(net(x), net.backbone(x))  # zero-initialised adapters
-    assert set(net.adapters) >= {"encoder1", "encoder2", "encoder3", "bottleneck", "decoder1"}
+    assert set(net.injections) >= {"encoder1", "encoder2", "encoder3", "bottleneck", "decoder1"}
 
 
 @pytest.mark.parametrize("change, key", [
@@ -202,7 +202,7 @@ def test_constyle_sr_model_ema_copy_is_a_hooked_wrapper_with_an_exact_prompter(t
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():
         before_ema, before_g = ema(x), model.net_g(x)
-        ema.adapters["bottleneck"].fuse.weight.add_(0.5)
+        ema.injections["bottleneck"].fuse.weight.add_(0.5)
         assert not torch.equal(ema(x), before_ema)
         assert torch.equal(model.net_g(x), before_g)
 

@@ -28,7 +28,7 @@ ensure_basicsr_importable()
 
 ROOT = Path(__file__).resolve().parents[1]
 OPTIONS = ROOT / "options" / "nafnet_constyle.yml"
-COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr_cli import main; sys.exit(main())"]
+COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr.cli import main; sys.exit(main())"]
 NAME = "NAFNet_ConStyle_v2"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -66,7 +66,7 @@ def refused(proc: subprocess.CompletedProcess, *fragments: str) -> str:
 def refused_here(capsys, cwd: Path, monkeypatch, *args: str, fragments=()) -> str:
     """The same as :func:`refused`, running the command's ``main`` in this process (for refusals that
     come before anything is built)."""
-    from constyle_plugin.integrations.basicsr_cli import main
+    from constyle_plugin.integrations.basicsr.cli import main
 
     monkeypatch.chdir(cwd)
     code = main(list(args))
@@ -330,7 +330,7 @@ def test_plugin_classes_declare_the_keys_they_read():
     declaration is what the check uses, so a key the class reads must be declared to be accepted)."""
     from constyle_plugin.datasets import ConStylePretrainDataset, MixDegradationDataset
     from constyle_plugin.integrations.basicsr import OptionError, check_option_keys, register
-    from constyle_plugin.integrations.basicsr_models import ConStyleSRModel, ConStyleV2PretrainModel
+    from constyle_plugin.integrations.basicsr.models import ConStyleSRModel, ConStyleV2PretrainModel
 
     register()
     assert {"gt_size", "use_hflip", "use_rot", "photos", "degradations"} <= MixDegradationDataset.OPTIONS

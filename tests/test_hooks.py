@@ -67,7 +67,7 @@ def test_activation_checkpointing_gives_the_gradients_of_the_plain_run(reentrant
         F.l1_loss(net(x), target).backward()
     g_plain, g_ckpt = grads(plain), grads(ckpt)
     assert set(g_plain) == set(g_ckpt)
-    assert any(n.startswith("adapters.encoder") for n in g_ckpt)
+    assert any(n.startswith("injections.encoder") for n in g_ckpt)
     for name, g in g_plain.items():
         torch.testing.assert_close(g_ckpt[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -206,7 +206,7 @@ def test_wrapping_a_half_precision_unet(dtype):
     net = wrap_unet(unet, prompter=p)
     # the frozen prompter keeps its fp32 weights; the adapters follow the backbone
     assert all(v.dtype == torch.float32 for v in net.prompter.state_dict().values() if v.is_floating_point())
-    assert all(t.dtype == dtype for t in net.adapters.parameters())
+    assert all(t.dtype == dtype for t in net.injections.parameters())
     for k, v in net.prompter.state_dict().items():
         assert torch.equal(v, loaded[k]), k
     with torch.no_grad():
@@ -215,7 +215,7 @@ def test_wrapping_a_half_precision_unet(dtype):
     live_adapters(net)
     net.train()
     net(x).float().mean().backward()
-    assert all(p.grad is not None and p.grad.dtype == dtype for p in net.adapters.parameters())
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in net.injections.parameters())
 
 
 def test_meta_device_unet_is_refused_at_wrap_time():

@@ -17,18 +17,18 @@ FIRST_IMPORTS = {
     "constyle_plugin": "import constyle_plugin; import mmengine",
     "mmengine_then_plugin": "import mmengine; import constyle_plugin",
     "integrations.mmengine": "import constyle_plugin.integrations.mmengine",
-    "integrations.mmengine_runner": "from constyle_plugin.integrations.mmengine_runner import ConStyleRunner",
+    "integrations.mmengine.runner": "from constyle_plugin.integrations.mmengine.runner import ConStyleRunner",
     "inference_then_runner": "import constyle_plugin.inference; "
-                             "from constyle_plugin.integrations.mmengine_runner import load_config",
+                             "from constyle_plugin.integrations.mmengine.runner import load_config",
 }
 
 
 @pytest.mark.parametrize("case", sorted(FIRST_IMPORTS))
 def test_mmengine_registration_whatever_is_imported_first(case):
     code = (FIRST_IMPORTS[case] + "\nfrom mmengine.registry import MODELS, DATASETS, METRICS\n"
-            "assert MODELS.get('ConStyleRestorer') is not None, 'ConStyleRestorer not registered'\n"
-            "assert DATASETS.get('MixDegradationDataset') is not None\n"
-            "assert METRICS.get('PSNR') is not None\n")
+            "assert MODELS.get('constyle.ConStyleRestorer') is not None, 'ConStyleRestorer not registered'\n"
+            "assert DATASETS.get('constyle.MixDegradationDataset') is not None\n"
+            "assert METRICS.get('constyle.PSNR') is not None\n")
     proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", code], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -36,7 +36,7 @@ def test_mmengine_registration_whatever_is_imported_first(case):
 
 BASICSR_FIRST_IMPORTS = {
     "datasets": "import constyle_plugin.datasets",
-    "basicsr_models": "import constyle_plugin.integrations.basicsr_models",
+    "basicsr_models": "import constyle_plugin.integrations.basicsr.models",
     "degradations_then_basicsr": "import constyle_plugin.degradations; import basicsr",
 }
 

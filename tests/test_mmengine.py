@@ -21,12 +21,13 @@ from constyle_plugin.archs import NAFNet
 
 from mmengine.hooks import Hook
 from mmengine.logging import MessageHub
-from mmengine.registry import HOOKS, MODELS, Registry
+from mmengine.registry import Registry
 from mmengine.structures import BaseDataElement
 
 from constyle_plugin import cli
 from constyle_plugin.integrations import mmengine as cm
-from constyle_plugin.integrations.mmengine_runner import (ConfigError, check_config, load_config,
+from constyle_plugin.integrations.mmengine import HOOKS, MODELS
+from constyle_plugin.integrations.mmengine.runner import (ConfigError, check_config, load_config,
                                                           mmengine_checkpoint_globals)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +124,8 @@ def _val_scores(work_dir: Path):
 # ------------------------------------------------------------------------------------------------
 # Registration
 # ------------------------------------------------------------------------------------------------
-def test_import_registers_into_root_registries():
-    from mmengine.registry import DATASETS, METRICS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
+def test_import_registers_into_the_constyle_scope():
+    from constyle_plugin.integrations.mmengine import DATASETS, METRICS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
     for name in ("ConStyleRestorer", "ConStylePretrainer", "ConStyleDataPreprocessor", "NAFNet", "Restormer",
                  "ConvUNet", "L1Loss", "CharbonnierLoss", "InfoNCELoss", "StyleLoss", "DistillKLLoss"):
@@ -138,6 +139,24 @@ def test_import_registers_into_root_registries():
         assert name in METRICS.module_dict
     assert "ConStyleOptimWrapperConstructor" in OPTIM_WRAPPER_CONSTRUCTORS.module_dict
     assert "ConStyleRunner" in RUNNERS.module_dict
+
+
+def test_root_registries_hold_nothing_of_the_plugin_and_the_scope_builds_it():
+    import mmengine.registry as root
+
+    assert MODELS.scope == "constyle" and MODELS.parent is root.MODELS
+    for registry, names in ((root.MODELS, ("NAFNet", "ConStyleRestorer", "L1Loss", "InfoNCELoss")),
+                            (root.DATASETS, ("MixDegradationDataset",)), (root.METRICS, ("PSNR", "SSIM")),
+                            (root.HOOKS, ("PrompterExportHook",)), (root.RUNNERS, ("ConStyleRunner",)),
+                            (root.OPTIM_WRAPPER_CONSTRUCTORS, ("ConStyleOptimWrapperConstructor",))):
+        for name in names:
+            assert name not in registry.module_dict, (registry.name, name)
+            assert registry.get(name) is None, (registry.name, name)
+    net = root.MODELS.build(dict(type="constyle.NAFNet", **{k: v for k, v in TINY_NAFNET.items() if k != "type"}))
+    assert type(net).__name__ == "NAFNet" and type(net).__module__ == "constyle_plugin.archs.nafnet"
+    assert root.METRICS.build(dict(type="constyle.PSNR")).__class__.__name__ == "PSNR"
+    with root.DefaultScope.overwrite_default_scope("constyle"):  # as a config's default_scope='constyle'
+        assert type(root.MODELS.build(dict(TINY_NAFNET))).__name__ == "NAFNet"
 
 
 def test_register_keeps_a_host_nafnet_and_is_idempotent():
@@ -168,7 +187,7 @@ def test_import_into_a_process_whose_root_registry_has_a_nafnet():
         "from constyle_plugin.integrations.mmengine import register\n"
         "register()\n"
         "assert MODELS.get('NAFNet') is NAFNet, MODELS.get('NAFNet')\n"
-        "assert MODELS.get('ConStyleRestorer') is not None\n"
+        "assert MODELS.get('constyle.ConStyleRestorer') is not None\n"
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env=_subprocess_env())
@@ -224,7 +243,7 @@ def test_restorer_wraps_the_other_reference_backbones(backbone, multiple):
     torch.manual_seed(0)
     model = MODELS.build(dict(type="ConStyleRestorer", backbone=backbone, probe_size=64))
     assert model.data_preprocessor.multiple == multiple  # read from the backbone's size_multiple
-    assert len(model.net.adapters) == 4  # three encoder stages + the bottleneck
+    assert len(model.net.injections) == 4  # three encoder stages + the bottleneck
     data = model.data_preprocessor({"inputs": [torch.rand(3, 19, 27)]})
     assert data["inputs"].shape == (1, 3, 24, 32)
     with torch.no_grad():
@@ -341,7 +360,7 @@ def test_pretext_accuracy_metric():
 
 def test_pretext_accuracy_reports_latent_spread_and_warns_on_collapse(monkeypatch):
     from mmengine.registry import METRICS
-    from constyle_plugin.integrations import mmengine_data
+    from constyle_plugin.integrations.mmengine import data as mmengine_data
 
     logged = []
     monkeypatch.setattr(mmengine_data, "print_log", lambda msg, **kw: logged.append((msg, kw.get("level"))))
@@ -564,7 +583,7 @@ def test_nafnet_origin_trains_and_validates(tmp_path):
                      "--cfg-options", *_as_cli(opts)]) == 0
     assert math.isfinite(_val_scores(work)["PSNR"])
     ckpt = _load(work / "iter_2.pth")
-    assert ckpt["state_dict"] and not any("prompter" in k or "adapters" in k for k in ckpt["state_dict"])
+    assert ckpt["state_dict"] and not any("prompter" in k or "injections" in k for k in ckpt["state_dict"])
 
 
 def test_pretrain_then_stage_two_loads_the_exported_prompter(tmp_path):

@@ -154,7 +154,7 @@ def test_the_degradation_options_file_trains_and_validates_the_head(tmp_path):
             "datasets:train:sample_crop_size=64", "datasets:train:resize=64",
             "datasets:val:crop_size=32", "datasets:val:resize=64", "datasets:val:crops_per_photo=1",
             "datasets:val:sample_crop_size=64"]
-    cmd = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr_cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr.cli import main; sys.exit(main())",
            "train", "-opt", str(OPTIONS / "constyle_v2_pretrain_degradation.yml"), "--force_yml", *opts]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})

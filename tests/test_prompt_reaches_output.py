@@ -120,7 +120,7 @@ def live_net(inject=("encoder", "bottleneck", "decoder"), seed=0):
     torch.manual_seed(seed)
     unet = ModuleListUNet()
     net = wrap_unet(unet, prompter=prompter(seed), inject=inject)
-    randomise(net.adapters, seed=seed + 1)
+    randomise(net.injections, seed=seed + 1)
     return net.eval()
 
 
@@ -135,7 +135,7 @@ def expected_output(net, x):
     bare.load_state_dict(net.backbone.state_dict())
     with torch.no_grad():
         prompt = net.prompter(x)
-    adapters = {k: params_of(v) for k, v in net.adapters.items()}
+    adapters = {k: params_of(v) for k, v in net.injections.items()}
     modules = dict(bare.named_modules())
     for key, module_name in (("encoder1", "down.0"), ("encoder2", "down.1"), ("encoder3", "down.2")):
         if key in adapters:
@@ -258,11 +258,11 @@ def test_reference_archs_every_hook_reaches_the_output(arch):
     unet = TINY[arch]()
     randomise_residual_scales(unet)
     net = wrap_unet(unet, prompter=prompter(), inject=("encoder", "bottleneck", "decoder")).eval()
-    randomise(net.adapters, seed=3, std=0.1)
+    randomise(net.injections, seed=3, std=0.1)
     x = image(shape=(1, 3, 32, 32))
     before = run(net, x)
-    assert len(net.adapters) >= 5, sorted(net.adapters)
-    for key, adapter in net.adapters.items():
+    assert len(net.injections) >= 5, sorted(net.injections)
+    for key, adapter in net.injections.items():
         saved = {k: v.clone() for k, v in adapter.state_dict().items()}
         with torch.no_grad():
             for p in adapter.parameters():

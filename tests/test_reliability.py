@@ -43,7 +43,7 @@ BASICSR_CHILD = textwrap.dedent(r'''
     from constyle_plugin.compat import ensure_basicsr_importable
     ensure_basicsr_importable()
     from basicsr.models.base_model import BaseModel
-    from constyle_plugin.integrations.basicsr_cli import atomic_torch_save
+    from constyle_plugin.integrations.basicsr.cli import atomic_torch_save
 
     folder, mode, target = sys.argv[1:4]
     model = BaseModel.__new__(BaseModel)
@@ -90,7 +90,7 @@ MMENGINE_CHILD = textwrap.dedent(r'''
     import builtins, os, shutil, sys, time, torch
     from mmengine.runner import Runner
     from mmengine.runner.checkpoint import save_checkpoint
-    from constyle_plugin.integrations.mmengine_runner import ConStyleRunner
+    from constyle_plugin.integrations.mmengine.runner import ConStyleRunner
 
     folder, mode = sys.argv[1:3]
 
@@ -141,7 +141,7 @@ def _run_killed_save(tmp_path: Path, child: str, *args: str) -> Path:
 
 
 def _load(path: Path):
-    from constyle_plugin.integrations.mmengine_runner import mmengine_checkpoint_globals
+    from constyle_plugin.integrations.mmengine.runner import mmengine_checkpoint_globals
 
     with mmengine_checkpoint_globals():
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -185,7 +185,7 @@ def test_mmengine_save_killed_mid_write(tmp_path, mode):
 # ------------------------------------------------------------------------------------------------
 # BasicSR runs (tiny NAFNet + ConStyle v2 on the sample photos)
 # ------------------------------------------------------------------------------------------------
-BASICSR_MAIN = "import sys; from constyle_plugin.integrations.basicsr_cli import main; sys.exit(main())"
+BASICSR_MAIN = "import sys; from constyle_plugin.integrations.basicsr.cli import main; sys.exit(main())"
 NAME = "NAFNet_ConStyle_v2"
 
 
@@ -275,7 +275,7 @@ def test_basicsr_launcher_pytorch_on_cpu_two_processes(tmp_path, photos, prompte
     from constyle_plugin import ConStyleV2
 
     opts = _tiny(photos, prompter_file, total_iter=2, ckpt_freq=2)
-    proc = subprocess.run(_torchrun("-m", "constyle_plugin.integrations.basicsr_cli", "train", "-opt",
+    proc = subprocess.run(_torchrun("-m", "constyle_plugin.integrations.basicsr.cli", "train", "-opt",
                                     str(OPTIONS / "nafnet_constyle.yml"), "--launcher", "pytorch",
                                     "--force_yml", *opts),
                           cwd=tmp_path, capture_output=True, text=True, env=_env(**NO_CUDA), timeout=400)
@@ -328,7 +328,7 @@ def test_mmengine_launcher_pytorch_on_cpu_two_processes(tmp_path, prompter_file)
     losses = [float(v) for v in re.findall(r"Iter\(train\) \[\s*\d+/2\].*?\bloss: ([-\d.e+]+)", log)]
     assert len(losses) == 2 and all(abs(v) < 1e6 for v in losses), log[-2000:]
     assert visible(work).count("iter_2.pth") == 1
-    from constyle_plugin.integrations.mmengine_runner import mmengine_checkpoint_globals
+    from constyle_plugin.integrations.mmengine.runner import mmengine_checkpoint_globals
 
     with mmengine_checkpoint_globals():
         ckpt = torch.load(work / "iter_2.pth", map_location="cpu", weights_only=True)
@@ -439,7 +439,7 @@ def test_mmengine_check_config_names_the_broken_key(kind, name, split):
     import constyle_plugin  # noqa: F401  (registers)
     from mmengine.config import Config
 
-    from constyle_plugin.integrations.mmengine_runner import ConfigError, check_config
+    from constyle_plugin.integrations.mmengine.runner import ConfigError, check_config
 
     cfg = _mm_config()
     if kind == "backbone_type":
@@ -473,7 +473,7 @@ def _mm_config():
 
     if not _MM_CFG:
         import constyle_plugin  # noqa: F401
-        from constyle_plugin.integrations.mmengine_runner import check_config
+        from constyle_plugin.integrations.mmengine.runner import check_config
 
         _MM_CFG.append(Config.fromfile(str(ROOT / "options" / "mmengine" / "nafnet_constyle.py")))
         check_config(_MM_CFG[0])  # the unbroken config passes
@@ -493,7 +493,7 @@ def _tiny_wrapped_nafnet():
     net = wrap_unet(NAFNet(width=8, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1], middle_blk_num=1),
                     prompter=ConStyleV2()).eval()
     with torch.no_grad():
-        for p in net.adapters.parameters():  # away from the zero-initialised identity
+        for p in net.injections.parameters():  # away from the zero-initialised identity
             p.normal_(0, 0.05)
     warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
     return net
@@ -532,7 +532,7 @@ def test_basicsr_resume_state_that_runs_code_is_refused_and_nothing_runs(tmp_pat
     from constyle_plugin.compat import ensure_basicsr_importable
 
     ensure_basicsr_importable()
-    from constyle_plugin.integrations.basicsr_cli import load_state_file
+    from constyle_plugin.integrations.basicsr.cli import load_state_file
 
     marker, path = tmp_path / "pwned", tmp_path / "4.state"
     torch.save({"epoch": 0, "iter": 4, "optimizers": [], "schedulers": [], "x": RunsCodeOnLoad(marker)}, path)

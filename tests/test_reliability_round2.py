@@ -343,7 +343,7 @@ def test_train_with_num_workers_0_runs_despite_persistent_workers(mmengine_run):
 def test_fit_dataloaders_turns_persistent_workers_off_only_without_workers():
     from mmengine.config import Config
 
-    from constyle_plugin.integrations.mmengine_runner import fit_dataloaders
+    from constyle_plugin.integrations.mmengine.runner import fit_dataloaders
 
     cfg = Config(dict(train_dataloader=dict(num_workers=0, persistent_workers=True),
                       val_dataloader=dict(persistent_workers=True),
@@ -432,7 +432,7 @@ def test_train_broken_config_and_malformed_options_fail_in_one_line(tmp_path, ca
 def test_check_config_names_misspelt_scheduler_and_wrapper_arguments():
     from mmengine.config import Config
 
-    from constyle_plugin.integrations.mmengine_runner import ConfigError, check_config, load_config
+    from constyle_plugin.integrations.mmengine.runner import ConfigError, check_config, load_config
 
     cfg = load_config(str(MMENGINE_CONFIG))
     check_config(cfg)  # the shipped config passes

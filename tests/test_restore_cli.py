@@ -90,7 +90,7 @@ def test_restore_mmengine_checkpoint(images, tmp_path):
     check_outputs(images, out)
     # the command's output is the run's EMA network (MMEngine's EMAHook keeps it as module.net.*)
     net = load_network(checkpoint)
-    from constyle_plugin.integrations.mmengine_runner import mmengine_checkpoint_globals  # after mmengine
+    from constyle_plugin.integrations.mmengine.runner import mmengine_checkpoint_globals  # after mmengine
 
     with mmengine_checkpoint_globals():
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True)

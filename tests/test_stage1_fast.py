@@ -433,7 +433,7 @@ def test_mmengine_pretrainer_degrades_without_reading_the_device():
     pytest.importorskip("mmengine")
     from mmengine.structures import BaseDataElement
 
-    from constyle_plugin.integrations.mmengine_models import ConStylePretrainer
+    from constyle_plugin.integrations.mmengine.models import ConStylePretrainer
 
     model = ConStylePretrainer(queue_size=8, num_classes=4, degradation=dict(seed=0))
     samples = [BaseDataElement(metainfo={"weather": w}) for w in (True, False, False, True)]

@@ -89,7 +89,7 @@ def test_training_changes_output_and_keeps_prompter_frozen(style):
     optimised = {id(p) for group in opt.param_groups for p in group["params"]}
     assert not optimised & {id(p) for p in net.prompter.parameters()}
     # the adapters trained: at least the zero-initialised fusions moved away from zero
-    assert any(p.abs().sum() > 0 for n, p in net.adapters.named_parameters() if "fuse.weight" in n)
+    assert any(p.abs().sum() > 0 for n, p in net.injections.named_parameters() if "fuse.weight" in n)
 
 
 @pytest.mark.parametrize("style", ["modulelist_3down", "tuple_outputs_shared_act"])
@@ -105,7 +105,7 @@ def test_deepcopy_and_state_dict_round_trip(style):
         assert torch.equal(clone(x), reference)
     # the copy's hooks are bound to the copy's adapters: changing the copy leaves the original alone
     with torch.no_grad():
-        for p in clone.adapters.parameters():
+        for p in clone.injections.parameters():
             p.add_(0.1)
         assert not torch.equal(clone(x), reference)
         assert torch.equal(net(x), reference)
@@ -192,21 +192,21 @@ def test_decoder_injection_is_identity_then_trains():
     with torch.no_grad():
         before = unet(x)
     net = wrap_unet(unet, prompter=random_prompter(), inject=("encoder", "bottleneck", "decoder"))
-    assert sorted(net.adapters) == ["bottleneck", "decoder1", "decoder2", "decoder3",
+    assert sorted(net.injections) == ["bottleneck", "decoder1", "decoder2", "decoder3",
                                     "encoder1", "encoder2", "encoder3"]
     net.eval()
     with torch.no_grad():
         assert torch.equal(net(x), before)
     train_steps(net, x, steps=2)
-    assert net.adapters["decoder1"].linear.weight.abs().sum() > 0
+    assert net.injections["decoder1"].linear.weight.abs().sum() > 0
 
 
 def test_prompt_parameters_are_the_adapters():
     unet, _ = make("modulelist_3down")
     net = wrap_unet(unet, prompter=random_prompter())
-    assert {id(p) for p in net.prompt_parameters()} == {id(p) for p in net.adapters.parameters()}
+    assert {id(p) for p in net.prompt_parameters()} == {id(p) for p in net.injections.parameters()}
     trainable = {id(p) for p in net.parameters() if p.requires_grad}
-    assert trainable == {id(p) for p in net.adapters.parameters()} | {id(p) for p in unet.parameters()}
+    assert trainable == {id(p) for p in net.injections.parameters()} | {id(p) for p in unet.parameters()}
 
 
 def test_prompt_maps_are_resized_for_padding_backbones():
@@ -215,12 +215,12 @@ def test_prompt_maps_are_resized_for_padding_backbones():
     net = wrap_unet(unet, prompter=random_prompter()).eval()
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for p in net.adapters.parameters():
+        for p in net.injections.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     keys = ("encoder1", "encoder2", "encoder3")
     seen, stage_out = {}, {}
     for key in keys:
-        net.adapters[key].register_forward_hook(lambda m, args, out, key=key: seen.__setitem__(key, (*args, out)))
+        net.injections[key].register_forward_hook(lambda m, args, out, key=key: seen.__setitem__(key, (*args, out)))
     for k, module in enumerate(unet.down):  # registered after the wrapper's hook: sees the stage's final output
         module.register_forward_hook(lambda m, args, out, k=k: stage_out.__setitem__(k, out))
     with torch.no_grad():
@@ -232,7 +232,7 @@ def test_prompt_maps_are_resized_for_padding_backbones():
     for k, key in enumerate(keys):
         stage, feature, got = seen[key]
         assert torch.equal(feature, features[k]), key  # the prompter's own map, not a re-computed one
-        adapter = net.adapters[key]
+        adapter = net.injections[key]
         # SPEC section 3 written out: LeakyReLU(0.1)(1x1 conv, no bias), resized bilinearly to the stage
         p = F.leaky_relu(torch.einsum("oc,bchw->bohw", adapter.proj.weight[:, :, 0, 0], feature), 0.1)
         p = F.interpolate(p, size=stage.shape[-2:], mode="bilinear", align_corners=False)
@@ -274,9 +274,9 @@ def test_wrapping_twice_is_refused():
 
 
 def test_default_prompter_without_packaged_weights_warns(monkeypatch):
-    import constyle_plugin.unet as unet_module
+    import constyle_plugin.prompter as prompter_module
 
-    monkeypatch.setattr(unet_module, "default_prompter_path", lambda: None)
+    monkeypatch.setattr(prompter_module, "default_prompter_path", lambda: None)
     unet, _ = make("modulelist_3down")
     with pytest.warns(UserWarning, match="untrained"):
         net = wrap_unet(unet)
@@ -297,3 +297,22 @@ def test_backbone_called_directly_is_the_bare_network():
         assert not torch.equal(direct, wrapped)
         net(x.flip(-1))  # no prompt is left behind by an earlier wrapped call
         assert torch.equal(net.backbone(x), bare(x))
+
+
+def test_checkpoints_with_the_old_adapters_keys_still_load():
+    """The injection modules were saved as ``adapters.*`` before they were named ``injections``."""
+    unet, x = make("modulelist_3down")
+    net = wrap_unet(unet, prompter=random_prompter())
+    with torch.no_grad():
+        for p in net.injections.parameters():
+            p.add_(0.1)
+    state = net.state_dict()
+    old = {("adapters." + k[len("injections."):] if k.startswith("injections.") else k): v for k, v in state.items()}
+    assert any(k.startswith("adapters.") for k in old) and not any(k.startswith("injections.") for k in old)
+    other = wrap_unet(make("modulelist_3down")[0], prompter=random_prompter())
+    other.load_state_dict(old, strict=True)
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
+    holder = torch.nn.Module()  # nested under a prefix, as inside a trainer's model
+    holder.net = wrap_unet(make("modulelist_3down")[0], prompter=random_prompter())
+    holder.load_state_dict({"net." + k: v for k, v in old.items()}, strict=True)
+    assert all(torch.equal(v, holder.net.state_dict()[k]) for k, v in state.items())

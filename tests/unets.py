@@ -374,6 +374,6 @@ def live_adapters(net: nn.Module, seed: int = 1, scale: float = 0.1) -> nn.Modul
     that the prompt really changes the output and the gradients."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in net.adapters.parameters():
+        for p in net.injections.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     return net

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ._padding import check_input, check_pad_mode, pad_to_multiple
+from ..padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["ConvUNet", "conv_block"]
 

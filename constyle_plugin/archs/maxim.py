@@ -34,7 +34,7 @@ from einops import rearrange
 from timm.layers import LayerNorm2d
 from torch import Tensor
 
-from ._padding import check_input, check_pad_mode, pad_to_multiple
+from ..padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["MAXIM", "MultiAxisGmlpLayer", "RCAB", "CrossGatingBlock"]
 

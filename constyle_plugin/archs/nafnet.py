@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 from torch import Tensor
 
-from ._padding import check_input, check_pad_mode, pad_to_multiple
+from ..padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["NAFBlock", "NAFNet", "simple_gate"]
 

@@ -16,7 +16,7 @@ from einops import rearrange
 from timm.layers import LayerNorm2d
 from torch import Tensor
 
-from ._padding import check_input, check_pad_mode, pad_to_multiple
+from ..padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["BiasFreeLayerNorm2d", "ChannelLayerNorm", "Downsample", "GDFN", "MDTA", "OverlapPatchEmbed",
            "Restormer", "TransformerBlock", "Upsample"]

@@ -8,7 +8,11 @@ imports one (or at once, for a trainer already imported):
 - 1.2-era BasicSR forks (NAFNet, Restormer: no registries, look-ups by module scans): after each of
   ``basicsr.models.archs``, ``basicsr.models``, ``basicsr.data`` and ``basicsr.models.losses`` has
   loaded, into the lists and module those look-ups read;
-- MMEngine: after the ``mmengine`` package has loaded, into its root registries.
+- MMEngine: after the ``mmengine`` package has loaded, into the ``constyle`` scope (child registries
+  of MMEngine's root ones).
+
+It also tells ``constyle restore`` where the readers of BasicSR and MMEngine runs are
+(:mod:`constyle_plugin.runs`); they are imported only when a run of that kind is read.
 
 :func:`register_all` registers at once with every trainer importable here (importing them).
 Registration is idempotent and never replaces a name the host code base already has.
@@ -20,7 +24,8 @@ import sys
 import types
 from typing import Dict
 
-from ..compat import when_imported
+from ..compat import ensure_basicsr_importable, when_imported
+from ..runs import register_run_reader
 
 __all__ = ["FORK_LOOKUP_MODULES", "install", "register_all"]
 
@@ -54,6 +59,8 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    register_run_reader("basicsr", "constyle_plugin.integrations.basicsr.restore:READER")
+    register_run_reader("mmengine", "constyle_plugin.integrations.mmengine.restore:READER")
     when_imported("basicsr", _on_basicsr)
     for name in FORK_LOOKUP_MODULES:
         when_imported(name, _on_fork_module)
@@ -68,8 +75,6 @@ def register_all() -> Dict[str, object]:
     """
     reports: Dict[str, object] = {}
     try:
-        from ..compat import ensure_basicsr_importable
-
         ensure_basicsr_importable()
     except ImportError:
         pass

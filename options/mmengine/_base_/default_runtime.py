@@ -1,6 +1,8 @@
 # Shared runtime of the ConStyle v2 MMEngine configs: iteration-based training, AdamW, cosine LR,
 # checkpoints in the work dir (latest kept 3, plus the best by the validation metric).
 custom_imports = dict(imports=['constyle_plugin'], allow_failed_imports=False)
+# the plugin's types (ConStyleRestorer, NAFNet, PSNR, ...) live in the `constyle` scope
+default_scope = 'constyle'
 # ConStyleRunner = MMEngine's Runner + config checks before building + resume that works with
 # torch >= 2.6 safe loading (see the README); `constyle train` uses it by default.
 runner_type = 'ConStyleRunner'

@@ -1,13 +1,17 @@
-"""Pad-to-multiple and crop-back shared by the reference U-Nets (any input size in, same size out)."""
+"""Padding to a size multiple (bottom and right), shared by the reference U-Nets, the MMEngine
+data preprocessor and tiled inference. Torch only."""
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = ["PAD_MODES", "check_input", "check_pad_mode", "pad_bottom_right", "pad_to_multiple"]
+
 PAD_MODES = ("zeros", "reflect", "replicate")
 
 
 def check_pad_mode(mode: str, owner: str) -> str:
+    """``mode`` if it is one of :data:`PAD_MODES`, else a ValueError naming ``owner``."""
     if mode not in PAD_MODES:
         raise ValueError(f"{owner}: pad_mode must be one of {PAD_MODES}, got {mode!r}")
     return mode

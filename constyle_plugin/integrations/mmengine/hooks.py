@@ -15,7 +15,7 @@ class PrompterExportHook(Hook):
     """Write the prompter being pre-trained (stage 1) as a ``.safetensors`` file stage 2 can load.
 
     After every checkpoint save and at the end of training, the query encoder of
-    :class:`~constyle_plugin.integrations.mmengine_models.ConStylePretrainer` is exported with
+    :class:`~constyle_plugin.integrations.mmengine.models.ConStylePretrainer` is exported with
     :meth:`ConStyleV2.save_pretrained` (atomically) to ``<work_dir>/<filename>``; point a
     restoration config's ``model.prompter.pretrained`` at it. With ``use_ema`` (default) and an
     ``EMAHook`` in the run, the averaged weights are exported, as the authors release

@@ -36,9 +36,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from ..builder import OptionError, check_file, join_keys
-from .basicsr import ForkHost, check_network_options, point_sample_datasets
-from .safe_loading import safe_torch_load
+from ...builder import OptionError, check_file, join_keys
+from .registry import ForkHost, check_network_options, point_sample_datasets
+from ...safe_loading import safe_torch_load
 
 __all__ = ["ForkRunFixes", "apply_overrides", "prepare_fork_run", "split_command_flags"]
 

@@ -29,7 +29,7 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
   ``train.scheduler.periods`` raised); the log says so;
 - every other ``torch.load`` of the run that does not pass ``weights_only`` (BasicSR's
   ``load_network`` for ``pretrain_network_g`` and ``basicsr test``) loads with
-  ``weights_only=True`` whatever the torch version (:mod:`.safe_loading`);
+  ``weights_only=True`` whatever the torch version (:mod:`constyle_plugin.safe_loading`);
 - exact resumption: BasicSR restarts the interrupted epoch from its first batch and does not
   save random generator states, so a resumed run sees other data than an uninterrupted one. Here
   each checkpoint also saves the Python / NumPy / torch generator states
@@ -61,9 +61,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ..prompter import atomic_write
-from .basicsr import OptionError, check_options, point_sample_datasets
-from .safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
+from ...errors import close_matches
+from ...prompter import atomic_write
+from ...safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
+from .registry import (ForkHost, OptionError, check_options, current_host, format_registration_report,
+                       point_sample_datasets, register_here, registration_report)
 
 __all__ = ["RunFixes", "atomic_torch_save", "capture_rng", "check_command_line", "load_state_file", "main",
            "restore_rng"]
@@ -653,9 +655,7 @@ def check_command_line(args: Sequence[str]) -> Dict[str, str]:
 
 
 def _close(name: str, node: Dict[str, Any]) -> List[str]:
-    import difflib
-
-    return difflib.get_close_matches(name, [str(k) for k in node], n=1)
+    return close_matches(name, node)
 
 
 def _check_queue(opt: Dict[str, Any]) -> None:
@@ -686,9 +686,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"basicsr: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
 
-    import constyle_plugin  # noqa: F401  (registers with basicsr as it is imported)
-    from .basicsr import ForkHost, current_host, register_here
-
     try:
         host = current_host()
     except ImportError as exc:
@@ -697,8 +694,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"`python setup.py develop`.", file=sys.stderr)
         return 2
     register_here()
+    print(f"basicsr {command}: {format_registration_report(registration_report())}", file=sys.stderr, flush=True)
     if isinstance(host, ForkHost):
-        from .basicsr_fork import prepare_fork_run
+        from .fork import prepare_fork_run
 
         try:
             argv0, rest, fixes, pipeline = prepare_fork_run(command, rest)

@@ -23,11 +23,10 @@ Entries (a name the host already has is never replaced; ``ConStyleUNet`` then wr
 - LOSS: ``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``.
 - DATASET: ``MixDegradationDataset``, ``ConStylePretrainDataset``.
 
-The ``basicsr`` command lives in :mod:`.basicsr_cli`.
+The ``basicsr`` command lives in :mod:`.cli`.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
@@ -35,17 +34,20 @@ import types
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..builder import (OptionError, check_file, check_inject, check_stage_names, join_keys, prompter_path,
-                       wrap_from_options)
-from ..compat import ensure_basicsr_importable
+from ...builder import check_file, prompter_path, wrap_from_options
+from ...compat import ensure_basicsr_importable
+from ...errors import CheckpointError, OptionError, did_you_mean, join_keys
+from ...pretrain import ConStyleMoCo
+from ...prompter import ConStyleV2, default_prompter
+from ...stages import check_inject, check_stage_names
 
 __all__ = [
     "ARCH", "DATASET", "LOSS", "MODEL",
     "BasicSRHost", "ForkHost", "OptionError", "OptionWarning", "RegistryHost",
     "available", "check_call_options", "check_network_options", "check_option_keys", "check_options",
     "check_training_numbers",
-    "current_host", "register", "register_here",
-    "register_into", "register_with_fork_module",
+    "current_host", "format_registration_report", "register", "register_here",
+    "register_into", "register_with_fork_module", "registration_report",
 ]
 
 ARCH, MODEL, LOSS, DATASET = "ARCH", "MODEL", "LOSS", "DATASET"
@@ -70,8 +72,8 @@ class BasicSRHost:
 
     def unknown(self, kind: str, name: Any) -> str:
         known = self.names(kind)
-        close = difflib.get_close_matches(str(name), known, n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(name, known, n=3)
+        hint = f"; {hint}" if hint else ""
         listed = ", ".join(known) if len(known) <= 40 else ", ".join(known[:40]) + ", ..."
         return f"{name!r} is not a registered {_KIND_WORDS[kind]} ({self.flavour}){hint} (known: {listed})"
 
@@ -217,8 +219,8 @@ def check_network_options(opt: Mapping[str, Any], key: str = "", build: bool = T
     host = host or current_host()
     unknown = sorted(set(opt) - _UNET_OPTIONS)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(_UNET_OPTIONS - {"type"}), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(unknown[0], sorted(_UNET_OPTIONS - {"type"}))
+        hint = f"{hint} " if hint else ""
         raise OptionError(_join(key, unknown[0]), f"unknown option of ConStyleUNet; {hint}"
                                                   f"expected {sorted(_UNET_OPTIONS - {'type'})}")
     backbone = opt.get("backbone")
@@ -291,14 +293,10 @@ def build_prompter(pretrained: Optional[str] = None, frozen: bool = True, num_cl
     ``pretrained``: a checkpoint path (any layout ``ConStyleV2.from_pretrained`` reads); ``~`` with
     ``frozen: true`` means the packaged prompter, with ``frozen: false`` a fresh, trainable one.
     """
-    from ..prompter import ConStyleV2
-
     if pretrained is not None:
         return ConStyleV2.from_pretrained(check_file("pretrained", pretrained, "prompter checkpoint"), frozen=frozen)
     if frozen:
-        from ..unet import _default_prompter
-
-        return _default_prompter()
+        return default_prompter()
     return ConStyleV2(num_classes=num_classes)
 
 
@@ -313,9 +311,6 @@ def build_moco(queue_size: int = 65760, momentum: float = 0.999, temperature: fl
     ``degradation_classes``: 0 (the authors) or the size of a degradation head on ``z2`` (see
     :class:`~constyle_plugin.pretrain.ConStyleMoCo`).
     """
-    from ..pretrain import ConStyleMoCo
-    from ..prompter import CheckpointError
-
     kwargs = dict(momentum=momentum, temperature=temperature, normalize=normalize, enqueue=enqueue,
                   degradation_classes=degradation_classes)
     if pretrained is not None:
@@ -341,7 +336,7 @@ def _from(module: str, name: str) -> Callable[[], Any]:
 def _model(name: str) -> Callable[[], Any]:
     def load() -> Any:
         try:
-            module = importlib.import_module("constyle_plugin.integrations.basicsr_models")
+            module = importlib.import_module("constyle_plugin.integrations.basicsr.models")
         except ImportError as exc:
             raise EntryUnavailable(
                 f"model_type {name} builds on PyPI BasicSR >= 1.3 ({exc}). Inside a 1.2-era fork, keep the "
@@ -503,6 +498,39 @@ def register_here() -> Dict[str, Any]:
     return {"fork": done}
 
 
+def registration_report() -> Dict[str, Dict[str, List[str]]]:
+    """What the plugin's names resolve to in the basicsr importable here (any flavour).
+
+    Returns ``{kind: {"registered": [...], "kept": [...], "unavailable": [...]}}`` per registry
+    (``ARCH``, ``MODEL``, ``LOSS``, ``DATASET``): ``registered``, the plugin's entries that
+    ``type: <name>`` builds; ``kept``, names the host already had, so its own class stays;
+    ``unavailable``, entries that cannot exist here (the plugin's model classes inside a 1.2-era fork)
+    or that are not registered (yet). Raises ImportError when no known basicsr imports here.
+    """
+    host = current_host()
+    builder = build_constyle_unet if isinstance(host, RegistryHost) else _fork_unet_builder
+    report: Dict[str, Dict[str, List[str]]] = {}
+    for kind, entries in _entries(builder).items():
+        slot = report.setdefault(kind, {"registered": [], "kept": [], "unavailable": []})
+        for name, load in entries:
+            try:
+                obj = load()
+            except (AttributeError, EntryUnavailable):
+                slot["unavailable"].append(name)
+                continue
+            found = host.find(kind, name)
+            slot["registered" if found is obj else "unavailable" if found is None else "kept"].append(name)
+    return report
+
+
+def format_registration_report(report: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
+    """One line of :func:`registration_report`: ``registered ...; kept from the host ...``."""
+    def listed(what: str) -> str:
+        parts = [f"{kind.lower()} {', '.join(r[what])}" for kind, r in report.items() if r.get(what)]
+        return "; ".join(parts) if parts else "none"
+    return f"constyle-plugin registered: {listed('registered')} | kept from the host: {listed('kept')}"
+
+
 # ------------------------------------------------------------------------------------------------
 # Option checks (run by the `basicsr` command before anything is built)
 # ------------------------------------------------------------------------------------------------
@@ -530,7 +558,7 @@ class OptionWarning(UserWarning):
 # Keys that PyPI BasicSR 1.4.2 itself reads (basicsr.utils.options.parse_options, basicsr.train / test,
 # basicsr.data.build_dataloader, BaseModel); ``network_*`` keys are networks. The plugin's own keys are
 # declared by the classes that read them: a dataset's ``OPTIONS``, a model's ``TRAIN_OPTIONS`` /
-# ``VAL_OPTIONS`` (constyle_plugin.datasets, .basicsr_models).
+# ``VAL_OPTIONS`` (constyle_plugin.datasets, .models).
 BASICSR_TOP_LEVEL = frozenset({"name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "path", "train",
                                "val", "logger", "dist_params", "find_unused_parameters",
                                # set by parse_options / train_pipeline
@@ -547,8 +575,7 @@ _BASICSR_PATH_PREFIXES = ("pretrain_network_", "param_key_", "strict_load_")
 
 
 def _hint(key: str, known: Sequence[str], cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=cutoff)
-    return f"did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(key, sorted(known), cutoff=cutoff)
 
 
 def _unknown_keys(section: Any, known: Sequence[str], where: str, reader: str) -> None:

@@ -1,13 +1,11 @@
-"""MMEngine integration: registry entries for both training stages, and ``constyle train``.
+"""MMEngine integration: what the plugin registers in the ``constyle`` scope (:mod:`.scope`).
 
-``register()`` (called on ``import constyle_plugin`` when MMEngine is importable, so
-``custom_imports = dict(imports=['constyle_plugin'])`` in a config is all a user adds) puts into
-MMEngine's root registries:
+``register()`` (run once the program imports mmengine, so ``custom_imports =
+dict(imports=['constyle_plugin'])`` in a config is all a user adds) puts into the scope's registries:
 
 - MODELS: ``ConStyleRestorer`` (stage 2), ``ConStylePretrainer`` (stage 1),
   ``ConStyleDataPreprocessor``, the reference backbones ``NAFNet``, ``Restormer``, ``ConvUNet``,
-  ``MAXIM``, the
-  stage-1 losses (``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``,
+  ``MAXIM``, the stage-1 losses (``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``,
   ``ClassificationLoss``) and BasicSR's pixel losses (``L1Loss``, ``MSELoss``, ``CharbonnierLoss``);
 - DATASETS: ``MixDegradationDataset``, ``ConStylePretrainDataset``, ``PairedFolderDataset``;
 - METRICS: ``PSNR``, ``SSIM`` (RGB, or Y with ``test_y_channel=True``), ``PretextAccuracy``;
@@ -15,27 +13,28 @@ MMEngine's root registries:
 - RUNNERS: ``ConStyleRunner`` (early config checks, safe resume on torch >= 2.6);
 - HOOKS: ``PrompterExportHook`` (writes the pre-trained prompter as ``.safetensors``).
 
-Registration is idempotent and never replaces a name that is already registered (by a host
-package such as a BasicSR or OpenMMLab fork that ships its own ``NAFNet``).
+Configs use them with ``default_scope = 'constyle'`` or as ``type='constyle.NAFNet'``; MMEngine's
+root registries are left as they are. Registration is idempotent.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-from mmengine.registry import (DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS,
-                               Registry)
+from mmengine.registry import Registry
 
-from .. import archs as _archs
-from .. import losses as _losses
-from .mmengine_data import (PSNR, SSIM, ConStylePretrainDataset, MixDegradationDataset, PairedFolderDataset,
-                            PretextAccuracy, default_cache_dir)
-from .mmengine_hooks import PrompterExportHook
-from .mmengine_models import (ConStyleDataPreprocessor, ConStyleOptimWrapperConstructor, ConStylePretrainer,
-                              ConStyleRestorer)
-from .mmengine_runner import (ConfigError, ConStyleRunner, check_config, mmengine_checkpoint_globals,
-                              train)
+from ... import archs as _archs
+from ... import losses as _losses
+from ...compat import ensure_basicsr_importable
+from .data import (PSNR, SSIM, ConStylePretrainDataset, MixDegradationDataset, PairedFolderDataset,
+                   PretextAccuracy, default_cache_dir)
+from .hooks import PrompterExportHook
+from .models import (ConStyleDataPreprocessor, ConStyleOptimWrapperConstructor, ConStylePretrainer,
+                     ConStyleRestorer)
+from .runner import ConfigError, ConStyleRunner, check_config, mmengine_checkpoint_globals, train
+from .scope import DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS, SCOPE
 
-__all__ = ["ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConStylePretrainDataset",
+__all__ = ["DATASETS", "HOOKS", "METRICS", "MODELS", "OPTIM_WRAPPER_CONSTRUCTORS", "RUNNERS", "SCOPE",
+           "ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConStylePretrainDataset",
            "ConStylePretrainer", "ConStyleRestorer", "ConStyleRunner", "ConfigError", "MixDegradationDataset",
            "PSNR", "PairedFolderDataset", "PretextAccuracy", "PrompterExportHook", "SSIM", "check_config",
            "default_cache_dir", "entries", "mmengine_checkpoint_globals", "register", "train"]
@@ -43,8 +42,6 @@ __all__ = ["ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConSt
 
 def _pixel_losses() -> List[Tuple[str, type]]:
     try:
-        from ..compat import ensure_basicsr_importable
-
         ensure_basicsr_importable()
         from basicsr.losses.basic_loss import CharbonnierLoss, L1Loss, MSELoss
     except ImportError:  # basicsr is a dependency; torch's own losses keep configs usable without it
@@ -78,10 +75,11 @@ def entries() -> Dict[str, List[Tuple[str, type]]]:
 def register(models: Optional[Registry] = None, datasets: Optional[Registry] = None,
              metrics: Optional[Registry] = None, optim_wrapper_constructors: Optional[Registry] = None,
              runners: Optional[Registry] = None, hooks: Optional[Registry] = None) -> Dict[str, List[str]]:
-    """Register the plugin's classes into MMEngine's registries (default: the root ones).
+    """Register the plugin's classes into the ``constyle`` scope's registries (or those passed in).
 
-    A name already present (ours from an earlier call, or a host package's class) is left as it
-    is. Returns ``{registry name: [names registered by this call]}`` (empty lists the second time).
+    A name already present (ours from an earlier call, or another class registered in that scope)
+    is left as it is. Returns ``{registry name: [names registered by this call]}`` (empty lists the
+    second time).
     """
     targets = {"models": models or MODELS, "datasets": datasets or DATASETS, "metrics": metrics or METRICS,
                "optim_wrapper_constructors": optim_wrapper_constructors or OPTIM_WRAPPER_CONSTRUCTORS,

@@ -13,7 +13,6 @@ BasicSR's validation does) and the plugin's :func:`~constyle_plugin.pretrain.acc
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from pathlib import Path
@@ -26,7 +25,9 @@ from mmengine.logging import print_log
 from mmengine.structures import BaseDataElement
 from torch.utils import data
 
-from ..compat import ensure_basicsr_importable
+from ...compat import ensure_basicsr_importable
+from ...errors import did_you_mean
+from ...imageio import IMAGE_EXTENSIONS
 
 __all__ = ["ConStylePretrainDataset", "MixDegradationDataset", "PSNR", "PairedFolderDataset",
            "PretextAccuracy", "SSIM", "default_cache_dir"]
@@ -39,8 +40,8 @@ def _check_options(owner: str, opt: Dict[str, Any], known: Tuple[str, ...]) -> N
     # MMEngine config has no such extras, so a misspelt option is an error here.
     unknown = sorted(set(opt) - set(known))
     if unknown:
-        close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
-        hints = "; ".join(f"{k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") for k, c in close.items())
+        hints = "; ".join(f"{k!r}" + (f" ({h})" if h else "") for k, h in ((k, did_you_mean(k, known))
+                                                                           for k in unknown))
         raise TypeError(f"{owner}: unknown option(s) {hints}; valid: {sorted(known)}")
 
 
@@ -57,10 +58,9 @@ def default_cache_dir() -> Path:
 
 def _stems(folder: Optional[str], sample: bool) -> List[str]:
     if sample:
-        from ..samples import sample_photos
+        from ...samples import sample_photos
 
         return [name for name, _ in sample_photos()]
-    from ..datasets import IMAGE_EXTENSIONS
 
     root = Path(folder)
     if not root.is_dir():
@@ -93,8 +93,8 @@ class MixDegradationDataset(data.Dataset):
     def __init__(self, val_fraction: float = 0.2, split_seed: int = 0, **opt: Any) -> None:
         super().__init__()
         _check_options(type(self).__name__, opt, self.OPTIONS)
-        from ..datasets import MixDegradationDataset as _Mix
-        from ..samples import split_by_photo
+        from ...datasets import MixDegradationDataset as _Mix
+        from ...samples import split_by_photo
 
         sample = opt.get("dataroot_gt") in SAMPLE_ROOTS
         if sample and not opt.get("sample_dir"):
@@ -131,7 +131,7 @@ class ConStylePretrainDataset(data.Dataset):
     def __init__(self, **opt: Any) -> None:
         super().__init__()
         _check_options(type(self).__name__, opt, self.OPTIONS)
-        from ..datasets import ConStylePretrainDataset as _Pretrain
+        from ...datasets import ConStylePretrainDataset as _Pretrain
 
         if opt.get("dataroot") in SAMPLE_ROOTS and not opt.get("sample_dir"):
             opt["sample_dir"] = str(default_cache_dir() / "sample_classes")
@@ -263,7 +263,7 @@ class PretextAccuracy(BaseMetric):
     """Top-k accuracy (percent) of the prompter's pretext classifier: keys ``'top1'``, ``'top5'``.
 
     Reads ``pred_logits`` (``C``) and ``gt_label`` from each prediction of
-    :class:`~constyle_plugin.integrations.mmengine_models.ConStylePretrainer`. Where the predictions
+    :class:`~constyle_plugin.integrations.mmengine.models.ConStylePretrainer`. Where the predictions
     carry ``pred_latent`` (``128``) it also reports ``'latent_spread'``
     (:func:`~constyle_plugin.pretrain.latent_spread`: 0 when every image gets the same prompt) and
     logs a warning when the latents have collapsed.
@@ -285,7 +285,7 @@ class PretextAccuracy(BaseMetric):
                                  int(torch.as_tensor(ds["gt_label"]).reshape(())), latent))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        from ..pretrain import accuracy, collapse_message, latent_spread
+        from ...pretrain import accuracy, collapse_message, latent_spread
 
         logits = torch.stack([r[0] for r in results])
         labels = torch.tensor([r[1] for r in results], dtype=torch.long)

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..compat import ensure_basicsr_importable
+from ...compat import ensure_basicsr_importable
 
 ensure_basicsr_importable()
 from basicsr.archs import build_network  # noqa: E402
@@ -40,7 +40,7 @@ from basicsr.metrics import calculate_metric  # noqa: E402
 from basicsr.models.base_model import BaseModel  # noqa: E402
 from basicsr.utils import get_root_logger, imwrite, tensor2img  # noqa: E402
 
-from ..builder import OptionError  # noqa: E402
+from ...builder import OptionError  # noqa: E402
 
 __all__ = ["ConStyleSRModel", "ConStyleV2PretrainModel"]
 
@@ -230,7 +230,7 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
 
     def __init__(self, opt: Dict[str, Any]) -> None:
         super().__init__(opt)
-        from ..pretrain import ConStyleMoCo
+        from ...pretrain import ConStyleMoCo
 
         net = build_network(opt["network_g"])
         if not isinstance(net, ConStyleMoCo):
@@ -247,7 +247,7 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
 
     # -------------------------------------------------------------------------------- training
     def init_training_settings(self) -> None:
-        from ..degradations import RealESRGANDegradation
+        from ...degradations import RealESRGANDegradation
 
         train_opt = self.opt["train"]
         self.net_g.train()
@@ -286,7 +286,7 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
         """Parameters drawn by the training set (its ``degradation`` option) must follow
         ``train.degradation``: the same ranges and probabilities, or the model would silently train
         on other degradations than its options say."""
-        from ..datasets import ConStylePretrainDataset
+        from ...datasets import ConStylePretrainDataset
 
         for phase, dataset_opt in (self.opt.get("datasets") or {}).items():
             if not str(phase).startswith("train") or not isinstance(dataset_opt, dict):
@@ -396,8 +396,8 @@ class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
 
     @torch.no_grad()
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img) -> None:
-        from ..degradations import RealESRGANDegradation
-        from ..pretrain import accuracy, collapse_message, latent_spread
+        from ...degradations import RealESRGANDegradation
+        from ...pretrain import accuracy, collapse_message, latent_spread
 
         train_opt = self.opt.get("train") or {}
         deg_opt = dict(train_opt.get("degradation") or {})

@@ -1,7 +1,7 @@
 """MMEngine models: the stage-2 restorer, the stage-1 pre-trainer, their data preprocessor and
 the optimiser-wrapper constructor that keeps frozen parameters out of the optimiser.
 
-Data layout between the pieces (what the datasets of :mod:`.mmengine_data` produce):
+Data layout between the pieces (what the datasets of :mod:`.data` produce):
 
 - restoration: ``{'inputs': 3 x H x W image, 'data_samples': BaseDataElement(gt_img=3 x H x W)}``;
 - pre-training: ``{'inputs': {'query': 3 x S x S, 'key': 3 x S x S},
@@ -20,13 +20,14 @@ import torch
 from mmengine.logging import MessageHub
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import MODELS, OPTIM_WRAPPERS, OPTIMIZERS
+
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
-from ..archs._padding import pad_bottom_right
-from ..builder import OptionError, wrap_from_options
-from ..prompter import ConStyleV2
+from ...padding import pad_bottom_right
+from ...builder import OptionError, wrap_from_options
+from ...prompter import ConStyleV2
+from .scope import MODELS, OPTIM_WRAPPERS, OPTIMIZERS
 
 __all__ = ["ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConStylePretrainer",
            "ConStyleRestorer"]
@@ -277,7 +278,7 @@ class ConStylePretrainer(BaseModel):
                  loss_weights: Optional[Mapping[str, float]] = None,
                  degradation: Optional[Mapping[str, Any]] = {},
                  data_preprocessor: Optional[ConfigType] = None, init_cfg: Optional[dict] = None) -> None:
-        from ..pretrain import ConStyleMoCo
+        from ...pretrain import ConStyleMoCo
 
         if data_preprocessor is None:
             data_preprocessor = dict(type="ConStyleDataPreprocessor")
@@ -297,7 +298,7 @@ class ConStylePretrainer(BaseModel):
         # not belong in checkpoints; it moves itself to the input's device.
         self._degrader: List[nn.Module] = []
         if degradation is not None:
-            from ..degradations import RealESRGANDegradation
+            from ...degradations import RealESRGANDegradation
 
             self._degrader.append(RealESRGANDegradation.from_opt(degradation))
 

@@ -11,7 +11,6 @@ with safe loading still on, allow-listing exactly those classes
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import os
 import os.path as osp
@@ -28,12 +27,14 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, EVALUATOR, FUNCTIONS, HO
                                WEIGHT_INITIALIZERS, Registry)
 from mmengine.runner import Runner
 
+from ...errors import ConfigError, did_you_mean
+from ...prompter import atomic_write
+from ...safe_loading import weights_only_loading
+from . import scope
+from .scope import SCOPE
+
 __all__ = ["ConStyleRunner", "ConfigError", "atomic_local_writes", "check_config", "fit_dataloaders",
            "mmengine_checkpoint_globals", "train"]
-
-
-class ConfigError(ValueError):
-    """A config names an unknown type or a missing file; the message starts with the config key."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,8 +146,6 @@ class ConStyleRunner(Runner):
                         revise_keys: list = [(r"^module.", "")]):
         # MMEngine's loader calls torch.load without weights_only: safe only where torch >= 2.6
         # defaults to it; here it is safe on every torch the package allows.
-        from .safe_loading import weights_only_loading
-
         try:
             with mmengine_checkpoint_globals(), weights_only_loading():
                 return super().load_checkpoint(filename, map_location=map_location, strict=strict,
@@ -222,8 +221,6 @@ def atomic_local_writes() -> Iterator[None]:
     (:func:`constyle_plugin.prompter.atomic_write`): a crash mid-write keeps the previous file of that
     name intact and never leaves a partial file under the name."""
     from mmengine.fileio.backends.local_backend import LocalBackend
-
-    from ..prompter import atomic_write
 
     original = LocalBackend.put
 
@@ -315,15 +312,19 @@ class _Checker:
         t = node.get("type")
         if t is None or not isinstance(t, str):
             return  # no type (defaults apply) or a class given directly
+        reg = registry
         try:
             with registry.switch_scope_and_registry(self.scope) as reg:
                 found = reg.get(t)
         except (KeyError, ImportError, ModuleNotFoundError):
             found = None
         if found is None:
-            names = sorted(registry.module_dict)
-            close = difflib.get_close_matches(t, names, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            names = set()
+            while reg is not None:  # the scope's names and those it falls back to
+                names.update(reg.module_dict)
+                reg = reg.parent
+            hint = did_you_mean(t, sorted(names), n=3)
+            hint = f"; {hint}" if hint else ""
             self.errors.append(f"{key}.type: {t!r} is not registered in MMEngine's {registry.name} registry"
                                f"{hint} (is the package that defines it in custom_imports?)")
         elif check_args:
@@ -334,8 +335,8 @@ class _Checker:
         if isinstance(options, tuple):
             for k in node:
                 if k != "type" and k not in options:
-                    close = difflib.get_close_matches(str(k), options, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    hint = did_you_mean(k, options)
+                    hint = f"; {hint}" if hint else ""
                     self.errors.append(f"{key}.{k}: {cls.__name__} has no option {k!r}{hint}")
             return
         names = _argument_names(cls, forwarded=registry_forwards_kwargs(cls))
@@ -343,8 +344,8 @@ class _Checker:
             return
         for k in node:
             if k != "type" and k not in names:
-                close = difflib.get_close_matches(str(k), names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(k, names)
+                hint = f"; {hint}" if hint else ""
                 self.errors.append(f"{key}.{k}: {getattr(cls, '__name__', cls)} takes no argument {k!r}{hint}")
 
     def path(self, value: Any, key: str) -> None:
@@ -425,8 +426,8 @@ class _Checker:
         names = sorted(set(inspect.signature(DataLoader).parameters) | set(MMENGINE_DATALOADER_KEYS))
         for k in node:
             if k not in names:
-                close = difflib.get_close_matches(str(k), names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(k, names)
+                hint = f"; {hint}" if hint else ""
                 self.errors.append(f"{key}.{k}: not a dataloader option{hint}")
 
     def train_batches(self, loader: Any, train_cfg: Any) -> None:
@@ -559,7 +560,8 @@ def check_config(cfg: Config) -> None:
 # constyle train
 # --------------------------------------------------------------------------------------------
 def load_config(config: str, cfg_options: Optional[Mapping[str, Any]] = None) -> Config:
-    """Read a config file (its ``custom_imports`` are imported) and merge ``--cfg-options``."""
+    """Read a config file (its ``custom_imports`` are imported) and merge ``--cfg-options``; a config
+    without ``default_scope`` gets the plugin's (``constyle``), as OpenMMLab packages' tools do."""
     if not osp.isfile(config):
         raise ConfigError(f"CONFIG: {config!r} is not a file")
     try:
@@ -568,6 +570,8 @@ def load_config(config: str, cfg_options: Optional[Mapping[str, Any]] = None) ->
         raise ConfigError(f"CONFIG: {config}, line {exc.lineno}: {exc.msg} (not valid Python)") from None
     if cfg_options:
         cfg.merge_from_dict(dict(cfg_options))
+    if cfg.get("default_scope") is None:
+        cfg.default_scope = SCOPE
     return cfg
 
 
@@ -618,7 +622,7 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Map
         runner = ConStyleRunner.from_cfg(cfg)
     else:
         check_config(cfg)
-        runner = RUNNERS.build(cfg)
+        runner = scope.RUNNERS.build(cfg)
     if resume == "auto" and not isinstance(runner, ConStyleRunner):  # ConStyleRunner logs it itself
         from mmengine.runner.checkpoint import find_latest_checkpoint
 

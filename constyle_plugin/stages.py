@@ -1,0 +1,116 @@
+"""Where the prompt goes: :class:`StageSpec` (module names, given or discovered), :class:`StageInfo`
+(one hook point as the probe measured it), and the checks of ``inject`` and of stage names, shared
+by :func:`~constyle_plugin.unet.wrap_unet` and the options builder. Torch only."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from torch import nn
+
+from .errors import OptionError, did_you_mean, join_keys
+
+__all__ = ["DEFAULT_INJECT", "INJECT_TARGETS", "StageInfo", "StageSpec", "check_inject", "check_stage_names"]
+
+INJECT_TARGETS = ("encoder", "bottleneck", "decoder")
+DEFAULT_INJECT = ("encoder", "bottleneck")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Where the prompt goes: module names as in ``backbone.named_modules()``.
+
+    encoder: the modules whose outputs are the encoder features at 1/2, 1/4 and 1/8 of the input
+        resolution, in that order (they receive ``f1``, ``f2``, ``f3``); fewer than three is fine.
+    bottleneck: the module whose output is the coarsest feature map (modulated by the latent).
+    decoder: the modules whose outputs climb back up (optionally modulated by the latent).
+
+    Its ``repr`` is valid Python, so a discovered spec can be printed and frozen into code.
+    """
+
+    encoder: Tuple[str, ...] = ()
+    bottleneck: Optional[str] = None
+    decoder: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("encoder", "decoder"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, key, tuple(value))
+
+    @classmethod
+    def from_dict(cls, spec: Union["StageSpec", Mapping[str, Any]]) -> "StageSpec":
+        """Build from a mapping such as an options file's ``stages: {encoder: [...], ...}``."""
+        if isinstance(spec, StageSpec):
+            return spec
+        if not isinstance(spec, Mapping):
+            raise TypeError(f"stages: expected a mapping with encoder/bottleneck/decoder, got {type(spec).__name__}")
+        unknown = set(spec) - {"encoder", "bottleneck", "decoder"}
+        if unknown:
+            raise ValueError(f"stages: unknown key(s) {sorted(unknown)}; expected encoder, bottleneck, decoder")
+        return cls(encoder=tuple(spec.get("encoder") or ()), bottleneck=spec.get("bottleneck"),
+                   decoder=tuple(spec.get("decoder") or ()))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"encoder": list(self.encoder), "bottleneck": self.bottleneck, "decoder": list(self.decoder)}
+
+    def names(self) -> List[str]:
+        return [*self.encoder, *([self.bottleneck] if self.bottleneck else []), *self.decoder]
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One hook point: its role, module name, scale (1/2**scale of the input) and channel count.
+
+    ``layout`` is how the stage hands its feature on: ``"BCHW"`` (a map), ``"BHWC"`` (channels last,
+    as MLP-mixer and Swin-style blocks do) or ``"BLC"`` (``B x L x C`` tokens, as Uformer-style
+    transformers do); the hook converts to ``B x C x H x W`` for the adapter and back.
+    """
+
+    role: str
+    name: str
+    scale: int
+    channels: int
+    output_index: Optional[int] = None  # which element of a tuple/list output holds the feature
+    layout: str = "BCHW"
+
+
+def check_inject(inject: Any, key: str = "inject") -> Tuple[str, ...]:
+    """``inject`` (one target or a list of them) as a tuple of ``encoder`` / ``bottleneck`` / ``decoder``."""
+    values = (inject,) if isinstance(inject, str) else inject
+    if not isinstance(values, (list, tuple)) or not values:
+        raise OptionError(key, f"expected a list of {list(INJECT_TARGETS)}, got {inject!r}")
+    for v in values:
+        if v not in INJECT_TARGETS:
+            raise OptionError(key, f"{v!r} is not an injection target; choose from {list(INJECT_TARGETS)}")
+    return tuple(values)
+
+
+def check_stage_names(stages: Any, backbone: nn.Module, key: str = "stages",
+                      error: type = OptionError) -> None:
+    """Every module named in ``stages`` (a :class:`StageSpec` or ``{encoder: [...], bottleneck: ...,
+    decoder: [...]}``) must be a submodule of ``backbone``; else ``error(...)`` naming the entry at
+    fault and the closest module names. ``error`` is :class:`OptionError` (``(key, message)``) or an
+    exception class taking one message."""
+    if isinstance(stages, StageSpec):
+        stages = stages.to_dict()
+    if not isinstance(stages, Mapping):
+        raise OptionError(key, f"expected {{encoder: [...], bottleneck: ..., decoder: [...]}}, got {stages!r}")
+    unknown = sorted(set(stages) - {"encoder", "bottleneck", "decoder"})
+    if unknown:
+        raise OptionError(join_keys(key, unknown[0]), "unknown key; expected encoder, bottleneck, decoder")
+    modules = dict(backbone.named_modules())
+    for role in ("encoder", "bottleneck", "decoder"):
+        value = stages.get(role)
+        if value is None:
+            continue
+        names = [value] if isinstance(value, str) else list(value)
+        for i, name in enumerate(names):
+            where = join_keys(key, role) + ("" if isinstance(value, str) else f"[{i}]")
+            if not isinstance(name, str) or not name or not isinstance(modules.get(name), nn.Module):
+                hint = did_you_mean(name, [n for n in modules if n], n=3)
+                message = f"{name!r} is not a module of {type(backbone).__name__}{'; ' + hint if hint else ''}"
+                if error is OptionError:
+                    raise OptionError(where, message)
+                raise error(f"{key}: {message}")
