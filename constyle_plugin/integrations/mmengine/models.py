@@ -44,6 +44,14 @@ def _build(cfg: ConfigType, what: str) -> nn.Module:
     return MODELS.build(dict(cfg))
 
 
+def _preprocessor(cfg: Optional[ConfigType]) -> nn.Module:
+    """The data preprocessor, built here from the ``constyle`` scope (MMEngine's BaseModel would look
+    the type up in the root registry only); default :class:`ConStyleDataPreprocessor`."""
+    if isinstance(cfg, nn.Module):
+        return cfg
+    return MODELS.build(dict(cfg) if cfg is not None else dict(type="ConStyleDataPreprocessor"))
+
+
 def _to_float01(img: Tensor, what: str) -> Tensor:
     """uint8 (0..255) -> float in [0, 1]; floating images are taken as already in [0, 1]."""
     if img.dtype == torch.uint8:
@@ -182,9 +190,7 @@ class ConStyleRestorer(BaseModel):
                  stages: Optional[Mapping[str, Any]] = None, probe_size: Optional[Any] = None,
                  pixel_loss: ConfigType = dict(type="L1Loss", loss_weight=1.0),
                  data_preprocessor: Optional[ConfigType] = None, init_cfg: Optional[dict] = None) -> None:
-        if data_preprocessor is None:
-            data_preprocessor = dict(type="ConStyleDataPreprocessor")
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        super().__init__(data_preprocessor=_preprocessor(data_preprocessor), init_cfg=init_cfg)
         net = _build(backbone, "backbone")
         self.use_prompter = prompter is not None and prompter is not False
         if self.use_prompter:
@@ -280,9 +286,7 @@ class ConStylePretrainer(BaseModel):
                  data_preprocessor: Optional[ConfigType] = None, init_cfg: Optional[dict] = None) -> None:
         from ...pretrain import ConStyleMoCo
 
-        if data_preprocessor is None:
-            data_preprocessor = dict(type="ConStyleDataPreprocessor")
-        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        super().__init__(data_preprocessor=_preprocessor(data_preprocessor), init_cfg=init_cfg)
         moco_kwargs = dict(momentum=momentum, temperature=temperature, normalize=normalize, enqueue=enqueue)
         if pretrained is not None:
             try:
