@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -43,3 +44,12 @@ def kill_when(cmd: List[str], cwd: Path, ready: Callable[[str], bool], timeout: 
 def visible(folder: Path) -> List[str]:
     """File names, without the hidden temporary files an interrupted atomic write leaves behind."""
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+# What the CPU launches test, on any machine: with one GPU visible, two ranks would both take it.
+NO_CUDA = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def torchrun(*args: str) -> List[str]:
+    """``python -m torch.distributed.run`` with 2 processes on this machine, then ``args``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]

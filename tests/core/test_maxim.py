@@ -125,7 +125,7 @@ def test_default_size_is_near_the_authors_constyle_maxim():
 
 
 # ------------------------------------------------------------------ options files
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def _without(opt, *keys):

@@ -22,7 +22,7 @@ from constyle_plugin.samples import dead_leaves, export_dead_leaves
 ensure_basicsr_importable()
 from constyle_plugin.datasets import ConStylePretrainDataset  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 while not (ROOT / "options").is_dir():
     ROOT = ROOT.parent
 OPTIONS = ROOT / "options"

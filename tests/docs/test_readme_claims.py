@@ -16,7 +16,7 @@ from constyle_plugin.unet import discover_stages
 
 from unets import FunctionalUNet, ModuleListUNet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
 
 

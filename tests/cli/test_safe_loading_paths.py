@@ -4,7 +4,7 @@ torch's default is unsafe loading (issue 12 item 3).
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` gives torch 2.14 the default of torch < 2.6 (which setup.cfg
 allows): a ``torch.load`` that does not pass ``weights_only=True`` itself would run the payload.
 The BasicSR paths (``pretrain_network_g`` / ``basicsr test``, forks included, and ``--auto_resume``)
-are in ``test_basicsr_forks.py`` and ``test_reliability.py``.
+are in ``tests/integrations/basicsr/test_basicsr_forks.py`` and ``test_basicsr_resume.py``.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import yaml
 
 from payloads import RunsCodeOnLoad
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNSAFE_DEFAULT = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 

@@ -27,7 +27,7 @@ from basicsr.utils.options import _postprocess_yml_value  # noqa: E402
 
 from constyle_plugin.integrations.basicsr.cli import main  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 OPTIONS = ROOT / "options"
 COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr.cli import main; sys.exit(main())"]
 

@@ -23,7 +23,7 @@ import yaml
 
 from constyle_plugin import ConStyleUNet, ConStyleV2
 
-FORK = Path(__file__).parent / "forks" / "mini_fork"
+FORK = Path(__file__).resolve().parents[2] / "forks" / "mini_fork"
 TINY = {"type": "NAFNet", "width": 8, "enc_blk_nums": [1, 1, 1], "dec_blk_nums": [1, 1, 1]}
 
 # A fresh interpreter whose `basicsr` is the fork in the current folder (PyPI's basicsr is hidden).
@@ -336,7 +336,7 @@ def test_mmengine_custom_imports_registers_with_mmengine_already_imported(tmp_pa
 
 # ---------------------------------------------------------------------------------- safe loading
 def _code_running_checkpoint(path: Path, marker: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from payloads import RunsCodeOnLoad
 
     torch.save({"params": {"x": torch.zeros(1)}, "payload": RunsCodeOnLoad(marker)}, path)

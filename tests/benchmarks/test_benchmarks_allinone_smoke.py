@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "allinone.py"
 VARIANTS = ("origin", "constyle", "constyle_untrained", "learned")
 DEGRADATIONS = ("noise", "jpeg", "motion_blur", "defocus_blur", "haze", "rain", "snow", "low_light")

@@ -14,9 +14,9 @@ import torch
 
 from constyle_plugin.inference import load_network, read_image, tiled_forward
 
-from test_basicsr_cli import OPTIONS, overrides, run
+from integrations.basicsr.test_basicsr_cli import OPTIONS, overrides, run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

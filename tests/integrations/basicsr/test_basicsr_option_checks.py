@@ -1,95 +1,27 @@
-"""Issue 11 ("Reliability, round 2"), items 2, 5, 6 and 7 on the ``basicsr train|test`` side (PyPI BasicSR):
-runs that would never train are refused before they save anything, ``--auto_resume`` passes over a
-truncated checkpoint to the newest one that loads, a finished run can be extended with a longer
-schedule, and option keys that nothing reads are reported (with a did-you-mean) before anything is
-created on disk.
+"""``basicsr train|test`` option checks: runs that would never train are refused before they save
+anything; option keys that nothing reads are reported (with a did-you-mean) before anything is
+created on disk; command-line mistakes are one line; and ``check_options`` names the one broken key
+of a shipped options file (hypothesis).
 
-Each run is a fresh interpreter running the console script's function in a temporary folder, with a
-tiny NAFNet, a few iterations and one thread.
+Each run is a fresh interpreter (or the console script's function in this process, for refusals
+that come before anything is built) in a temporary folder, with a tiny NAFNet and one thread.
 """
 from __future__ import annotations
 
-import math
-import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from constyle_plugin.compat import ensure_basicsr_importable
-from test_reliability import photos, prompter_file  # noqa: F401  (module-scoped fixtures)
+
+from basicsr_runs import NAME, OPTIONS, ROOT, OPTIONS_DIR, basicsr, options_file, refused, refused_here, tiny
 
 ensure_basicsr_importable()
-
-ROOT = Path(__file__).resolve().parents[1]
-OPTIONS = ROOT / "options" / "nafnet_constyle.yml"
-COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr.cli import main; sys.exit(main())"]
-NAME = "NAFNet_ConStyle_v2"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def tiny(photos: Path, prompter_file: Path, total_iter: int = 4, ckpt_freq: int = 2) -> List[str]:
-    return [f"train:total_iter={total_iter}", "val:val_freq=1000", "logger:print_freq=1",
-            f"logger:save_checkpoint_freq={ckpt_freq}", "datasets:train:batch_size_per_gpu=2",
-            "datasets:train:gt_size=32", "datasets:train:num_worker_per_gpu=0", "datasets:val:gt_size=32",
-            "datasets:train:repeat=1", f"datasets:train:sample_dir={photos}", f"datasets:val:sample_dir={photos}",
-            "datasets:val:photos=['camera']", "network_g:backbone:width=8", "network_g:backbone:enc_blk_nums=[1,1,1,1]",
-            f"network_g:prompter:pretrained={prompter_file}"]
-
-
-def basicsr(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(COMMAND + list(args), cwd=cwd, capture_output=True, text=True, env=ENV, timeout=600)
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def refused(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Exit 2, no traceback, and ONE error line naming every fragment; returns that line."""
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if "error in the options" in line]
-    assert len(errors) == 1, proc.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
-
-
-def refused_here(capsys, cwd: Path, monkeypatch, *args: str, fragments=()) -> str:
-    """The same as :func:`refused`, running the command's ``main`` in this process (for refusals that
-    come before anything is built)."""
-    from constyle_plugin.integrations.basicsr.cli import main
-
-    monkeypatch.chdir(cwd)
-    code = main(list(args))
-    err = capsys.readouterr().err
-    assert code == 2, err[-3000:]
-    return refused(subprocess.CompletedProcess(args, 2, "", err), *fragments)
-
-
-def losses(log: str) -> Dict[int, str]:
-    return {int(m.group(1).replace(",", "")): m.group(2)
-            for m in re.finditer(r"iter:\s*([\d,]+), lr:\(([^)]*)\)\]", log)}
-
-
-def logs(run_dir: Path) -> List[str]:
-    return [p.read_text() for p in sorted((run_dir / "experiments" / NAME).glob("train_*.log"))]
-
-
-def options_file(tmp_path: Path, edit) -> Path:
-    opt = yaml.safe_load(OPTIONS.read_text())
-    edit(opt)
-    path = tmp_path / "edited.yml"
-    path.write_text(yaml.safe_dump(opt, sort_keys=False))
-    return path
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,85 +53,6 @@ def test_a_batch_larger_than_the_dataset_is_refused_and_its_folder_taken_back(tm
     shutil.rmtree(tmp_path / "experiments")
     refused(basicsr(tmp_path, "train", "-opt", str(OPTIONS), "--force_yml", *opts), "batch_size_per_gpu")
     assert not (tmp_path / "experiments").exists()
-
-
-# ------------------------------------------------------------------------------------------------
-# 5. Resuming from a truncated checkpoint; 6. extending a finished run
-# ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, photos, prompter_file) -> Path:
-    """A finished 4-iteration run with states at iterations 2 and 4."""
-    run_dir = tmp_path_factory.mktemp("finished")
-    ok(basicsr(run_dir, "train", "-opt", str(OPTIONS), "--force_yml", *tiny(photos, prompter_file),
-               "train:scheduler:periods=[4]"))
-    states = run_dir / "experiments" / NAME / "training_states"
-    assert sorted(p.name for p in states.glob("*.state")) == ["2.state", "4.state"]
-    return run_dir
-
-
-def copy_of(run: Path, tmp_path: Path) -> Path:
-    shutil.copytree(run, tmp_path / "run")
-    return tmp_path / "run"
-
-
-def truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-
-
-@pytest.mark.parametrize("broken", ["training_states/4.state", "models/net_g_4.pth"])
-def test_auto_resume_passes_over_a_truncated_checkpoint(finished_run, tmp_path, photos, prompter_file, broken):
-    run_dir = copy_of(finished_run, tmp_path)
-    truncate(run_dir / "experiments" / NAME / broken)
-    proc = ok(basicsr(run_dir, "train", "-opt", str(OPTIONS), "--auto_resume", "--force_yml",
-                      *tiny(photos, prompter_file), "train:scheduler:periods=[4]"))
-    named = f"experiments/{NAME}/{broken}"
-    assert re.search(rf"skipped \S*{re.escape(named)} \(.*truncated", proc.stderr), proc.stderr[-3000:]
-    resumed = [log for log in logs(run_dir) if "Resuming training from" in log]
-    assert len(resumed) == 1
-    assert "Resuming training from epoch: 0, iter: 2." in resumed[0]
-    assert re.search(rf"Resume: skipped \S*{re.escape(named)} \(", resumed[0])  # also in the run's log
-    assert sorted(losses(resumed[0])) == [3, 4]
-
-
-def test_an_explicit_resume_state_that_does_not_load_is_named(finished_run, tmp_path, photos, prompter_file):
-    run_dir = copy_of(finished_run, tmp_path)
-    state = run_dir / "experiments" / NAME / "training_states" / "4.state"
-    truncate(state)
-    before = sorted(p.name for p in (run_dir / "experiments" / NAME).iterdir())
-    proc = basicsr(run_dir, "train", "-opt", str(OPTIONS), "--force_yml", *tiny(photos, prompter_file),
-                   f"path:resume_state={state}")
-    refused(proc, "path.resume_state", str(state), "truncated")
-    assert sorted(p.name for p in (run_dir / "experiments" / NAME).iterdir()) == before
-
-
-def test_auto_resume_with_no_state_that_loads_is_refused(finished_run, tmp_path, photos, prompter_file):
-    run_dir = copy_of(finished_run, tmp_path)
-    for state in (run_dir / "experiments" / NAME / "training_states").glob("*.state"):
-        truncate(state)
-    proc = basicsr(run_dir, "train", "-opt", str(OPTIONS), "--auto_resume", "--force_yml", *tiny(photos, prompter_file))
-    refused(proc, "--auto_resume", "2.state", "4.state")
-    assert sorted(p.name for p in (run_dir / "experiments").iterdir()) == [NAME]  # nothing archived, nothing new
-
-
-def test_a_finished_run_extended_with_a_longer_schedule_trains_on(finished_run, tmp_path, photos, prompter_file):
-    """After 4 iterations of a cosine schedule over 4, resume with total_iter 6 over periods [6]: iterations 5
-    and 6 train at the learning rates of the options file's schedule."""
-    run_dir = copy_of(finished_run, tmp_path)
-    proc = ok(basicsr(run_dir, "train", "-opt", str(OPTIONS), "--auto_resume", "--force_yml",
-                      *tiny(photos, prompter_file), "train:total_iter=6", "train:scheduler:periods=[6]"))
-    resumed = [log for log in logs(run_dir) if "Resuming training from" in log]
-    assert len(resumed) == 1, proc.stderr[-3000:]
-    assert "Resuming training from epoch: 0, iter: 4." in resumed[0]
-    assert len(re.findall(r"the learning-rate schedule follows the options file", resumed[0])) == 1
-    rates = losses(resumed[0])
-    assert sorted(rates) == [5, 6]
-    opt = yaml.safe_load(OPTIONS.read_text())
-    base, eta_min = float(opt["train"]["optim_g"]["lr"]), float(opt["train"]["scheduler"]["eta_min"])
-    for it in (5, 6):  # CosineAnnealingRestartLR over one period of 6, stepped from iteration 2 on (BaseModel)
-        expected = eta_min + 0.5 * (base - eta_min) * (1 + math.cos(math.pi * (it - 1) / 6))
-        assert float(rates[it].strip(",")) == pytest.approx(expected, rel=2e-3), (it, rates[it], expected)
-    assert (run_dir / "experiments" / NAME / "models" / "net_g_6.pth").is_file()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,3 +198,91 @@ def test_plugin_classes_declare_the_keys_they_read():
     assert "MixDegradationDataset" in str(info.value)
     opt["datasets"]["train"]["type"] = "PairedImageDataset"  # BasicSR's own datasets are not checked
     check_option_keys(opt, warn=lambda m: None)
+
+
+# ------------------------------------------------------------------------------------------------
+# check_options (hypothesis): one broken key of a shipped options file, and the error names it
+# ------------------------------------------------------------------------------------------------
+TINY = {"nafnet": {"width": 8, "enc_blk_nums": [1, 1, 1, 1]},
+        "restormer": {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 1, 1, 1]},
+        "convunet": {"width": 8, "blocks_per_level": 1}}
+READY_STAGES = {"nafnet": (["downs.0", "downs.1", "downs.2"], "middle_blks"),
+                "restormer": (["down1_2", "down2_3", "down3_4"], "latent"),
+                "convunet": (["downs.0", "downs.1", "downs.2"], "bottleneck")}
+BREAKS = ("model_type", "backbone_type", "data_folder", "prompter_file", "inject_target", "stage_name",
+          "dataset_type")
+names = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=3, max_size=12).map(lambda s: "No" + s)
+
+
+def _bad_basicsr_options(family: str, widths: int, phase: str, kind: str, name: str, position: int, tmp: Path):
+    """A shipped options file (tiny, randomly widened) with ONE key broken; returns (opt, key path)."""
+    import yaml
+
+    opt = yaml.safe_load((OPTIONS_DIR / f"{family}_constyle.yml").read_text())
+    opt["network_g"]["backbone"].update(TINY[family])
+    opt["network_g"]["backbone"]["width" if family != "restormer" else "dim"] = widths
+    encoder, bottleneck = READY_STAGES[family]
+    if position % 2:  # an explicit (valid) stage spec instead of the ready one
+        opt["network_g"]["stages"] = {"encoder": list(encoder), "bottleneck": bottleneck}
+    missing = str(tmp / name)
+    if kind == "model_type":
+        opt["model_type"] = name
+        return opt, "model_type"
+    if kind == "backbone_type":
+        opt["network_g"]["backbone"]["type"] = name
+        return opt, "network_g.backbone.type"
+    if kind == "data_folder":
+        opt["datasets"][phase]["dataroot_gt"] = missing
+        return opt, f"datasets.{phase}.dataroot_gt"
+    if kind == "prompter_file":
+        opt["network_g"]["prompter"]["pretrained"] = missing + ".pth"
+        return opt, "network_g.prompter.pretrained"
+    if kind == "inject_target":
+        inject = ["encoder", "bottleneck"]
+        inject.insert(position % 3, name)
+        opt["network_g"]["inject"] = inject
+        return opt, "network_g.inject"
+    if kind == "stage_name":
+        stages = {"encoder": list(encoder), "bottleneck": bottleneck}
+        if position % 4 == 3:
+            stages["bottleneck"] = name
+            opt["network_g"]["stages"] = stages
+            return opt, "network_g.stages.bottleneck"
+        stages["encoder"][position % 3] = name
+        opt["network_g"]["stages"] = stages
+        return opt, f"network_g.stages.encoder[{position % 3}]"
+    opt["datasets"][phase]["type"] = name  # dataset_type
+    return opt, f"datasets.{phase}.type"
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(family=st.sampled_from(sorted(TINY)), widths=st.sampled_from([8, 16]), phase=st.sampled_from(["train", "val"]),
+       kind=st.sampled_from(BREAKS), name=names, position=st.integers(0, 11))
+def test_basicsr_check_options_names_the_broken_key(tmp_path, family, widths, phase, kind, name, position):
+    from constyle_plugin.compat import ensure_basicsr_importable
+
+    ensure_basicsr_importable()
+    from constyle_plugin.integrations.basicsr import OptionError, check_options, register
+
+    register()
+    opt, key = _bad_basicsr_options(family, widths, phase, kind, name, position, tmp_path)
+    with pytest.raises(OptionError) as info:
+        check_options(opt)
+    assert info.value.key == key, (kind, str(info.value))
+    assert str(info.value).startswith(f"{key}: ")
+
+
+def test_basicsr_check_options_accepts_the_unbroken_options(tmp_path):
+    """The control for the property above: the same dicts without the break pass."""
+    import yaml
+
+    from constyle_plugin.integrations.basicsr import check_options, register
+
+    register()
+    for family in sorted(TINY):
+        opt = yaml.safe_load((OPTIONS_DIR / f"{family}_constyle.yml").read_text())
+        opt["network_g"]["backbone"].update(TINY[family])
+        encoder, bottleneck = READY_STAGES[family]
+        check_options(opt)
+        opt["network_g"]["stages"] = {"encoder": list(encoder), "bottleneck": bottleneck}
+        check_options(opt)

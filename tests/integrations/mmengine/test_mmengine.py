@@ -30,7 +30,7 @@ from constyle_plugin.integrations.mmengine import HOOKS, MODELS
 from constyle_plugin.integrations.mmengine.runner import (ConfigError, check_config, load_config,
                                                           mmengine_checkpoint_globals)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = ROOT / "options" / "mmengine"
 TINY_NAFNET = dict(type="NAFNet", width=8, middle_blk_num=1, enc_blk_nums=[1, 1, 1], dec_blk_nums=[1, 1, 1])
 

@@ -1,4 +1,4 @@
-"""Exports and checkpoints survive a kill mid-write (issue 12, item 4).
+"""Exports and checkpoints survive a kill mid-write.
 
 - ``ConStyleV2.save_pretrained`` (``.safetensors`` and ``.pth``) SIGKILLed half-way through
   overwriting an export leaves the previous export byte-identical (control: the same kill with the
@@ -27,9 +27,9 @@ import torch
 from constyle_plugin import CheckpointError, ConStyleV2
 
 from processes import kill_when, visible
-from test_reliability import NAME, OPTIONS, _tiny, photos, prompter_file  # noqa: F401  (fixtures)
+from basicsr_runs import NAME, OPTIONS_DIR, tiny_options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEMP = re.compile(r"^\..+\.tmp$")  # atomic_write's temporary files: .<name>.<random>.tmp
 
 
@@ -189,9 +189,9 @@ def test_basicsr_command_writes_checkpoints_by_rename_and_a_kill_mid_save_leaves
     the iteration-4 network."""
     script = tmp_path / "spy.py"
     script.write_text(BASICSR_SPY)
-    opts = _tiny(photos, prompter_file, total_iter=4, ckpt_freq=2)
+    opts = tiny_options(photos, prompter_file, total_iter=4, ckpt_freq=2)
     cmd = [sys.executable, str(script), _basicsr_console_script(), "train", "-opt",
-           str(OPTIONS / "nafnet_constyle.yml"), "--force_yml", *opts]
+           str(OPTIONS_DIR / "nafnet_constyle.yml"), "--force_yml", *opts]
     out = kill_when(cmd, tmp_path, lambda text: "WRITING" in text, env={**_env(), "KILL_AT": "net_g_4.pth"})
     exp = tmp_path / "experiments" / NAME
     models, states = exp / "models", exp / "training_states"
@@ -262,3 +262,154 @@ def test_constyle_train_writes_checkpoints_by_rename(tmp_path):
         src = renames.get(work / name)
         assert src is not None and src.parent == work and TEMP.match(src.name) and name in src.name, (name, src)
         assert src in writes  # the bytes went to the temporary file
+
+
+# ------------------------------------------------------------------------------------------------
+# The trainers' own save functions killed mid-write
+# ------------------------------------------------------------------------------------------------
+# The child saves once, keeps a copy of that file, then starts a second save whose write stops half
+# way (the first half flushed to disk) until the parent kills it. It runs BasicSR's own
+# BaseModel.save_network / save_training_state, or MMEngine's save_checkpoint through
+# ConStyleRunner.save_checkpoint, with ("atomic") or without ("plain") the plugin's atomic writes.
+BASICSR_CHILD = textwrap.dedent(r'''
+    import contextlib, io, os, shutil, sys, time, torch
+    from constyle_plugin.compat import ensure_basicsr_importable
+    ensure_basicsr_importable()
+    from basicsr.models.base_model import BaseModel
+    from constyle_plugin.integrations.basicsr.cli import atomic_torch_save
+
+    folder, mode, target = sys.argv[1:4]
+    model = BaseModel.__new__(BaseModel)
+    model.opt = {"path": {"models": folder, "training_states": folder}, "dist": False, "rank": 0}
+    net = torch.nn.Linear(64, 64)
+    optim = torch.optim.Adam(net.parameters())
+    net(torch.ones(2, 64)).sum().backward()
+    optim.step()
+    model.optimizers, model.schedulers = [optim], []
+    ctx = atomic_torch_save if mode == "atomic" else contextlib.nullcontext
+
+    def save(it):
+        with ctx():
+            if target == "network":
+                model.save_network(net, "net_g", -1)
+            else:
+                model.save_training_state(0, it)
+
+    save(1)
+    first = os.path.join(folder, "net_g_latest.pth" if target == "network" else "1.state")
+    shutil.copy(first, os.path.join(os.path.dirname(folder), "first.bak"))
+    real_save = torch.save
+
+    def slow_save(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        data = buf.getvalue()
+        with open(f, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+            print("WRITING", flush=True)
+            time.sleep(300)
+            fh.write(data[len(data) // 2:])
+
+    torch.save = slow_save
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    optim.step()
+    save(2)
+''')
+
+MMENGINE_CHILD = textwrap.dedent(r'''
+    import builtins, os, shutil, sys, time, torch
+    from mmengine.runner import Runner
+    from mmengine.runner.checkpoint import save_checkpoint
+    from constyle_plugin.integrations.mmengine.runner import ConStyleRunner
+
+    folder, mode = sys.argv[1:3]
+
+    def runner_save(self, out_dir, filename, **kwargs):  # Runner.save_checkpoint's writing part
+        save_checkpoint({"state_dict": self.state, "meta": {"iter": self.step}}, os.path.join(out_dir, filename))
+
+    Runner.save_checkpoint = runner_save
+    runner = ConStyleRunner.__new__(ConStyleRunner)
+    runner.state, runner.step = {"w": torch.randn(256, 256)}, 1
+    save = runner.save_checkpoint if mode == "atomic" else lambda *a: Runner.save_checkpoint(runner, *a)
+    save(folder, "latest.pth")
+    shutil.copy(os.path.join(folder, "latest.pth"), os.path.join(os.path.dirname(folder), "first.bak"))
+    real_open = builtins.open
+
+    class SlowFile:
+        def __init__(self, fh):
+            self.fh = fh
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            print("WRITING", flush=True)
+            time.sleep(300)
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.fh.close()
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def slow_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return SlowFile(fh) if str(file).startswith(folder) and "w" in mode else fh
+
+    builtins.open = slow_open
+    runner.state, runner.step = {"w": torch.randn(256, 256)}, 2
+    save(folder, "latest.pth")
+''')
+
+
+def _run_killed_save(tmp_path: Path, child: str, *args: str) -> Path:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(child)
+    kill_when([sys.executable, str(script), str(folder), *args], tmp_path, lambda out: "WRITING" in out)
+    return folder
+
+
+def _load(path: Path):
+    from constyle_plugin.integrations.mmengine.runner import mmengine_checkpoint_globals
+
+    with mmengine_checkpoint_globals():
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.parametrize("target", ["network", "state"])
+def test_basicsr_save_killed_mid_write_keeps_the_previous_checkpoint(tmp_path, target):
+    folder = _run_killed_save(tmp_path, BASICSR_CHILD, "atomic", target)
+    first = tmp_path / "first.bak"
+    if target == "network":  # net_g_latest.pth is overwritten in place by each save
+        assert visible(folder) == ["net_g_latest.pth"]
+        assert (folder / "net_g_latest.pth").read_bytes() == first.read_bytes()
+        assert _load(folder / "net_g_latest.pth")["params"]["weight"].shape == (64, 64)
+    else:  # a new <iter>.state: no partial 2.state that --auto_resume would pick as the latest
+        assert visible(folder) == ["1.state"]
+        assert (folder / "1.state").read_bytes() == first.read_bytes()
+        assert _load(folder / "1.state")["iter"] == 1
+    assert all(p.name.endswith(".tmp") for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_basicsr_plain_save_killed_mid_write_corrupts_the_file(tmp_path):
+    """The hazard the atomic writes remove: BasicSR's own torch.save to the final path."""
+    folder = _run_killed_save(tmp_path, BASICSR_CHILD, "plain", "network")
+    assert (folder / "net_g_latest.pth").read_bytes() != (tmp_path / "first.bak").read_bytes()
+    with pytest.raises(Exception):
+        _load(folder / "net_g_latest.pth")
+
+
+@pytest.mark.parametrize("mode", ["atomic", "plain"])
+def test_mmengine_save_killed_mid_write(tmp_path, mode):
+    folder = _run_killed_save(tmp_path, MMENGINE_CHILD, mode)
+    assert visible(folder) == ["latest.pth"]
+    if mode == "atomic":  # ConStyleRunner.save_checkpoint
+        assert (folder / "latest.pth").read_bytes() == (tmp_path / "first.bak").read_bytes()
+        assert _load(folder / "latest.pth")["meta"]["iter"] == 1
+    else:  # MMEngine's LocalBackend.put writes in place
+        with pytest.raises(Exception):
+            _load(folder / "latest.pth")
