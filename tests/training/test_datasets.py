@@ -104,6 +104,7 @@ def test_split_by_photo():
 # ---------------------------------------------------------------------------- MixDegradation
 
 def test_mix_samples_keys_shapes_ranges(image_folder):
+    torch.manual_seed(0)  # training draws follow torch's generator: the same samples every run
     ds = _mix(image_folder, repeat=4)
     assert len(ds) == 3 * 4
     seen = set()
@@ -155,8 +156,13 @@ def test_mix_truncated_file_is_skipped_mid_epoch(tmp_path, photos):
 def test_mix_degradation_probabilities(image_folder, name):
     weights = {n: 0.0 for n in D.ALL_IN_ONE}
     weights[name] = 1.0
+    torch.manual_seed(0)  # training draws follow torch's generator: the same samples every run
     ds = _mix(image_folder, degradations=weights, repeat=2)
-    assert {ds[i]["degradation"] for i in range(len(ds))} == {name}
+    samples = [ds[i] for i in range(len(ds))]
+    assert {s["degradation"] for s in samples} == {name}
+    for s in samples:  # each sample of this type really is degraded
+        change = float((s["lq"] - s["gt"]).abs().mean())
+        assert change > 1e-3, (name, os.path.basename(s["gt_path"]), change)
 
 
 def test_mix_degradation_mixture_and_lists(image_folder):
