@@ -32,7 +32,7 @@ from .stages import StageInfo
 if TYPE_CHECKING:  # pragma: no cover
     from .unet import ConStyleUNet
 
-__all__ = ["HookSet", "StageHook", "PromptLedger", "to_channels_first", "from_channels_first"]
+__all__ = ["HookSet", "capturing", "StageHook", "PromptLedger", "to_channels_first", "from_channels_first"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +88,8 @@ def _sequence_now() -> int:
         return torch.empty(0, requires_grad=True).view(0).grad_fn._sequence_nr()
 
 
-def _capturing() -> bool:
+def capturing() -> bool:
+    """True while torch.compile, torch.jit.trace or scripting captures the code being run."""
     compiler = getattr(torch, "compiler", None)
     compiling = compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
     return bool(compiling or torch.jit.is_tracing() or torch.jit.is_scripting())
@@ -131,7 +132,7 @@ class PromptLedger:
     def begin(self, prompt: "Prompt", image_hw: Tuple[int, int], injections: nn.ModuleDict) -> None:
         self._local.active = (prompt, image_hw, injections)
         self._graphs = [g for g in self._graphs if g[2]() is not None]
-        self._local.start = _sequence_now() if torch.is_grad_enabled() and not _capturing() else None
+        self._local.start = _sequence_now() if torch.is_grad_enabled() and not capturing() else None
 
     def end(self, output: Any) -> None:
         found, start = self.active, getattr(self._local, "start", None)

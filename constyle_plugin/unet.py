@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from .adapters import stage_spec_for
 from .errors import UNetStructureError
-from .hooks import HookSet, PromptLedger, mark_wrapped, wrapper_of
+from .hooks import HookSet, PromptLedger, capturing, mark_wrapped, wrapper_of
 from .injection import FeatureInjector, LatentFiLM, LatentModulator
 from .prompter import FEATURE_CHANNELS, LATENT_DIM, ConStyleV2, default_prompter, prepare_image
 from .stages import DEFAULT_INJECT, INJECT_TARGETS, StageInfo, StageSpec, check_inject, check_stage_names
@@ -99,9 +100,46 @@ class _ProbeFailed(Exception):
         self.cause = cause
 
 
+@dataclass
+class _Example:
+    """The user's inputs for the probe: positional and keyword arguments, and the image among them."""
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+    image: Tensor
+    image_key: Optional[str] = None  # the keyword that holds the image, when it is passed by keyword
+
+
+IMAGE_KEYWORDS = ("x", "inp", "img", "input", "image")
+
+
+def _example_inputs(example: Union[Sequence[Any], Mapping[str, Any]]) -> _Example:
+    """Read ``example_inputs``: positional arguments with the image first, or a dict of keyword arguments
+    whose image is under ``x`` / ``inp`` / ``img`` / ``input`` / ``image`` (else its first 4-d tensor)."""
+    if isinstance(example, Tensor):
+        example = (example,)
+    if isinstance(example, Mapping):
+        kwargs = dict(example)
+        key = next((k for k in IMAGE_KEYWORDS if isinstance(kwargs.get(k), Tensor)), None)
+        key = key or next((k for k, v in kwargs.items() if isinstance(v, Tensor) and v.dim() == 4), None)
+        image = kwargs.get(key) if key is not None else None
+        args: Tuple[Any, ...] = ()
+    elif isinstance(example, Sequence) and not isinstance(example, str):
+        args, kwargs, key = tuple(example), {}, None
+        image = args[0] if args else None
+    else:
+        raise UNetStructureError(f"example_inputs: expected a tuple of positional arguments (the image first) "
+                                 f"or a dict of keyword arguments, got {type(example).__name__}")
+    if not isinstance(image, Tensor) or image.dim() != 4 or min(image.shape[-2:]) < 2:
+        got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise UNetStructureError(f"example_inputs: the image must come first (or as x=...), a B x C x H x W "
+                                 f"tensor; got {got}")
+    return _Example(args, kwargs, image, key)
+
+
 def _probe(backbone: nn.Module, size: Tuple[int, int], in_channels: int,
-           batch: int = PROBE_BATCH) -> _ProbeResult:
-    """Run one forward pass on a random input, recording every submodule's input and output shapes.
+           batch: int = PROBE_BATCH, example: Optional[_Example] = None) -> _ProbeResult:
+    """Run one forward pass on a random input (or on ``example``), recording every submodule's input
+    and output shapes.
 
     The network is left exactly as it was: modes, every buffer (BatchNorm statistics, counters) and
     the random number generators are restored, whatever its forward did.
@@ -151,11 +189,16 @@ def _probe(backbone: nn.Module, size: Tuple[int, int], in_channels: int,
                 handles.append(module.register_forward_pre_hook(pre_hook(name), with_kwargs=True))
                 handles.append(module.register_forward_hook(post_hook(name)))
         backbone.eval()
-        generator = torch.Generator().manual_seed(0)
-        x = torch.rand(batch, in_channels, *size, generator=generator).to(device=device, dtype=dtype)
+        if example is None:
+            generator = torch.Generator().manual_seed(0)
+            x = torch.rand(batch, in_channels, *size, generator=generator).to(device=device, dtype=dtype)
+            args, kwargs = (x,), {}
+        else:
+            args, kwargs = example.args, example.kwargs
+            batch, in_channels, size = example.image.shape[0], example.image.shape[1], tuple(example.image.shape[-2:])
         with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
             try:
-                output = backbone(x)
+                output = backbone(*args, **kwargs)
             except Exception as exc:  # the user's network refused the probe: reported by the caller
                 raise _ProbeFailed(exc) from exc
     finally:
@@ -172,12 +215,21 @@ def _probe(backbone: nn.Module, size: Tuple[int, int], in_channels: int,
                         in_channels)
 
 
-def _probe_with_fallback(backbone: nn.Module, size: Tuple[int, int], in_channels: int) -> _ProbeResult:
+def _probe_with_fallback(backbone: nn.Module, size: Tuple[int, int], in_channels: int,
+                         example: Optional[_Example] = None) -> _ProbeResult:
     """The probe at ``size``; if the network raises on it and ``size`` is not square, a square probe.
 
     Token-based transformers (Uformer-style, ``h = w = sqrt(L)``) accept square inputs only. When even
     that fails, the network's own error is reported as a :class:`UNetStructureError`, with advice.
+    With ``example`` (the user's inputs) there is one probe, on those inputs.
     """
+    if example is not None:
+        try:
+            return _probe(backbone, size, in_channels, example=example)
+        except _ProbeFailed as failed:
+            raise UNetStructureError(
+                f"the probe forward failed inside {type(backbone).__name__} on example_inputs (image "
+                f"{tuple(example.image.shape)}): {failed}. " + _HOW_TO_SPEC) from failed.cause
     try:
         return _probe(backbone, size, in_channels)
     except _ProbeFailed as first:
@@ -197,8 +249,8 @@ def _probe_with_fallback(backbone: nn.Module, size: Tuple[int, int], in_channels
         return result
     raise UNetStructureError(
         f"the probe forward failed inside {type(backbone).__name__} with a {tried} input: {failure}. Pass "
-        f"probe_size=(H, W) that the network accepts and in_channels= if {in_channels} is wrong. "
-        + _HOW_TO_SPEC) from failure.cause
+        f"probe_size=(H, W) that the network accepts and in_channels= if {in_channels} is wrong; if its "
+        f"forward takes more than the image, pass example_inputs=(x, ...). " + _HOW_TO_SPEC) from failure.cause
 
 
 class _Layouts:
@@ -287,7 +339,8 @@ def _seen(probe: _ProbeResult, layouts: _Layouts, limit: int = 14) -> str:
         outs = ", ".join(f"1/{2 ** layouts.scale(hw)} {c}ch{'' if lay == 'BCHW' else ' ' + lay}"
                          + ("" if i is None else f" [{i}]") for i, hw, c, lay in rec.outs) or "no map"
         s_in = layouts.scale(rec.in_hw)
-        return f"{rec.name}: {'-' if s_in is None else f'1/{2 ** s_in}'} -> {outs}"
+        runs = f" (runs {rec.calls} times; first run)" if rec.calls > 1 else ""
+        return f"{rec.name}{runs}: {'-' if s_in is None else f'1/{2 ** s_in}'} -> {outs}"
     top = sorted((r for r in probe.calls.values() if r.depth == 1), key=lambda r: r.start)
     lines = [fmt(r) for r in top[:limit]] + ([f"... {len(top) - limit} more"] if len(top) > limit else [])
     return f"the probe ({probe.describe()}{'; ' + probe.note if probe.note else ''}) saw, at the top level: " \
@@ -310,10 +363,10 @@ def discover_stages(backbone: nn.Module, probe_size: Tuple[int, int] = DEFAULT_P
     return spec, infos
 
 
-def _discover(backbone: nn.Module, probe_size: Tuple[int, int],
-              in_channels: Optional[int]) -> Tuple[StageSpec, List[StageInfo], str]:
+def _discover(backbone: nn.Module, probe_size: Tuple[int, int], in_channels: Optional[int],
+              example: Optional[_Example] = None) -> Tuple[StageSpec, List[StageInfo], str]:
     in_channels = in_channels or _infer_in_channels(backbone)
-    probe = _probe_with_fallback(backbone, probe_size, in_channels)
+    probe = _probe_with_fallback(backbone, probe_size, in_channels, example)
     layouts = _Layouts(probe)
     layouts.fill(probe)
     calls = probe.calls
@@ -346,6 +399,16 @@ def _discover(backbone: nn.Module, probe_size: Tuple[int, int],
     seen = sorted({s for r in calls.values() for s in [scale_of(r.in_hw)] + [scale_of(o[1]) for o in r.outs]
                    if s is not None})
     if not encoder:
+        reused = [r for r in calls.values() if r.calls > 1 and r.in_hw is not None
+                  and any(scale_of(hw) == (scale_of(r.in_hw) or 0) + 1 for _, hw, _, _ in r.outs)]
+        if reused:
+            names = ", ".join(f"{r.name!r} halves the resolution but runs {r.calls} times per forward"
+                              for r in _outermost(reused)[:3])
+            raise UNetStructureError(
+                f"no downsampling module usable as a hook point: {names} (one module reused at every level), and "
+                f"a hook point must run once. Give each level its own module (e.g. one nn.MaxPool2d per level; "
+                f"they hold no weights, so trained checkpoints still load), or name stages that run once in a "
+                f"StageSpec; {_seen(probe, layouts)} " + _HOW_TO_SPEC)
         raise UNetStructureError(
             f"no downsampling found: the probe ({probe.describe()}) saw feature maps only at scale(s) {seen} "
             f"(1/2**s of the input) and no module that halves the resolution; {_seen(probe, layouts)} "
@@ -415,12 +478,12 @@ _HOW_TO_SPEC = (
     "net.named_modules() (in an options file: stages: {encoder: [...], bottleneck: ..., decoder: [...]}).")
 
 
-def _resolve_spec(backbone: nn.Module, spec: StageSpec, probe_size: Tuple[int, int],
-                  in_channels: Optional[int]) -> Tuple[List[StageInfo], str]:
+def _resolve_spec(backbone: nn.Module, spec: StageSpec, probe_size: Tuple[int, int], in_channels: Optional[int],
+                  example: Optional[_Example] = None) -> Tuple[List[StageInfo], str]:
     """Check that every name in ``spec`` is a module run once per forward, and read its channels."""
     check_stage_names(spec, backbone, error=UNetStructureError)
     in_channels = in_channels or _infer_in_channels(backbone)
-    probe = _probe_with_fallback(backbone, tuple(probe_size), in_channels)
+    probe = _probe_with_fallback(backbone, tuple(probe_size), in_channels, example)
     layouts = _Layouts(probe)
     layouts.fill(probe)
     calls = probe.calls
@@ -464,9 +527,12 @@ class ConStyleUNet(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, prompter: ConStyleV2, stages: StageSpec,
-                 infos: Sequence[StageInfo], inject: Sequence[str], probe_note: str = "") -> None:
+                 infos: Sequence[StageInfo], inject: Sequence[str], probe_note: str = "",
+                 image_key: Optional[str] = None) -> None:
         super().__init__()
         self.backbone = backbone
+        self.image_key = image_key
+        self._range_warned = False
         self.prompter = prompter.freeze()
         self.stages = stages
         self.stage_info = tuple(infos)
@@ -521,10 +587,16 @@ class ConStyleUNet(nn.Module):
             mark_wrapped(self.backbone, self, self._hooks)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        image = args[0] if args else next((kwargs[k] for k in ("x", "inp", "img", "input") if k in kwargs), None)
+        keys = ((self.image_key,) if getattr(self, "image_key", None) else ()) + IMAGE_KEYWORDS
+        image = args[0] if args else next((kwargs[k] for k in keys if k in kwargs), None)
         if image is None:
             raise TypeError("ConStyleUNet: pass the image batch as the first positional argument (or x=...)")
         image = prepare_image(image, "x")
+        if not getattr(self, "_range_warned", True) and image.is_floating_point() and not capturing():
+            note = _range_note(image)
+            if note is not None:
+                self._range_warned = True
+                warnings.warn(note, UserWarning, stacklevel=2)
         weight = next(iter(self.prompter.parameters()), None)
         if weight is not None and image.dtype != weight.dtype and weight.is_floating_point():
             image = image.to(weight.dtype)
@@ -562,6 +634,26 @@ class ConStyleUNet(nn.Module):
         return f"stages={self.stages!r}, inject={self.inject}"
 
 
+def _range_note(image: Tensor) -> Optional[str]:
+    """A warning if a float image batch is clearly not in [0, 1] (0..255, [-1, 1], mean/std normalised).
+
+    Noise and overshoot just outside [0, 1] (an unclipped sigma-50 denoising input reaches about
+    -0.8 and 1.8 in its tails) pass: 0..255 shows as a maximum above 3, a signed range as a minimum
+    below -0.5 with more than a fifth of the values below -0.1.
+    """
+    with torch.no_grad():
+        low, high = (float(v) for v in torch.aminmax(image.detach().float()))
+        if high > 3:
+            looks = "0..255: divide by 255"
+        elif low < -0.5 and float((image.detach() < -0.1).float().mean()) > 0.2:
+            looks = "[-1, 1] or mean/std normalised: map it back, e.g. (x + 1) / 2"
+        else:
+            return None
+    return (f"ConStyleUNet: the image batch holds values in [{low:.3g}, {high:.3g}], which looks like {looks}. "
+            f"The prompter was trained on images in [0, 1] and reads anything else as a different degradation "
+            f"(warned once per wrapped net).")
+
+
 def _check_backbone(unet: nn.Module, in_channels: Optional[int]) -> None:
     """Refuse, before any probe, what the wrapper could not run: meta tensors, non-image inputs."""
     meta = next((n for n, t in itertools.chain(unet.named_parameters(), unet.named_buffers()) if t.is_meta), None)
@@ -584,11 +676,27 @@ def _check_backbone(unet: nn.Module, in_channels: Optional[int]) -> None:
             f"is not the input layer, pass in_channels=.")
 
 
+def _uncompiled(unet: nn.Module) -> nn.Module:
+    """The module inside a ``torch.compile``'d one (with a warning), else ``unet`` itself.
+
+    Probing a compiled module would compile it for the probe and again for every hook change.
+    """
+    inner = getattr(unet, "_orig_mod", None)
+    if type(unet).__name__ != "OptimizedModule" or not isinstance(inner, nn.Module):
+        return unet
+    warnings.warn(
+        f"wrap_unet: got a torch.compile'd module; wrapping the module inside it (`_orig_mod`, a "
+        f"{type(inner).__name__}) instead. The returned net is not compiled: wrap first, then compile, as in "
+        f"net = torch.compile(wrap_unet(unet)).", UserWarning, stacklevel=3)
+    return inner
+
+
 def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
               stages: Optional[Union[StageSpec, Mapping[str, Any]]] = None,
               inject: Union[str, Sequence[str]] = DEFAULT_INJECT,
               probe_size: Union[int, Tuple[int, int]] = DEFAULT_PROBE_SIZE,
-              in_channels: Optional[int] = None) -> ConStyleUNet:
+              in_channels: Optional[int] = None,
+              example_inputs: Optional[Union[Sequence[Any], Mapping[str, Any]]] = None) -> ConStyleUNet:
     """Put the frozen ConStyle v2 prompter into a U-Net, without editing its code.
 
     Args:
@@ -603,6 +711,17 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
         probe_size: ``H x W`` of the probe input (multiples of the network's size multiple). A
             network that raises on it is probed again with a square input (``describe()`` says so).
         in_channels: the network's input channels (default: the first Conv2d's).
+        example_inputs: what the network's forward takes, for a forward that takes more than the
+            image (``forward(x, mask)``) or for a probe of a given size: a tuple of positional
+            arguments, the image first, or a dict of keyword arguments (the image under ``x``, ``inp``,
+            ``img``, ``input`` or ``image``, else the first 4-d tensor). Used for the probe only; the
+            wrapped net is then called as ``unet`` is. Outputs may be tensors, tuples or dicts.
+
+    A ``torch.compile``'d module is unwrapped first: the module inside (``_orig_mod``) is wrapped,
+    with a warning; compile after wrapping instead (``torch.compile(wrap_unet(unet))``).
+
+    Float images clearly outside [0, 1] (0..255, [-1, 1]) give one warning per wrapped net at the
+    first forward that shows them.
 
     Returns:
         A :class:`ConStyleUNet` whose output equals ``unet``'s right after wrapping (every injection
@@ -615,18 +734,20 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
         ValueError: the network is already wrapped, on the meta device, or takes other than 1, 3 or
             4 input channels.
     """
+    unet = _uncompiled(unet)
     if isinstance(unet, ConStyleUNet) or wrapper_of(unet) is not None:
         raise ValueError("wrap_unet: this network is already wrapped; unwrap_unet it first")
     inject = check_inject(inject)
-    _check_backbone(unet, in_channels)
+    example = _example_inputs(example_inputs) if example_inputs is not None else None
+    _check_backbone(unet, in_channels if example is None else in_channels or example.image.shape[1])
     size = (probe_size, probe_size) if isinstance(probe_size, int) else tuple(probe_size)
     if stages is None:
         stages = stage_spec_for(unet)
     if stages is None:
-        stages, infos, note = _discover(unet, size, in_channels)
+        stages, infos, note = _discover(unet, size, in_channels, example)
     else:
         stages = StageSpec.from_dict(stages)
-        infos, note = _resolve_spec(unet, stages, size, in_channels)
+        infos, note = _resolve_spec(unet, stages, size, in_channels, example)
     roles = {i.role for i in infos}
     missing = [t for t in inject if t not in roles]
     if missing:
@@ -639,7 +760,8 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
     param = next(iter(unet.parameters()), None)
     if param is not None:
         prompter = prompter.to(param.device)
-    net = ConStyleUNet(unet, prompter, stages, infos, inject, note)
+    net = ConStyleUNet(unet, prompter, stages, infos, inject, note,
+                       image_key=example.image_key if example is not None else None)
     if param is not None:
         net.injections.to(param.device)
         if param.is_floating_point():
@@ -648,7 +770,13 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
 
 
 def unwrap_unet(net: ConStyleUNet) -> nn.Module:
-    """Remove the hooks (their handles) and return the original module (``net.backbone``), trained weights kept."""
+    """Remove the hooks and return the original module (``net.backbone``).
+
+    The backbone keeps its own weights as trained, but the prompt and the injection modules go with the
+    hooks: after training with the prompt, the output changes (the backbone learned to expect the
+    prompt). To keep what was trained, keep the wrapper (or save it with ``save_pretrained``); unwrap
+    to get the bare network back, e.g. to compare with and without ConStyle.
+    """
     if not isinstance(net, ConStyleUNet):
         raise TypeError(f"unwrap_unet: expected a ConStyleUNet, got {type(net).__name__}")
     net._detach()
