@@ -6,18 +6,62 @@ numpy and OpenCV only (core dependencies); importing this module does not happen
 from __future__ import annotations
 
 import os
-from typing import Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import cv2
 import numpy as np
 
 from .errors import ImageReadError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "encode_png", "read_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFile", "ImageReadError", "encode_png", "read_image", "read_image_file"]
 
 # The image files the plugin reads (restore inputs, dataset folders): what OpenCV decodes.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def _file_bytes(path: Union[str, os.PathLike]) -> np.ndarray:
+    try:
+        return np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise ImageReadError(f"{path}: not a readable image ({exc.strerror or exc})") from None
+
+
+@dataclass
+class ImageFile:
+    """An image file as the network sees it (``rgb``) and what the network does not touch.
+
+    ``rgb``: ``H x W x 3`` float32 RGB in [0, 1]; ``alpha``: the file's alpha channel as stored
+    (``H x W``, its own dtype) or None; ``bits``: 16 for 16-bit files, else 8; ``stored``: the file's
+    sample type (``uint8``, ``uint16``, ``float32`` ...).
+    """
+
+    rgb: np.ndarray
+    alpha: Optional[np.ndarray]
+    bits: int
+    stored: str
+
+
+def read_image_file(path: Union[str, os.PathLike]) -> ImageFile:
+    """An image file with its alpha channel and bit depth (see :class:`ImageFile`); errors as :func:`read_image`."""
+    buf = _file_bytes(path)
+    raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    if raw is None:
+        raise ImageReadError(f"{path}: not a readable image (cannot decode it)")
+    alpha = None
+    if raw.ndim == 3 and raw.shape[2] in (2, 4):
+        alpha = raw[..., -1].copy()
+        colour = raw[..., :-1]
+        colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB) if colour.shape[2] == 3 else np.repeat(colour, 3, axis=2)
+    else:  # decoded again as the datasets do, so that JPEG orientation and palettes are applied alike
+        colour = read_image(path) if raw.dtype == np.uint8 or raw.dtype == np.uint16 else None
+        if colour is not None:
+            return ImageFile(colour, None, 16 if raw.dtype == np.uint16 else 8, str(raw.dtype))
+        colour = raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2)
+        colour = cv2.cvtColor(colour[..., :3], cv2.COLOR_BGR2RGB)
+    rgb = np.clip(colour.astype(np.float32) / _SCALES.get(colour.dtype, 1.0), 0.0, 1.0)
+    return ImageFile(rgb, alpha, 8 if raw.dtype == np.uint8 else 16, str(raw.dtype))
 
 
 def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
@@ -30,10 +74,7 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
         ImageReadError: the file cannot be read or decoded (a :class:`~constyle_plugin.errors.ConStyleError`
             and an ``OSError``), naming the file.
     """
-    try:
-        buf = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as exc:
-        raise ImageReadError(f"{path}: not a readable image ({exc.strerror or exc})") from None
+    buf = _file_bytes(path)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if buf.size else None
     if img is None:
         raise ImageReadError(f"{path}: not a readable image (cannot decode it)")
@@ -41,9 +82,21 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
     return np.clip(img, 0.0, 1.0)
 
 
-def encode_png(img: np.ndarray, path: Union[str, os.PathLike] = "image") -> bytes:
-    """``H x W x 3`` RGB in [0, 1] as the bytes of an 8-bit PNG (``path`` only names it in errors)."""
-    bgr = cv2.cvtColor((np.clip(img, 0, 1) * 255.0).round().astype(np.uint8), cv2.COLOR_RGB2BGR)
+def encode_png(img: np.ndarray, path: Union[str, os.PathLike] = "image", bits: int = 8,
+               alpha: Optional[np.ndarray] = None) -> bytes:
+    """``H x W x 3`` RGB in [0, 1] as the bytes of a PNG (``path`` only names it in errors).
+
+    ``bits``: 8 or 16. ``alpha``: an ``H x W`` channel appended as it is when its dtype matches the
+    depth (``uint8`` / ``uint16``), else rescaled to it.
+    """
+    dtype = np.uint16 if bits == 16 else np.uint8
+    top = float(np.iinfo(dtype).max)
+    bgr = cv2.cvtColor((np.clip(img, 0, 1) * top).round().astype(dtype), cv2.COLOR_RGB2BGR)
+    if alpha is not None:
+        if alpha.dtype != dtype:
+            source = float(np.iinfo(alpha.dtype).max) if alpha.dtype.kind in "ui" else 1.0
+            alpha = (np.clip(alpha.astype(np.float64) / source, 0, 1) * top).round().astype(dtype)
+        bgr = np.concatenate([bgr, alpha[..., None]], axis=2)
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")

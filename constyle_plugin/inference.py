@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .errors import CheckpointError, RestoreError
-from .imageio import IMAGE_EXTENSIONS, encode_png, read_image
+from .imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_image_file
 from .padding import pad_to_multiple
 from .prompter import atomic_write, read_state_dict
 from .runs import run_reader
@@ -151,9 +151,10 @@ def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.P
     return files
 
 
-def write_image(path: Union[str, os.PathLike], img: np.ndarray) -> None:
-    """Write ``H x W x 3`` RGB in [0, 1] as an 8-bit PNG, atomically."""
-    data = encode_png(img, path)
+def write_image(path: Union[str, os.PathLike], img: np.ndarray, bits: int = 8,
+                alpha: Optional[np.ndarray] = None) -> None:
+    """Write ``H x W x 3`` RGB in [0, 1] as an 8- or 16-bit PNG, with ``alpha`` if given, atomically."""
+    data = encode_png(img, path, bits=bits, alpha=alpha)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
@@ -504,6 +505,9 @@ def restore_images(net: nn.Module, inputs: Sequence[Path], output: Union[str, os
                    show_progress: bool = True) -> List[Path]:
     """Restore each image file into ``output`` as PNG (``--compare``: also an input | output panel).
 
+    The PNG keeps the input's depth (16-bit in, 16-bit out; floating-point inputs become 16-bit, said
+    once) and its alpha channel, passed through untouched (the network restores the colour only).
+
     Everything that can be checked is checked before the first file is written: the tiling, the
     output names (:func:`plan_outputs`: distinct, never an input), the output folder, and that each
     image reads (files that cannot be read are skipped with one warning each). Returns the written
@@ -535,13 +539,19 @@ def restore_images(net: nn.Module, inputs: Sequence[Path], output: Union[str, os
     multiple = size_multiple_of(net)
     written: List[Path] = []
     bar = tqdm(readable, desc="restore", unit="img", disable=not show_progress)
+    noted = False
     for path, target, panel in bar:
-        img = read_image(path)
+        source = read_image_file(path)
+        img = source.rgb
+        if source.stored not in ("uint8", "uint16") and not noted:
+            noted = True
+            print(f"note: {path} holds {source.stored} samples; it and any like it are written as 16-bit PNG "
+                  f"(PNG holds no floating-point samples)", file=sys.stderr)
         x = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
         with torch.no_grad():
             y = tiled_forward(net, x, tile=tile, overlap=overlap, multiple=multiple)
         restored = y[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
-        write_image(target, restored)
+        write_image(target, restored, bits=source.bits, alpha=source.alpha)
         written.append(target)
         if panel is not None:
             write_image(panel, np.concatenate([img, np.ones((img.shape[0], 8, 3), np.float32), restored], axis=1))
