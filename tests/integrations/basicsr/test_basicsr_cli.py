@@ -129,7 +129,9 @@ def test_readme_style_run_trains_validates_saves_and_tests(tmp_path, prompter_fi
     """The main job in miniature: default data (sample photos exported into the experiment folder), a
     prompter file, PSNR / SSIM, checkpoint, side-by-side images; then `basicsr test` on the result."""
     opts = overrides("nafnet_constyle") + [f"network_g:prompter:pretrained={prompter_file}"]
-    run(tmp_path, "train", "-opt", str(OPTIONS / "nafnet_constyle.yml"), "--force_yml", *opts)
+    proc = run(tmp_path, "train", "-opt", str(OPTIONS / "nafnet_constyle.yml"), "--force_yml", *opts)
+    said = [line for line in proc.stderr.splitlines() if "constyle-plugin registered:" in line]
+    assert len(said) == 1 and "NAFNet" in said[0] and "kept from the host: none" in said[0], proc.stderr[-2000:]
     exp = tmp_path / "experiments" / "NAFNet_ConStyle_v2"
     log = train_log(exp)
     assert re.search(r"# psnr: \d+\.\d+", log) and re.search(r"# ssim: 0\.\d+", log)

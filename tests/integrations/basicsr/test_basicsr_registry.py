@@ -61,6 +61,9 @@ def test_import_registers_everything_and_register_is_idempotent():
     report = bsr.register()
     assert all(not r["added"] and not r["kept"] for r in report.values()), report
     assert sorted(report["ARCH"]["already"]) == sorted(OURS["ARCH"])
+    said = bsr.registration_report()
+    assert all(not r["kept"] for r in said.values()), said
+    assert {kind: sorted(said[kind]["registered"]) for kind in OURS} == {k: sorted(v) for k, v in OURS.items()}
     register_all()  # what `import constyle_plugin` runs; a second time changes nothing
     assert {kind: dict(REGISTRIES[kind]._obj_map) for kind in OURS} == before
     assert ARCH_REGISTRY.get("NAFNet") is ref_archs.NAFNet
@@ -87,6 +90,12 @@ def test_simulated_fork_keeps_its_nafnet_and_conststyleunet_wraps_it(monkeypatch
     assert ARCH_REGISTRY.get("NAFNet") is HostNAFNet
     again = bsr.register()  # idempotent inside the fork too, and BasicSR's duplicate assert never fires
     assert again["ARCH"]["kept"] == ["NAFNet"] and not again["ARCH"]["added"]
+
+    said = bsr.registration_report()  # the same, as the `basicsr` command logs it at the start of a run
+    assert said["ARCH"]["kept"] == ["NAFNet"] and "Restormer" in said["ARCH"]["registered"]
+    assert "NAFNet" not in said["ARCH"]["registered"] and "InfoNCELoss" in said["LOSS"]["registered"]
+    line = bsr.format_registration_report(said)
+    assert "kept from the host: arch NAFNet" in line and "\n" not in line
 
     net = build_network({"type": "ConStyleUNet", "backbone": dict(TINY_NAFNET),
                          "prompter": {"pretrained": None}})

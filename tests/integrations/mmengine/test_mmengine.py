@@ -266,7 +266,7 @@ def test_preprocessor_rejects_bad_dtypes():
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_optimiser_sees_only_trainable_parameters():
-    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
+    from constyle_plugin.integrations.mmengine import OPTIM_WRAPPER_CONSTRUCTORS
 
     model = _tiny_restorer()
     ctor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
@@ -328,7 +328,7 @@ def _psnr(a, b):
 
 
 def test_psnr_rgb_and_y_against_an_independent_computation():
-    from mmengine.registry import METRICS
+    from constyle_plugin.integrations.mmengine import METRICS
     from skimage.color import rgb2ycbcr
 
     rng = np.random.default_rng(0)
@@ -349,7 +349,7 @@ def test_psnr_rgb_and_y_against_an_independent_computation():
 
 
 def test_pretext_accuracy_metric():
-    from mmengine.registry import METRICS
+    from constyle_plugin.integrations.mmengine import METRICS
 
     metric = METRICS.build(dict(type="PretextAccuracy", topk=(1, 2)))
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.7], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
@@ -359,7 +359,7 @@ def test_pretext_accuracy_metric():
 
 
 def test_pretext_accuracy_reports_latent_spread_and_warns_on_collapse(monkeypatch):
-    from mmengine.registry import METRICS
+    from constyle_plugin.integrations.mmengine import METRICS
     from constyle_plugin.integrations.mmengine import data as mmengine_data
 
     logged = []
@@ -428,7 +428,7 @@ def test_bad_paths_fail_naming_the_key(tmp_path):
 # Datasets
 # ------------------------------------------------------------------------------------------------
 def test_mix_degradation_dataset_holds_out_validation_photos():
-    from mmengine.registry import DATASETS
+    from constyle_plugin.integrations.mmengine import DATASETS
 
     train = DATASETS.build(dict(type="MixDegradationDataset", photos="train", gt_size=32, phase="train"))
     val = DATASETS.build(dict(type="MixDegradationDataset", photos="val", gt_size=40, phase="val"))
@@ -445,7 +445,7 @@ def test_mix_degradation_dataset_holds_out_validation_photos():
 
 def test_paired_folder_dataset(tmp_path):
     import cv2
-    from mmengine.registry import DATASETS
+    from constyle_plugin.integrations.mmengine import DATASETS
 
     rng = np.random.default_rng(0)
     lq, gt = tmp_path / "lq", tmp_path / "gt"
