@@ -10,7 +10,8 @@ from torch import nn
 
 from .errors import OptionError, did_you_mean, join_keys
 
-__all__ = ["DEFAULT_INJECT", "INJECT_TARGETS", "StageInfo", "StageSpec", "check_inject", "check_stage_names"]
+__all__ = ["DEFAULT_INJECT", "INJECT_TARGETS", "StageInfo", "StageSpec", "check_inject", "check_stage_names",
+           "check_stages_option"]
 
 INJECT_TARGETS = ("encoder", "bottleneck", "decoder")
 DEFAULT_INJECT = ("encoder", "bottleneck")
@@ -87,6 +88,28 @@ def check_inject(inject: Any, key: str = "inject") -> Tuple[str, ...]:
     return tuple(values)
 
 
+def check_stages_option(stages: Any, key: str = "stages") -> None:
+    """``stages`` must be ``None`` or ``{encoder: [names], bottleneck: name, decoder: [names]}`` (a name
+    for a list is fine); else :class:`OptionError` naming ``key`` or the entry at fault. Needs no network."""
+    if stages is None or isinstance(stages, StageSpec):
+        return
+    if not isinstance(stages, Mapping):
+        raise OptionError(key, f"expected {{encoder: [...], bottleneck: ..., decoder: [...]}} (module names), "
+                               f"got {stages!r}")
+    unknown = sorted(set(stages) - {"encoder", "bottleneck", "decoder"})
+    if unknown:
+        hint = did_you_mean(unknown[0], ["encoder", "bottleneck", "decoder"])
+        raise OptionError(join_keys(key, str(unknown[0])),
+                          f"unknown key; expected encoder, bottleneck, decoder{'; ' + hint if hint else ''}")
+    for role in ("encoder", "bottleneck", "decoder"):
+        value = stages.get(role)
+        if value is None or isinstance(value, str):
+            continue
+        if role == "bottleneck" or not isinstance(value, (list, tuple)):
+            wanted = "a module name" if role == "bottleneck" else "a list of module names"
+            raise OptionError(join_keys(key, role), f"expected {wanted}, got {value!r}")
+
+
 def check_stage_names(stages: Any, backbone: nn.Module, key: str = "stages",
                       error: type = OptionError) -> None:
     """Every module named in ``stages`` (a :class:`StageSpec` or ``{encoder: [...], bottleneck: ...,
@@ -95,11 +118,7 @@ def check_stage_names(stages: Any, backbone: nn.Module, key: str = "stages",
     exception class taking one message."""
     if isinstance(stages, StageSpec):
         stages = stages.to_dict()
-    if not isinstance(stages, Mapping):
-        raise OptionError(key, f"expected {{encoder: [...], bottleneck: ..., decoder: [...]}}, got {stages!r}")
-    unknown = sorted(set(stages) - {"encoder", "bottleneck", "decoder"})
-    if unknown:
-        raise OptionError(join_keys(key, unknown[0]), "unknown key; expected encoder, bottleneck, decoder")
+    check_stages_option(stages, key)
     modules = dict(backbone.named_modules())
     for role in ("encoder", "bottleneck", "decoder"):
         value = stages.get(role)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ...padding import pad_bottom_right
 from ...builder import OptionError, wrap_from_options
+from ...stages import check_inject, check_stages_option
 from ...prompter import ConStyleV2
 from .scope import MODELS, OPTIM_WRAPPERS, OPTIMIZERS
 
@@ -185,6 +186,17 @@ class ConStyleRestorer(BaseModel):
     - ``'tensor'``: the network's raw ``B x 3 x Hp x Wp`` output.
     """
 
+    @staticmethod
+    def check_options(node: Mapping[str, Any]) -> None:
+        """Check ``prompter``, ``inject`` and ``stages`` of a config of this model without building
+        anything; :class:`OptionError` with the key relative to the model."""
+        prompter = node.get("prompter")
+        if not (prompter is None or isinstance(prompter, (bool, Mapping))):
+            raise OptionError("prompter", f"expected dict(pretrained=None | path) or None, got {prompter!r}")
+        if "inject" in node:
+            check_inject(node["inject"])
+        check_stages_option(node.get("stages"))
+
     def __init__(self, backbone: ConfigType, prompter: Optional[Mapping[str, Any]] = {"pretrained": None},
                  inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
                  stages: Optional[Mapping[str, Any]] = None, probe_size: Optional[Any] = None,
@@ -197,7 +209,7 @@ class ConStyleRestorer(BaseModel):
             if prompter is True:
                 prompter = {}
             if not isinstance(prompter, Mapping):
-                raise TypeError(f"prompter: expected dict(pretrained=None | path) or None, got {prompter!r}")
+                raise OptionError("prompter", f"expected dict(pretrained=None | path) or None, got {prompter!r}")
             try:
                 net = wrap_from_options(net, prompter=prompter, inject=inject, stages=stages, probe_size=probe_size)
             except OptionError as exc:

@@ -15,6 +15,7 @@ import inspect
 import os
 import os.path as osp
 import pickle
+import shutil
 import warnings
 from typing import Any, Iterator, List, Mapping, Optional
 
@@ -27,7 +28,7 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, EVALUATOR, FUNCTIONS, HO
                                WEIGHT_INITIALIZERS, Registry)
 from mmengine.runner import Runner
 
-from ...errors import ConfigError, did_you_mean
+from ...errors import ConfigError, OptionError, did_you_mean
 from ...prompter import atomic_write
 from ...safe_loading import weights_only_loading
 from . import scope
@@ -107,7 +108,14 @@ class ConStyleRunner(Runner):
     def from_cfg(cls, cfg: Config) -> "ConStyleRunner":
         fit_dataloaders(cfg)
         check_config(cfg)
-        return super().from_cfg(cfg)
+        work_dir = cfg.get("work_dir")
+        fresh = isinstance(work_dir, str) and not osp.exists(work_dir)
+        try:
+            return super().from_cfg(cfg)
+        except OptionError as exc:  # only the model is built here: its options are under ``model``
+            if fresh and osp.isdir(work_dir):  # the Runner made it before building the model
+                shutil.rmtree(work_dir, ignore_errors=True)
+            raise ConfigError(str(exc.under("model"))) from None
 
     def load_or_resume(self) -> None:
         """Runner.load_or_resume, with two changes for ``resume=True`` without a checkpoint path:
@@ -369,6 +377,7 @@ class _Checker:
         """Every dict with a ``type`` inside the model config builds from MODELS (except init_cfg)."""
         if isinstance(node, Mapping):
             self.type_(MODELS, node, key, check_args=True)
+            self.model_options(node, key)
             for k, v in node.items():
                 if k == "init_cfg":
                     for i, item in enumerate(v if isinstance(v, (list, tuple)) else [v]):
@@ -379,6 +388,23 @@ class _Checker:
                     for i, item in enumerate(v):
                         if isinstance(item, Mapping) and "type" in item:
                             self.model(item, f"{key}.{k}[{i}]")
+
+    def model_options(self, node: Mapping, key: str) -> None:
+        """A model class with a ``check_options(node)`` (the plugin's) checks its own option values."""
+        t = node.get("type")
+        if not isinstance(t, str):
+            return
+        try:
+            with MODELS.switch_scope_and_registry(self.scope) as reg:
+                cls = reg.get(t)
+        except (KeyError, ImportError, ModuleNotFoundError):
+            return
+        check = getattr(cls, "check_options", None)
+        if callable(check):
+            try:
+                check(node)
+            except OptionError as exc:
+                self.errors.append(str(exc.under(key)))
 
     def dataset(self, node: Any, key: str) -> None:
         if not isinstance(node, Mapping):
@@ -568,11 +594,28 @@ def load_config(config: str, cfg_options: Optional[Mapping[str, Any]] = None) ->
         cfg = Config.fromfile(config)
     except SyntaxError as exc:
         raise ConfigError(f"CONFIG: {config}, line {exc.lineno}: {exc.msg} (not valid Python)") from None
-    if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
+    for key, value in dict(cfg_options or {}).items():
+        try:
+            cfg.merge_from_dict({key: value})
+        except (TypeError, KeyError) as exc:  # e.g. a.b.c=... where the config's a.b is None
+            raise ConfigError(f"{key}: --cfg-options cannot set it: {_unmergeable(cfg, key) or exc}") from None
     if cfg.get("default_scope") is None:
         cfg.default_scope = SCOPE
     return cfg
+
+
+def _unmergeable(cfg: Config, key: str) -> Optional[str]:
+    """Why ``key`` cannot be merged: the first enclosing entry that is not a dict, if any."""
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if not (isinstance(node, (Mapping, Config)) and part in node):
+            return None
+        node = node.get(part)
+        if not isinstance(node, Mapping):
+            return (f"{'.'.join(parts[:i + 1])} is {node!r} in the config, not a dict; set the whole value "
+                    f"in the config file")
+    return None
 
 
 def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Mapping[str, Any]] = None,
