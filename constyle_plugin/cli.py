@@ -61,6 +61,11 @@ def _add_train(subparsers) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .integrations.mmengine import train
+    from .threads import pick_torch_threads
+
+    note = pick_torch_threads()
+    if note:
+        print(f"constyle train: {note}", file=sys.stderr)
 
     train(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, resume=args.resume,
           amp=args.amp, launcher=args.launcher, local_rank=args.local_rank)
