@@ -31,7 +31,7 @@ class FeatureInjector(nn.Module):
 
     def forward(self, x: Tensor, feature: Tensor) -> Tensor:
         p = self.act(self.proj(feature.to(dtype=x.dtype)))
-        if p.shape[-2:] != x.shape[-2:]:
+        if p.shape[-2:] != x.shape[-2:] or torch.jit.is_tracing():  # a traced graph (ONNX) resizes at any size
             p = F.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return x + self.fuse(torch.cat([x, p], dim=1))
 

@@ -2,6 +2,7 @@
 data preprocessor and tiled inference. Torch only."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,7 +36,7 @@ def pad_bottom_right(x: Tensor, height: int, width: int, mode: str = "zeros") ->
     pad_h, pad_w = height - h, width - w
     if pad_h < 0 or pad_w < 0:
         raise ValueError(f"pad_bottom_right: {h} x {w} is larger than {height} x {width}")
-    if pad_h == 0 and pad_w == 0:
+    if pad_h == 0 and pad_w == 0 and not torch.jit.is_tracing():  # a traced graph (ONNX) pads at any size
         return x
     if mode == "zeros":
         return F.pad(x, (0, pad_w, 0, pad_h))

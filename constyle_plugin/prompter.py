@@ -173,6 +173,7 @@ class ConStyleV2(nn.Module):
         head = state.get("classifier.3.weight")  # a pretext head of another size (not ImageNet's 1000)
         model = cls(num_classes=head.shape[0] if isinstance(head, Tensor) and head.dim() == 2 else NUM_CLASSES)
         model.load_prompter_state(state, source=str(path))
+        model.source = str(path)  # recorded by a saved wrapped net (config.json) as the prompter's origin
         return model.freeze() if frozen else model
 
     def load_prompter_state(self, state: Dict[str, Tensor], source: str = "state dict") -> None:

@@ -633,6 +633,26 @@ class ConStyleUNet(nn.Module):
     def extra_repr(self) -> str:
         return f"stages={self.stages!r}, inject={self.inject}"
 
+    def save_pretrained(self, directory: Any, *, include_prompter: bool = False, ema: Any = None,
+                        backbone_config: Optional[Mapping[str, Any]] = None) -> Any:
+        """Write ``config.json`` (how it was wrapped) and ``model.safetensors`` (backbone and injection
+        modules; the prompter only with ``include_prompter``) into ``directory``, atomically; ``ema``: the
+        run's EMA copy. See :func:`constyle_plugin.pretrained.save_pretrained`."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory, include_prompter=include_prompter, ema=ema,
+                               backbone_config=backbone_config)
+
+    @classmethod
+    def from_pretrained(cls, directory: Any, backbone: Optional[nn.Module] = None, prompter: Any = None,
+                        **kwargs: Any) -> "ConStyleUNet":
+        """The net ``save_pretrained`` wrote, on ``backbone`` (a fresh instance of the user's class) or on a
+        reference / registered arch rebuilt from the config; ``prompter``: the stored, packaged or a given one,
+        checked against the recorded SHA-256. See :func:`constyle_plugin.pretrained.load_pretrained`."""
+        from .pretrained import load_pretrained
+
+        return load_pretrained(directory, backbone=backbone, prompter=prompter, **kwargs)
+
 
 def _range_note(image: Tensor) -> Optional[str]:
     """A warning if a float image batch is clearly not in [0, 1] (0..255, [-1, 1], mean/std normalised).

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from ..init_args import remember_init_args
 from ..padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["ConvUNet", "conv_block"]
@@ -26,6 +27,7 @@ def conv_block(in_channels: int, out_channels: int, num_convs: int, act: str = "
     return nn.Sequential(*layers)
 
 
+@remember_init_args
 class ConvUNet(nn.Module):
     """Plain conv U-Net: B x in_channels x H x W -> B x out_channels x H x W, for any H and W.
 

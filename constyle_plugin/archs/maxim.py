@@ -34,6 +34,7 @@ from einops import rearrange
 from timm.layers import LayerNorm2d
 from torch import Tensor
 
+from ..init_args import remember_init_args
 from ..padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["MAXIM", "MultiAxisGmlpLayer", "RCAB", "CrossGatingBlock"]
@@ -48,6 +49,22 @@ def _pair(v) -> Size2:
     if len(v) != 2:
         raise ValueError(f"MAXIM: expected a size or an (h, w) pair, got {v}")
     return v
+
+
+def halve_antialiased(x: Tensor) -> Tensor:
+    """B x C x H x W -> B x C x floor(H/2) x floor(W/2): ``F.interpolate(x, scale_factor=0.5,
+    mode="bilinear", antialias=True)`` written as convolutions, so that it exports to ONNX.
+
+    At scale 1/2 the antialiased bilinear filter is the separable kernel [1, 3, 3, 1] / 8 at stride 2;
+    at the borders the taps outside the image are dropped and the rest renormalised, which is the
+    zero-padded convolution divided by the same convolution of a map of ones.
+    """
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0], device=x.device, dtype=x.dtype)
+    kernel = (taps[:, None] * taps[None, :])[None, None]
+    b, c, h, w = x.shape
+    num = F.conv2d(F.pad(x.reshape(b * c, 1, h, w), (1, 1, 1, 1)), kernel, stride=2)
+    den = F.conv2d(F.pad(torch.ones_like(x[:1, :1]), (1, 1, 1, 1)), kernel, stride=2)
+    return (num / den).reshape(b, c, num.shape[-2], num.shape[-1])
 
 
 class _AxisMix(nn.Module):
@@ -234,6 +251,7 @@ class CrossGatingBlock(nn.Module):
         return x_out.permute(0, 3, 1, 2), y_out.permute(0, 3, 1, 2)
 
 
+@remember_init_args
 class MAXIM(nn.Module):
     """MAXIM-1S: B x img_channel x H x W -> B x img_channel x H x W, for any H and W.
 
@@ -306,8 +324,7 @@ class MAXIM(nn.Module):
         x = pad_to_multiple(inp, self.size_multiple, self.pad_mode)
         pyramid = [x]
         for _ in range(1, self.depth):
-            pyramid.append(F.interpolate(pyramid[-1], scale_factor=0.5, mode="bilinear", align_corners=False,
-                                         antialias=True))
+            pyramid.append(halve_antialiased(pyramid[-1]))
         skips, down = [], None
         for level, (conv, encoder) in enumerate(zip(self.inputs, self.encoders)):
             down, skip = encoder(conv(pyramid[level]), down)

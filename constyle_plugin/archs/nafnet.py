@@ -16,6 +16,7 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 from torch import Tensor
 
+from ..init_args import remember_init_args
 from ..padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["NAFBlock", "NAFNet", "simple_gate"]
@@ -68,6 +69,7 @@ class NAFBlock(nn.Module):
         return y + x * self.gamma
 
 
+@remember_init_args
 class NAFNet(nn.Module):
     """NAFNet U-Net: B x img_channel x H x W -> B x img_channel x H x W, for any H and W.
 

@@ -16,6 +16,7 @@ from einops import rearrange
 from timm.layers import LayerNorm2d
 from torch import Tensor
 
+from ..init_args import remember_init_args
 from ..padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["BiasFreeLayerNorm2d", "ChannelLayerNorm", "Downsample", "GDFN", "MDTA", "OverlapPatchEmbed",
@@ -152,6 +153,7 @@ class Upsample(nn.Module):
         return self.body(x)
 
 
+@remember_init_args
 class Restormer(nn.Module):
     """Restormer: B x inp_channels x H x W -> B x out_channels x H x W, for any H and W.
 

@@ -1,0 +1,301 @@
+"""ONNX export of a wrapped U-Net (prompter inside the graph), and running the exported file.
+
+``export_onnx(net, "net.onnx")`` traces ``net`` once and writes a graph with one input ``image``
+(``batch x C x height x width``, all three dynamic, floats in [0, 1]) and one output ``restored``
+of the same size. Opset 17, which onnxruntime 1.14 and later run. Inside the graph the reference
+archs pad to their size multiple and the prompt maps are resized to each stage at any input size
+(under tracing both always run, see ``padding.py`` and ``injection.py``), so sizes the trace never
+saw give the eager output. The file's metadata records ``size_multiple``, which
+``constyle restore`` uses to pad tiles as it does for the torch network.
+
+Where a backbone cannot be exported, :class:`OnnxExportError` names the unsupported operator and
+the module whose forward calls it.
+
+Core module: torch and the standard library; ``onnx`` and ``onnxruntime`` are imported only here, when
+used (``pip install "constyle-plugin[export]"``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import ConStyleError
+from .prompter import ConStyleV2, atomic_write
+
+__all__ = ["DEFAULT_OPSET", "OnnxExportError", "OnnxNetwork", "check_onnx", "export_onnx", "load_onnx"]
+
+PathLike = Union[str, os.PathLike]
+DEFAULT_OPSET = 17
+FORMAT = "constyle_plugin.onnx/1"
+INPUT_NAME, OUTPUT_NAME = "image", "restored"
+INSTALL_HINT = 'pip install "constyle-plugin[export]"'
+
+
+class OnnxExportError(ConStyleError):
+    """The network cannot be exported to ONNX, or the exported graph does not match it."""
+
+
+def _require(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ImportError(f"ONNX export and ONNX restore need {module}: {INSTALL_HINT}") from None
+
+
+def _image_of(out: Any, like: Tensor) -> Tensor:
+    if isinstance(out, Tensor):
+        return out
+    if isinstance(out, (list, tuple)):
+        for item in reversed(out):
+            if isinstance(item, Tensor) and item.dim() == 4:
+                return item
+    raise OnnxExportError(f"the network returned {type(out).__name__}, not an image tensor")
+
+
+class _ImageGraph(nn.Module):
+    """``net`` with one image in and one image out (the full-resolution output of a multi-output net)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: Tensor) -> Tensor:
+        return _image_of(self.net(image), image)
+
+
+def size_multiple(net: nn.Module) -> int:
+    for module in (net, getattr(net, "backbone", None)):
+        value = getattr(module, "size_multiple", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1
+
+
+def _in_channels(net: nn.Module) -> int:
+    for module in net.modules():
+        if isinstance(module, ConStyleV2):
+            continue
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3
+
+
+@contextlib.contextmanager
+def _graph_mode(net: nn.Module) -> Iterator[None]:
+    """Eval mode, and the prompter's eager-only NaN/Inf check off (a graph cannot raise), restored after."""
+    modes = {m: m.training for m in net.modules()}
+    prompters = [(m, m.check_finite) for m in net.modules() if isinstance(m, ConStyleV2)]
+    net.eval()
+    for prompter, _ in prompters:
+        prompter.check_finite = False
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+        for prompter, value in prompters:
+            prompter.check_finite = value
+
+
+def _locate(net: nn.Module, operator: str, sample: Tensor) -> Optional[str]:
+    """The module (as in ``named_modules()``) whose own forward runs the aten operator ``operator``."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    stack: List[str] = []
+    found: List[str] = []
+
+    class Finder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            packet = getattr(getattr(func, "overloadpacket", None), "__name__", None)
+            if not found and stack and packet == operator:
+                found.append(stack[-1])
+            return func(*args, **(kwargs or {}))
+
+    def enter(name: str):
+        def hook(module: nn.Module, args: Any) -> None:
+            stack.append(name or "(top level)")
+        return hook
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        stack.pop()
+
+    handles = []
+    for name, module in net.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(name)))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        with torch.no_grad(), Finder():
+            net(sample)
+    except Exception:  # noqa: BLE001  (the export error is what gets reported)
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def _explain(exc: BaseException, graph: nn.Module, sample: Tensor, opset: int) -> OnnxExportError:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    match = re.search(r"operator '([\w:.]+)'", str(exc)) or re.search(r"(aten::[\w.]+)", str(exc))
+    if match is None:
+        return OnnxExportError(f"ONNX export (opset {opset}) failed: {type(exc).__name__}: {message}")
+    operator = match.group(1)
+    where = _locate(graph, operator.split("::")[-1].split(".")[0], sample)
+    module = "module not found by a re-run" if where is None else f"in module {where.removeprefix('net.')!r}"
+    if where is not None:
+        found = dict(graph.named_modules()).get(where)
+        module += f" ({type(found).__name__})" if found is not None else ""
+    return OnnxExportError(
+        f"ONNX export (opset {opset}): operator {operator} has no ONNX form, called {module}; rewrite that "
+        f"part with exportable ops (e.g. convolutions instead of an antialiased resize, timm's LayerNorm2d "
+        f"instead of a custom autograd LayerNorm)")
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """File descriptor 1 to /dev/null for the block (C++ code writes there directly)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+
+
+def _sample_size(multiple: int, size: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    if size is not None:
+        return tuple(size)  # type: ignore[return-value]
+    side = multiple * max(1, -(-64 // multiple))
+    return side, side
+
+
+def export_onnx(net: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
+                sample_size: Optional[Tuple[int, int]] = None, check: bool = True,
+                atol: float = 1e-4) -> Path:
+    """Export ``net`` (``B x C x H x W`` in [0, 1] -> same) to the ONNX file ``path``, atomically.
+
+    Args:
+        net: a wrapped U-Net (prompter inside the graph) or any image-to-image network, on the CPU.
+        opset: ONNX opset (default 17).
+        sample_size: ``H x W`` of the trace input (default: 64, or the network's size multiple above).
+        check: run the file with onnxruntime at two sizes the trace did not see and compare with the
+            eager output (raises :class:`OnnxExportError` above ``atol``).
+
+    Returns ``path``. Raises :class:`OnnxExportError` naming the operator and module when a part of the
+    network has no ONNX form.
+    """
+    onnx = _require("onnx")
+    path = Path(path)
+    net = net.cpu()
+    graph = _ImageGraph(net)
+    multiple = size_multiple(net)
+    height, width = _sample_size(multiple, sample_size)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.rand(1, _in_channels(net), height, width, generator=generator)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with _graph_mode(net), warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings on the eager-only shape checks
+        try:
+            with _quiet_stdout():  # the exporter's C++ side prints its whole graph on failure
+                tmp_model = _export_to_proto(graph, sample, opset, axes)
+        except Exception as exc:  # noqa: BLE001  (reported with the operator and module)
+            raise _explain(exc, graph, sample, opset) from exc
+    model = onnx.load_from_string(tmp_model)
+    for key, value in {"format": FORMAT, "size_multiple": str(multiple), "in_channels": str(sample.shape[1]),
+                       "producer": "constyle_plugin"}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    atomic_write(path, lambda tmp: onnx.save(model, tmp))
+    if check:
+        diff, sizes = check_onnx(net, path)
+        if diff > atol:
+            raise OnnxExportError(f"{path}: onnxruntime's output differs from the eager network's by {diff:.3g} "
+                                  f"(more than {atol:g}) at {sizes}")
+    return path
+
+
+def _export_to_proto(graph: nn.Module, sample: Tensor, opset: int, axes: Dict[int, str]) -> bytes:
+    buffer = io.BytesIO()
+    torch.onnx.export(graph, (sample,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, opset_version=opset,
+                      do_constant_folding=True, dynamo=False, verbose=False)
+    return buffer.getvalue()
+
+
+def check_onnx(net: nn.Module, path: PathLike, sizes: Optional[Sequence[Tuple[int, int, int]]] = None,
+               seed: int = 0) -> Tuple[float, List[Tuple[int, int, int]]]:
+    """Largest absolute difference between onnxruntime on ``path`` and ``net`` in eager mode, over
+    random inputs of ``sizes`` (``(batch, H, W)``; default two odd sizes no trace used). Returns
+    ``(max abs difference, sizes)``."""
+    runner = load_onnx(path)
+    sizes = list(sizes or [(2, 37, 53), (1, 71, 46)])
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with _graph_mode(net), torch.no_grad():
+        for batch, h, w in sizes:
+            x = torch.rand(batch, runner.in_channels, h, w, generator=generator)
+            eager = _image_of(net(x), x)
+            worst = max(worst, float((runner(x) - eager).abs().max()))
+    return worst, sizes
+
+
+class OnnxNetwork:
+    """An exported ONNX file run by onnxruntime, called like the torch network: ``B x C x H x W``
+    tensor in [0, 1] -> restored tensor of the same size (on the input's device).
+
+    ``size_multiple`` (from the file's metadata) lets tiled inference pad as for the torch network.
+    """
+
+    def __init__(self, path: PathLike, device: Union[str, torch.device] = "cpu") -> None:
+        ort = _require("onnxruntime")
+        self.path = Path(path)
+        device = torch.device(device)
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        threads = os.environ.get("OMP_NUM_THREADS")
+        if threads and threads.isdigit():
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001  (onnxruntime's own exception types)
+            raise OnnxExportError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.size_multiple = int(meta.get("size_multiple", "1"))
+        self.in_channels = int(meta.get("in_channels", "3"))
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
+        return torch.from_numpy(np.asarray(out)).to(x.device, x.dtype)
+
+    def eval(self) -> "OnnxNetwork":
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> "OnnxNetwork":
+        return self
+
+
+def load_onnx(path: PathLike, device: Union[str, torch.device] = "cpu") -> OnnxNetwork:
+    """An ONNX file (exported by :func:`export_onnx`, or any with one image input and output) as a
+    callable network."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ONNX file not found")
+    return OnnxNetwork(path, device)

@@ -1,0 +1,387 @@
+"""A wrapped U-Net as a folder: ``config.json`` (how it was wrapped) and ``model.safetensors``.
+
+``save_pretrained(net, "run/")`` writes
+
+- ``model.safetensors``: the backbone and the injection modules (every child of the wrapper but
+  the prompter; the prompter too with ``include_prompter=True``);
+- ``model_ema.safetensors``: the same for the EMA copy, where the run kept one;
+- ``config.json``: the backbone's class (and, for the reference archs and registered types, its
+  constructor arguments), the StageSpec and each hook point as the probe measured it, the inject
+  targets, the prompter's identity (SHA-256 of its weights, where it came from, whether it is
+  stored), and the size and SHA-256 of each weights file.
+
+Each file is written atomically and ``config.json`` last, so a folder is either consistent or
+loading says which file does not match its record. ``load_pretrained(dir, backbone=...)`` rebuilds
+the wrapper on the given (or a rebuilt) backbone without a probe, re-attaches the prompter, checks
+its hash and loads with a strict key check whose error names the mismatch in one line.
+
+Core module: torch, the standard library and safetensors only.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError, ConStyleError
+from .init_args import init_args
+from .prompter import ConStyleV2, atomic_write, default_prompter, default_prompter_path
+from .stages import StageInfo, StageSpec, check_stage_names
+from .unet import ConStyleUNet
+
+__all__ = ["CONFIG_NAME", "EMA_WEIGHTS_NAME", "FORMAT", "PrompterMismatchError", "WEIGHTS_NAME",
+           "is_pretrained_dir", "load_pretrained", "prompter_sha256", "read_config", "save_pretrained",
+           "weight_groups"]
+
+PathLike = Union[str, os.PathLike]
+FORMAT = "constyle_plugin.ConStyleUNet/1"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+EMA_WEIGHTS_NAME = "model_ema.safetensors"
+REFERENCE_ARCHS = "constyle_plugin.archs"
+
+
+class PrompterMismatchError(CheckpointError):
+    """The prompter given to :func:`load_pretrained` is not the one the net was trained with."""
+
+
+# ------------------------------------------------------------------------------------------ identity
+def _state_sha256(state: Mapping[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        if tensor.is_floating_point():
+            tensor = tensor.float()  # the same identity for an fp32 and a .half()'d copy's fp32 origin
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def prompter_sha256(prompter: ConStyleV2) -> str:
+    """SHA-256 of a prompter's weights and buffers (names, shapes and values; floats as fp32)."""
+    return _state_sha256(prompter.state_dict())
+
+
+_PACKAGED_SHA: Dict[str, str] = {}
+
+
+def _packaged_sha256() -> Optional[str]:
+    path = default_prompter_path()
+    if path is None:
+        return None
+    key = f"{path}:{path.stat().st_mtime_ns}"
+    if key not in _PACKAGED_SHA:
+        _PACKAGED_SHA[key] = prompter_sha256(ConStyleV2.from_pretrained(path))
+    return _PACKAGED_SHA[key]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ key groups
+def _prompter_child(net: ConStyleUNet) -> str:
+    return next(name for name, child in net.named_children() if isinstance(child, ConStyleV2))
+
+
+def _backbone_child(net: ConStyleUNet) -> str:
+    return next(name for name, child in net.named_children() if child is net.backbone)
+
+
+def weight_groups(net: ConStyleUNet) -> Dict[str, List[str]]:
+    """The wrapper's state-dict keys by child module (``backbone``, ``prompter``, the injection
+    modules' own name, ...), in state-dict order."""
+    groups: Dict[str, List[str]] = {}
+    for key in net.state_dict():
+        groups.setdefault(key.split(".", 1)[0], []).append(key)
+    return groups
+
+
+def _weights(net: nn.Module, include_prompter: bool, prompter_group: str) -> Dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()
+            if include_prompter or k.split(".", 1)[0] != prompter_group}
+
+
+# ------------------------------------------------------------------------------------------ the backbone
+def _backbone_record(backbone: nn.Module, backbone_config: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    cls = type(backbone)
+    record: Dict[str, Any] = {"class": cls.__qualname__, "module": cls.__module__, "kwargs": init_args(backbone)}
+    if backbone_config is not None:  # a registered type: {type: NAFNet, registry: basicsr, **kwargs}
+        options = dict(backbone_config)
+        record["registry"] = options.pop("registry", None)
+        record["type"] = options.pop("type", cls.__name__)
+        record["kwargs"] = json.loads(json.dumps(options))
+    return record
+
+
+def _build_backbone(record: Mapping[str, Any], source: str) -> nn.Module:
+    module, name, kwargs = record.get("module", ""), record.get("class", "?"), record.get("kwargs")
+    registry = record.get("registry")
+    if registry in ("basicsr", "mmengine") and kwargs is not None:
+        from .runs import run_reader
+
+        if registry == "basicsr":
+            return run_reader("basicsr").build_arch(record.get("type", name), dict(kwargs), source)
+        return run_reader("mmengine").build_model({"type": record.get("type", name), **kwargs})
+    if module.startswith(REFERENCE_ARCHS) and kwargs is not None:
+        return getattr(importlib.import_module(module), name)(**kwargs)
+    raise CheckpointError(
+        f"{source}: the backbone is {name} (module {module}), which is neither a reference arch of "
+        f"constyle_plugin.archs nor a registered type built from recorded options; pass the network: "
+        f"from_pretrained(dir, backbone={name}(...))")
+
+
+# ------------------------------------------------------------------------------------------ save
+def _describe_prompter(prompter: ConStyleV2) -> Tuple[str, str]:
+    sha = prompter_sha256(prompter)
+    source = getattr(prompter, "source", None)
+    if sha == _packaged_sha256():
+        source = "packaged"
+    return sha, str(source) if source else "unrecorded"
+
+
+def save_pretrained(net: ConStyleUNet, directory: PathLike, *, include_prompter: bool = False,
+                    ema: Optional[Union[ConStyleUNet, Mapping[str, Tensor]]] = None,
+                    backbone_config: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``net`` into ``directory`` (created if needed): ``config.json`` + ``model.safetensors``.
+
+    Args:
+        net: a wrapped U-Net (:func:`~constyle_plugin.wrap_unet`).
+        include_prompter: store the prompter's weights too (by default only its SHA-256 and source:
+            it is frozen and the same in every run that used it).
+        ema: the run's EMA copy (a ConStyleUNet or its ``state_dict()``), written as
+            ``model_ema.safetensors``.
+        backbone_config: for a backbone built by a trainer's registry, its options
+            (``{"type": "NAFNet", "registry": "basicsr", **kwargs}``), so that it can be rebuilt
+            without the user's code.
+
+    Returns the folder. Files already there are replaced one by one, each atomically.
+    """
+    if not isinstance(net, ConStyleUNet):
+        raise TypeError(f"save_pretrained: expected a ConStyleUNet (wrap_unet(...)), got {type(net).__name__}")
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConStyleError(f"{directory}: exists and is not a folder")
+    prompter_group = _prompter_child(net)
+    sha, source = _describe_prompter(net.prompter)
+    files: Dict[str, Dict[str, Any]] = {}
+    variants: List[Tuple[str, str, Mapping[str, Tensor]]] = [("model", WEIGHTS_NAME, _weights(net, include_prompter,
+                                                                                              prompter_group))]
+    if ema is not None:
+        ema_state = ema.state_dict() if isinstance(ema, nn.Module) else ema
+        ema_state = {k: v.detach().cpu().contiguous() for k, v in ema_state.items()
+                     if include_prompter or k.split(".", 1)[0] != prompter_group}
+        if set(ema_state) != set(variants[0][2]):
+            raise ConStyleError(f"save_pretrained: the EMA copy's keys differ from the net's "
+                                f"({len(set(ema_state) ^ set(variants[0][2]))} keys in one but not the other)")
+        variants.append(("ema", EMA_WEIGHTS_NAME, ema_state))
+    for variant, name, state in variants:
+        path = directory / name
+        atomic_write(path, lambda tmp, s=state: save_file(dict(s), tmp, metadata={"format": FORMAT}))
+        files[variant] = {"file": name, "bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+    if ema is None and (directory / EMA_WEIGHTS_NAME).exists():
+        (directory / EMA_WEIGHTS_NAME).unlink()  # an older save's EMA is not this net's
+    config = {
+        "format": FORMAT,
+        "backbone": _backbone_record(net.backbone, backbone_config),
+        "backbone_attribute": _backbone_child(net),
+        "stages": net.stages.to_dict(),
+        "stage_info": [{"role": i.role, "name": i.name, "scale": i.scale, "channels": i.channels,
+                        "output_index": i.output_index, "layout": i.layout} for i in net.stage_info],
+        "inject": list(net.inject),
+        "image_key": getattr(net, "image_key", None),
+        "probe_note": net.probe_note,
+        "prompter": {"sha256": sha, "source": source, "stored": include_prompter, "key_prefix": prompter_group,
+                     "num_classes": int(net.prompter.classifier[-1].out_features)},
+        "weights": files,
+        "torch": torch.__version__,
+    }
+    atomic_write(directory / CONFIG_NAME,
+                 lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8"))
+    return directory
+
+
+# ------------------------------------------------------------------------------------------ load
+def is_pretrained_dir(path: PathLike) -> bool:
+    """True for a folder that :func:`save_pretrained` wrote (it holds ``config.json`` of this format)."""
+    path = Path(path)
+    if not (path / CONFIG_NAME).is_file():
+        return False
+    try:
+        return json.loads((path / CONFIG_NAME).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (ValueError, OSError):
+        return False
+
+
+def read_config(directory: PathLike) -> Dict[str, Any]:
+    """``config.json`` of a saved net, checked for the fields loading needs."""
+    directory = Path(directory)
+    path = directory / CONFIG_NAME
+    if directory.is_file():
+        raise CheckpointError(f"{directory}: is a file; pass the folder save_pretrained wrote")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; pass a folder written by save_pretrained")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a saved ConStyleUNet (format {config.get('format') if isinstance(config, dict) else None!r}, "
+                              f"expected {FORMAT!r})")
+    missing = [k for k in ("backbone", "stages", "stage_info", "inject", "prompter", "weights") if k not in config]
+    if missing:
+        raise CheckpointError(f"{path}: missing field(s) {missing}")
+    return config
+
+
+def _read_weights(directory: Path, record: Mapping[str, Any]) -> Dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = directory / record["file"]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found, but {CONFIG_NAME} records it")
+    size = path.stat().st_size
+    if size != record.get("bytes"):
+        raise CheckpointError(f"{path}: {size} bytes, but {CONFIG_NAME} records {record.get('bytes')}: truncated, "
+                              f"damaged or from another save; save the net again")
+    if record.get("sha256") and _file_sha256(path) != record["sha256"]:
+        raise CheckpointError(f"{path}: its SHA-256 differs from the one {CONFIG_NAME} records: damaged or from "
+                              f"another save; save the net again")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _resolve_prompter(prompter: Any, stored: Optional[Dict[str, Tensor]], num_classes: int) -> Tuple[ConStyleV2, str]:
+    if isinstance(prompter, ConStyleV2):
+        return prompter, "the prompter passed"
+    if prompter is None and stored is not None:
+        model = ConStyleV2(num_classes=num_classes)
+        model.load_prompter_state(stored, source=WEIGHTS_NAME)
+        return model.freeze(), "the stored prompter"
+    if prompter is None or prompter == "packaged":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
+            return default_prompter(), "the packaged prompter"
+    if isinstance(prompter, (str, os.PathLike)):
+        return ConStyleV2.from_pretrained(prompter), f"the prompter {prompter}"
+    raise TypeError(f"prompter: expected None, 'packaged', a path or a ConStyleV2, got {type(prompter).__name__}")
+
+
+def _mismatch_line(where: str, net: ConStyleUNet, state: Mapping[str, Tensor], expected: List[str],
+                   backbone_group: str) -> Optional[str]:
+    own = net.state_dict()
+    expected_set = set(expected)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected_set]
+    misshaped = [k for k in expected if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or misshaped):
+        return None
+    name = type(net.backbone).__name__
+
+    def group(k: str) -> str:
+        return k.split(".", 1)[0]
+
+    def modules(keys: List[str]) -> List[str]:
+        return sorted({".".join(k.split(".")[:2]) for k in keys})
+
+    if misshaped:
+        k = misshaped[0]
+        return (f"{where} does not fit this {name}: other width or channel counts: {k} is "
+                f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the net"
+                f"{f' (and {len(misshaped) - 1} more mis-shaped)' if len(misshaped) > 1 else ''}")
+    injected_missing = [k for k in missing if group(k) != backbone_group]
+    injected_extra = [k for k in unexpected if group(k) != backbone_group]
+    if injected_missing or injected_extra:
+        have = modules([k for k in state if group(k) != backbone_group])
+        want = modules([k for k in expected if group(k) != backbone_group])
+        return (f"{where} does not fit this {name}: other inject targets or StageSpec: the file has "
+                f"{', '.join(have) or 'none'}; the net has {', '.join(want) or 'none'}")
+    first = (missing or unexpected)[0]
+    return (f"{where} does not fit this {name}: another backbone: {len(missing)} key(s) missing, "
+            f"{len(unexpected)} unexpected, first: {first}")
+
+
+def load_pretrained(directory: PathLike, backbone: Optional[nn.Module] = None, prompter: Any = None, *,
+                    ema: Optional[bool] = None, check_prompter: bool = True,
+                    map_location: Union[str, torch.device, None] = None) -> ConStyleUNet:
+    """Build the net :func:`save_pretrained` wrote into ``directory``, weights loaded, in eval mode.
+
+    Args:
+        directory: the saved folder.
+        backbone: a fresh instance of the backbone's class (the user's own class); ``None`` rebuilds
+            a reference arch or a registered type from the recorded constructor arguments.
+        prompter: ``None`` (the stored one if the folder holds it, else the packaged one),
+            ``"packaged"``, a checkpoint path, or a :class:`ConStyleV2`.
+        ema: load ``model_ema.safetensors`` (``None``: when the folder has it).
+        check_prompter: refuse a prompter whose SHA-256 differs from the recorded one.
+        map_location: device for the net (default: the backbone's device, else the CPU).
+
+    Returns a :class:`ConStyleUNet` whose output equals the saved net's exactly.
+
+    Raises:
+        PrompterMismatchError: the prompter is not the one the net was trained with.
+        CheckpointError: a missing, truncated or mismatched file; the key check names the mismatch
+            (other width, other inject targets or StageSpec, another backbone) in one line.
+    """
+    directory = Path(directory)
+    config = read_config(directory)
+    where = str(directory / CONFIG_NAME)
+    files = config["weights"]
+    use_ema = ("ema" in files) if ema is None else ema
+    if use_ema and "ema" not in files:
+        raise CheckpointError(f"{where}: no EMA weights were saved ({', '.join(files)} only)")
+    variant = files["ema" if use_ema else "model"]
+    state = _read_weights(directory, variant)
+
+    record = config["prompter"]
+    prefix = record.get("key_prefix", "prompter") + "."
+    stored = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if record.get("stored") else None
+    prompter_net, which = _resolve_prompter(prompter, stored, int(record.get("num_classes", 1000)))
+    sha = prompter_sha256(prompter_net)
+    if check_prompter and record.get("sha256") and sha != record["sha256"]:
+        raise PrompterMismatchError(
+            f"{where}: the net was trained with the prompter of SHA-256 {record['sha256'][:16]}... "
+            f"(source: {record.get('source')}), but {which} has {sha[:16]}...; pass that prompter "
+            f"(prompter=PATH), save with include_prompter=True, or check_prompter=False to load anyway")
+
+    if backbone is None:
+        backbone = _build_backbone(config["backbone"], where)
+    stages = StageSpec.from_dict(config["stages"])
+    check_stage_names(stages, backbone, error=CheckpointError)
+    infos = [StageInfo(**info) for info in config["stage_info"]]
+    param = next(iter(backbone.parameters()), None)
+    device = torch.device(map_location) if map_location is not None else (
+        param.device if param is not None else torch.device("cpu"))
+    net = ConStyleUNet(backbone, prompter_net, stages, infos, tuple(config["inject"]), config.get("probe_note", ""))
+    if config.get("image_key") is not None:
+        net.image_key = config["image_key"]
+    if param is not None and param.is_floating_point():
+        for child in net.children():  # the injection modules take the backbone's dtype, as in wrap_unet
+            if child is not backbone and child is not prompter_net:
+                child.to(param.dtype)
+
+    own = net.state_dict()
+    expected = [k for k in own if record.get("stored") or not k.startswith(prefix)]
+    problem = _mismatch_line(str(directory / variant["file"]), net, state, expected, config.get(
+        "backbone_attribute", "backbone"))
+    if problem is not None:
+        raise CheckpointError(problem)
+    prompter_state = {k: v for k, v in own.items() if k.startswith(prefix)}
+    net.load_state_dict({**prompter_state, **state}, strict=True)
+    return net.to(device).eval()
