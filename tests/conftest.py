@@ -8,12 +8,22 @@ per test process (once per worker under ``pytest -n``), each in its own temporar
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
 
-import pytest
-import torch
+# One OpenMP / MKL thread per process, in this process and in every interpreter a test starts (they
+# inherit the environment): the networks are tiny, and on a small machine two test workers (pytest -n 2)
+# each spinning several threads, plus their subprocesses, would oversubscribe the cores many times over.
+# An explicit setting in the environment wins.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:

@@ -14,7 +14,7 @@ import torch
 
 from constyle_plugin.inference import load_network, read_image, tiled_forward
 
-from integrations.basicsr.test_basicsr_cli import OPTIONS, overrides, run
+from basicsr_runs import OPTIONS_DIR as OPTIONS, overrides, run
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -449,7 +449,7 @@ def test_basicsr_train_with_parameters_drawn_by_the_dataset(tmp_path):
     """`basicsr train` on the stage-1 options with datasets.train.degradation on: the workers draw the
     parameters, the model degrades with them, training runs; a dataset drawing from other values than
     train.degradation is refused before training."""
-    from test_basicsr_cli import OPTIONS, losses_by_iter, run, train_log
+    from basicsr_runs import OPTIONS_DIR as OPTIONS, losses_by_iter, run, train_log
 
     opts = ["train:total_iter=2", "val:val_freq=2", "logger:print_freq=1", "logger:save_checkpoint_freq=2",
             "network_g:queue_size=8", "datasets:train:batch_size_per_gpu=4", "datasets:train:num_worker_per_gpu=1",

@@ -6,12 +6,9 @@ Each run is a fresh interpreter running the console script's function, in a temp
 from __future__ import annotations
 
 import configparser
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 import pytest
 import torch
@@ -23,68 +20,13 @@ from constyle_plugin.samples import export_sample_photos
 
 ensure_basicsr_importable()
 from basicsr.archs import build_network  # noqa: E402
-from basicsr.utils.options import _postprocess_yml_value  # noqa: E402
 
 from constyle_plugin.integrations.basicsr.cli import main  # noqa: E402
 
+from basicsr_runs import STAGE2, apply, losses_by_iter, overrides, run, train_log  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[3]
 OPTIONS = ROOT / "options"
-COMMAND = [sys.executable, "-c", "import sys; from constyle_plugin.integrations.basicsr.cli import main; sys.exit(main())"]
-
-TINY_BACKBONE = {
-    "nafnet": ["width=8", "enc_blk_nums=[1,1,1,1]"],
-    "restormer": ["dim=8", "num_blocks=[1,1,1,1]", "num_refinement_blocks=1", "heads=[1,1,1,1]"],
-    "convunet": ["width=8", "blocks_per_level=1"],
-}
-SHORT_RUN = ["train:total_iter=2", "val:val_freq=2", "logger:print_freq=1", "logger:save_checkpoint_freq=2",
-             "datasets:train:batch_size_per_gpu=2", "datasets:train:gt_size=32", "datasets:train:num_worker_per_gpu=0",
-             "datasets:val:gt_size=32"]
-STAGE2 = [f"{family}_{variant}" for family in TINY_BACKBONE for variant in ("constyle", "origin")]
-
-
-def overrides(name: str) -> List[str]:
-    family, variant = name.split("_")
-    prefix = "network_g:backbone:" if variant == "constyle" else "network_g:"
-    return SHORT_RUN + [prefix + o for o in TINY_BACKBONE[family]]
-
-
-def apply(opt: Dict, entries: List[str]) -> Dict:
-    """``--force_yml`` semantics (BasicSR's value parsing) on a loaded options dict."""
-    for entry in entries:
-        keys, value = entry.split("=")
-        node = opt
-        *parents, last = keys.split(":")
-        for key in parents:
-            node = node[key]
-        node[last] = _postprocess_yml_value(value)
-    return opt
-
-
-def run(cwd: Path, *args: str, ok: bool = True, cpu: bool = False) -> subprocess.CompletedProcess:
-    # One intra-op thread: the networks are tiny, and on a shared CPU two spinning OpenMP threads per
-    # process make a run several times slower. cpu=True hides the GPUs (CUDA kernels are not
-    # bit-for-bit deterministic, which a test of exact resumption must not depend on).
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **({"CUDA_VISIBLE_DEVICES": ""} if cpu else {})}
-    proc = subprocess.run(COMMAND + list(args), cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
-    if ok and proc.returncode != 0:
-        raise AssertionError(f"basicsr {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
-    return proc
-
-
-def train_log(experiment: Path) -> str:
-    logs = sorted(experiment.glob("train_*.log"))
-    assert logs, f"no training log in {experiment}"
-    return logs[-1].read_text()
-
-
-def losses_by_iter(log: str) -> Dict[int, str]:
-    """``{iter: 'l_pix: 1.2345e-02 ...'}`` from BasicSR's log lines."""
-    found = {}
-    for match in re.finditer(r"iter:\s*([\d,]+), lr:.*?\] (l_.*)$", log, flags=re.M):
-        found[int(match.group(1).replace(",", ""))] = match.group(2).strip()
-    return found
-
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:

@@ -8,7 +8,7 @@ import subprocess
 
 import torch
 
-from basicsr_runs import NAME, OPTIONS_DIR, log_losses, tiny_options
+from basicsr_runs import NAME, OPTIONS_DIR, losses_by_iter, tiny_options
 from processes import NO_CUDA, quiet_env, torchrun, visible
 
 
@@ -25,7 +25,7 @@ def test_basicsr_launcher_pytorch_on_cpu_two_processes(tmp_path, photos, prompte
     exp = tmp_path / "experiments" / NAME
     log = next(exp.glob("train_*.log")).read_text()
     assert re.search(r"^\s*dist: True$", log, re.M) and re.search(r"^\s*world_size: 2$", log, re.M)
-    losses = log_losses(log)
+    losses = losses_by_iter(log)
     assert set(losses) == {1, 2}
     assert all(float(v) == float(v) and abs(float(v)) < 1e6
                for line in losses.values() for v in re.findall(r"l_\w+: ([-\d.e+]+)", line))

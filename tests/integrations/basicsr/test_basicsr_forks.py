@@ -358,7 +358,7 @@ def test_a_code_running_checkpoint_runs_nothing_even_where_torch_defaults_to_uns
         opt = options(fork, "evil")
         cmd, cwd = [sys.executable, "-c", CLI, "test", "-opt", str(opt)], fork
     else:
-        from test_basicsr_cli import COMMAND, OPTIONS, overrides
+        from basicsr_runs import COMMAND, OPTIONS_DIR as OPTIONS, overrides
 
         cmd, cwd = COMMAND + ["test", "-opt", str(OPTIONS / "nafnet_constyle.yml"), "--force_yml",
                               *overrides("nafnet_constyle")], tmp_path

@@ -21,7 +21,7 @@ import yaml
 
 from constyle_plugin.compat import ensure_basicsr_importable
 
-from basicsr_runs import (BASICSR_MAIN, NAME, OPTIONS, OPTIONS_DIR, basicsr, log_losses, logs, losses, ok, refused,
+from basicsr_runs import (BASICSR_MAIN, NAME, OPTIONS, OPTIONS_DIR, basicsr, losses_by_iter, logs, losses, ok, refused,
                           tiny, tiny_options)
 from payloads import RunsCodeOnLoad
 from processes import kill_when, quiet_env
@@ -131,9 +131,9 @@ def test_auto_resume_after_sigkill_resumes_from_the_last_complete_state(tmp_path
     resumed = [p.read_text() for p in log if "Resuming training from" in p.read_text()]
     assert len(resumed) == 1
     assert "Resuming training from epoch: 0, iter: 4." in resumed[0]
-    again = log_losses(resumed[0])
+    again = losses_by_iter(resumed[0])
     assert set(again) == set(range(5, 11))
-    before = log_losses(killed)
+    before = losses_by_iter(killed)
     both = sorted(set(before) & set(again))
     # iterations trained by both runs: 5 (weights and data of the state) and 6, 7 (also the optimiser's state)
     assert both == [5, 6, 7], both
@@ -145,7 +145,7 @@ def test_auto_resume_after_sigkill_resumes_from_the_last_complete_state(tmp_path
     ref = subprocess.run(cmd + ["--force_yml", *opts], cwd=ref_dir, capture_output=True, text=True, env=quiet_env(),
                          timeout=400)
     assert ref.returncode == 0, ref.stdout[-3000:] + ref.stderr[-3000:]
-    reference = log_losses(next((ref_dir / "experiments" / NAME).glob("train_*.log")).read_text())
+    reference = losses_by_iter(next((ref_dir / "experiments" / NAME).glob("train_*.log")).read_text())
     assert all(again[i] == reference[i] for i in again), (again, reference)
     for name in ("net_g_8.pth", "net_g_latest.pth"):
         a = torch.load(run_dir / "experiments" / NAME / "models" / name, weights_only=True)
