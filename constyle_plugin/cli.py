@@ -9,6 +9,11 @@ Subcommands:
   [--launcher none|pytorch|slurm|mpi]``: train from an MMEngine config with MMEngine's Runner
   (both ConStyle v2 stages; configs in ``options/mmengine/``).
 
+- ``constyle convert --checkpoint CKPT_OR_DIR [--config CFG] --output DIR_OR_FILE [--to basicsr|mmengine]``:
+  a trainer checkpoint to a ``save_pretrained`` folder, or back (see :mod:`constyle_plugin.convert`).
+- ``constyle export --checkpoint CKPT_OR_DIR [--config CFG] --onnx OUT.onnx``: ONNX export, checked with
+  onnxruntime (see :mod:`constyle_plugin.export`).
+
 More subcommands are added with :func:`add_subcommand`-style functions in :data:`SUBCOMMANDS`.
 """
 from __future__ import annotations
@@ -84,8 +89,76 @@ def _add_restore(subparsers) -> None:
     p.set_defaults(func=restore_main)
 
 
+def _add_convert(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert", help="trainer checkpoint <-> save_pretrained folder (config.json + model.safetensors)",
+        description="Convert a BasicSR (params / params_ema) or MMEngine checkpoint of a wrapped net into a "
+                    "save_pretrained folder, or a folder into a BasicSR / MMEngine checkpoint, e.g. constyle "
+                    "convert --checkpoint experiments/NAFNet_ConStyle_v2/models/net_g_latest.pth --output run/; "
+                    "constyle convert --checkpoint run/ --to mmengine --output run.pth")
+    p.add_argument("--checkpoint", required=True, help="a BasicSR / MMEngine .pth, or a save_pretrained folder")
+    p.add_argument("--config", default=None,
+                   help="the run's BasicSR .yml or MMEngine .py (default: the config its trainer recorded)")
+    p.add_argument("--output", required=True, help="the folder to write (from a checkpoint) or the .pth file "
+                                                   "(from a folder)")
+    p.add_argument("--to", choices=["basicsr", "mmengine"], default="basicsr",
+                   help="the checkpoint layout written from a folder (default basicsr)")
+    p.add_argument("--include-prompter", dest="include_prompter", action="store_true", default=None,
+                   help="store the prompter's weights in the folder (default: only when it is not the packaged one)")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .convert import from_trainer_checkpoint, to_trainer_checkpoint
+    from .pretrained import is_pretrained_dir
+
+    if is_pretrained_dir(args.checkpoint):
+        out = to_trainer_checkpoint(args.checkpoint, args.output, trainer=args.to)
+        print(f"wrote the {args.to} checkpoint {out}")
+    else:
+        out = from_trainer_checkpoint(args.checkpoint, args.output, config=args.config,
+                                      include_prompter=args.include_prompter)
+        print(f"wrote {out}/config.json and its weights")
+    return 0
+
+
+def _add_export(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a trained net to ONNX (prompter inside the graph)",
+        description="Export a save_pretrained folder or a BasicSR / MMEngine checkpoint to ONNX (dynamic batch, "
+                    "height and width), checked with onnxruntime against the eager network, e.g. constyle export "
+                    "--checkpoint run/ --onnx net.onnx")
+    p.add_argument("--checkpoint", required=True, help="a save_pretrained folder or a BasicSR / MMEngine .pth")
+    p.add_argument("--config", default=None,
+                   help="the run's BasicSR .yml or MMEngine .py (default: the config its trainer recorded)")
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip running the file with onnxruntime against the eager network")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import DEFAULT_OPSET, check_onnx, export_onnx
+    from .inference import load_network
+
+    if str(args.checkpoint).endswith(".onnx"):
+        raise ValueError(f"--checkpoint: {args.checkpoint} is already an ONNX file")
+    net = load_network(args.checkpoint, args.config, device="cpu")
+    out = export_onnx(net, args.onnx, opset=args.opset or DEFAULT_OPSET, check=False)
+    message = f"wrote {out}"
+    if args.check:
+        diff, sizes = check_onnx(net, out)
+        message += f"; onnxruntime vs eager at {', '.join(f'{b}x{h}x{w}' for b, h, w in sizes)}: max abs diff {diff:.2e}"
+        if diff > 1e-4:
+            raise ValueError(f"--onnx: {out}: onnxruntime differs from the eager network by {diff:.3g} (> 1e-4)")
+    print(message)
+    return 0
+
+
 # (name, function adding the subparser); each subparser sets ``func`` returning an exit code.
-SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train), ("restore", _add_restore)]
+SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train), ("restore", _add_restore),
+                                           ("convert", _add_convert), ("export", _add_export)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +186,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .prompter import CheckpointError
 
         restore_errors = (OSError, CheckpointError, ValueError)  # RestoreError is a ValueError
-        if isinstance(exc, ConfigError) or (args.command == "restore" and isinstance(exc, restore_errors)):
+        if isinstance(exc, ConfigError) or (args.command in ("restore", "convert", "export")
+                                             and isinstance(exc, restore_errors)):
             print(f"constyle {args.command}: error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -12,6 +12,7 @@ import re
 import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -24,12 +25,12 @@ from tqdm import tqdm
 from .errors import CheckpointError, RestoreError
 from .imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_image_file
 from .padding import pad_to_multiple
-from .prompter import atomic_write, read_state_dict
+from .prompter import atomic_write, flatten_checkpoint, read_state_dict
 from .runs import run_reader
 
 __all__ = ["IMAGE_EXTENSIONS", "RestoreError", "check_device", "check_output_folder", "check_tiling", "find_images",
-           "load_network", "plan_outputs", "read_dumped_config", "read_image", "restore_images",
-           "size_multiple_of", "tiled_forward", "write_image"]
+           "TrainingRun", "load_network", "plan_outputs", "read_dumped_config", "read_image", "read_training_run",
+           "restore_images", "size_multiple_of", "tiled_forward", "write_image"]
 
 logger = logging.getLogger(__name__)
 BASICSR_COPY_HEADER = "# GENERATE TIME:"  # first line of the options copy BasicSR's copy_opt_file writes
@@ -311,8 +312,28 @@ def _mismatch(checkpoint: Path, config: str, net: nn.Module, state: Mapping[str,
     return CheckpointError(f"{checkpoint}: does not fit the network of {config}: {'; '.join(parts)}{hint}")
 
 
+@dataclass
+class TrainingRun:
+    """A trainer's checkpoint with the network its config builds (weights not loaded yet)."""
+
+    net: nn.Module
+    states: Dict[str, Dict[str, Tensor]]  # "model", and "ema" where the run kept an EMA copy
+    source: str  # the config the network was built from
+    backbone_options: Optional[Dict[str, Any]] = None  # {type, registry, **options} of a wrapped backbone
+    checkpoint: Optional[Path] = None
+
+    def load(self, variant: str = "model") -> nn.Module:
+        """Load ``states[variant]`` into ``net`` (strict; a mismatch is named in one line); returns ``net``."""
+        state = self.states[variant]
+        try:
+            self.net.load_state_dict(state, strict=True)
+        except RuntimeError:
+            raise _mismatch(self.checkpoint or Path("?"), self.source, self.net, state) from None
+        return self.net
+
+
 def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str, os.PathLike]] = None,
-                 device: Union[str, torch.device] = "cpu") -> nn.Module:
+                 device: Union[str, torch.device] = "cpu") -> Any:
     """Rebuild a trained network from its checkpoint, in eval mode on ``device``.
 
     BasicSR: ``checkpoint`` is ``net_g_*.pth`` (``params_ema`` preferred) and ``config`` the options
@@ -323,7 +344,28 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
     dumped into the work dir, read as plain values without running it. Any other file beside the
     checkpoint is never read or run (:class:`RestoreError` asks for ``config``). Weights are read with
     safe loading and loaded with ``strict=True``.
+
+    Also: a folder written by ``save_pretrained`` (its EMA weights preferred) and an ONNX file
+    (run by onnxruntime, see :mod:`constyle_plugin.export`).
     """
+    checkpoint = Path(checkpoint)
+    if checkpoint.suffix == ".onnx" and checkpoint.is_file():
+        from .export import load_onnx
+
+        return load_onnx(checkpoint, device=device)
+    if checkpoint.is_dir():
+        from .pretrained import is_pretrained_dir, load_pretrained
+
+        if is_pretrained_dir(checkpoint):
+            return load_pretrained(checkpoint, map_location=device)
+    run = read_training_run(checkpoint, config)
+    return run.load("ema" if "ema" in run.states else "model").to(device).eval()
+
+
+def read_training_run(checkpoint: Union[str, os.PathLike],
+                      config: Optional[Union[str, os.PathLike]] = None) -> TrainingRun:
+    """The network of a BasicSR or MMEngine run (built from ``config`` or the config its trainer
+    recorded, as :func:`load_network` finds it) and the checkpoint's weights, EMA copy apart."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
         raise FileNotFoundError(f"--checkpoint: {checkpoint} is a directory; pass the checkpoint file in it")
@@ -334,31 +376,39 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
         if not config.is_file():
             raise FileNotFoundError(f"--config: {config} " + ("is a directory" if config.is_dir() else "not found"))
         if config.suffix in (".yml", ".yaml"):
-            net, state, source = _build_basicsr(config), read_state_dict(checkpoint), str(config)
-        elif config.suffix == ".py":
-            net = _build_mmengine(run_reader("mmengine").load_config(str(config)), str(config))
-            state, source = _mmengine_state(checkpoint, _read_mmengine_checkpoint(checkpoint)), str(config)
-        else:
-            raise ValueError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
-    else:
-        options = _recorded_basicsr_options(checkpoint)
-        if options is not None:
-            net, state, source = _build_basicsr(options), read_state_dict(checkpoint), str(options)
-        else:
-            raw = _read_mmengine_checkpoint(checkpoint)
-            meta = raw.get("meta") if isinstance(raw, dict) else None
-            recorded = _recorded_mmengine_config(checkpoint, meta) if isinstance(meta, Mapping) else None
-            if recorded is None:
-                raise _no_config(checkpoint)
-            source, text = recorded
-            net = _build_mmengine(run_reader("mmengine").config_from_dict(read_dumped_config(text, source)), source)
-            state = _mmengine_state(checkpoint, raw)
-            logger.info("config of %s: %s", checkpoint, source)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise _mismatch(checkpoint, source, net, state) from None
-    return net.to(device).eval()
+            net, backbone = _build_basicsr(config)
+            return TrainingRun(net, _basicsr_states(checkpoint), str(config), backbone, checkpoint)
+        if config.suffix == ".py":
+            cfg = run_reader("mmengine").load_config(str(config))
+            net = _build_mmengine(cfg, str(config))
+            states = _mmengine_states(checkpoint, _read_mmengine_checkpoint(checkpoint))
+            return TrainingRun(net, states, str(config), _mmengine_backbone(cfg), checkpoint)
+        raise ValueError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
+    options = _recorded_basicsr_options(checkpoint)
+    if options is not None:
+        net, backbone = _build_basicsr(options)
+        return TrainingRun(net, _basicsr_states(checkpoint), str(options), backbone, checkpoint)
+    raw = _read_mmengine_checkpoint(checkpoint)
+    meta = raw.get("meta") if isinstance(raw, dict) else None
+    recorded = _recorded_mmengine_config(checkpoint, meta) if isinstance(meta, Mapping) else None
+    if recorded is None:
+        raise _no_config(checkpoint)
+    source, text = recorded
+    cfg = run_reader("mmengine").config_from_dict(read_dumped_config(text, source))
+    net = _build_mmengine(cfg, source)
+    logger.info("config of %s: %s", checkpoint, source)
+    return TrainingRun(net, _mmengine_states(checkpoint, raw), source, _mmengine_backbone(cfg), checkpoint)
+
+
+def _basicsr_states(checkpoint: Path) -> Dict[str, Dict[str, Tensor]]:
+    """``params`` as "model" and ``params_ema`` as "ema" (a file with one of them: "model")."""
+    preferred = read_state_dict(checkpoint)  # errors name the file; params_ema preferred
+    if checkpoint.suffix == ".safetensors":
+        return {"model": preferred}
+    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)  # readable: read_state_dict read it
+    if isinstance(raw, dict) and isinstance(raw.get("params"), dict) and isinstance(raw.get("params_ema"), dict):
+        return {"model": flatten_checkpoint({"params": raw["params"]}, str(checkpoint)), "ema": preferred}
+    return {"model": preferred}
 
 
 def _without_prompter_file(prompter_opt: Any) -> Any:
@@ -368,7 +418,8 @@ def _without_prompter_file(prompter_opt: Any) -> Any:
     return prompter_opt
 
 
-def _build_basicsr(config: Path) -> nn.Module:
+def _build_basicsr(config: Path) -> Tuple[nn.Module, Optional[Dict[str, Any]]]:
+    """The network of a BasicSR options file, and its backbone's options (``registry: basicsr``)."""
     # Through the basicsr importable here, whichever its flavour: PyPI BasicSR's registries or a
     # 1.2-era fork's module scans (a fork's own NAFNet is the one its checkpoints hold).
     reader = run_reader("basicsr")
@@ -377,9 +428,17 @@ def _build_basicsr(config: Path) -> nn.Module:
     if "prompter" in network_opt:
         network_opt["prompter"] = _without_prompter_file(network_opt["prompter"])
     arch_type = network_opt.pop("type", None)
+    backbone = network_opt.get("backbone")
+    backbone = {**backbone, "registry": "basicsr"} if isinstance(backbone, Mapping) else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
-        return reader.build_arch(arch_type, network_opt, str(config))
+        return reader.build_arch(arch_type, network_opt, str(config)), backbone
+
+
+def _mmengine_backbone(cfg: Any) -> Optional[Dict[str, Any]]:
+    model = cfg.get("model")
+    backbone = model.get("backbone") if isinstance(model, Mapping) else None
+    return {**dict(backbone), "registry": "mmengine"} if isinstance(backbone, Mapping) else None
 
 
 def _build_mmengine(cfg: Any, source: str) -> nn.Module:
@@ -397,14 +456,20 @@ def _build_mmengine(cfg: Any, source: str) -> nn.Module:
     return model.net
 
 
-def _mmengine_state(checkpoint: Path, raw: Any) -> Dict[str, Tensor]:
-    """The restorer's weights from a Runner checkpoint: the EMA copy when the run kept one."""
+def _mmengine_states(checkpoint: Path, raw: Any) -> Dict[str, Dict[str, Tensor]]:
+    """The restorer's weights from a Runner checkpoint: "model", and "ema" when the run kept one."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{checkpoint}: expected an MMEngine checkpoint dict")
-    state = raw.get("ema_state_dict") or raw.get("state_dict") or raw
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
-             if isinstance(v, Tensor) and k != "steps"}
-    return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+
+    def net_weights(state: Mapping[str, Any]) -> Dict[str, Tensor]:
+        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
+                 if isinstance(v, Tensor) and k != "steps"}
+        return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
+
+    states = {"model": net_weights(raw.get("state_dict") or raw)}
+    if raw.get("ema_state_dict"):
+        states["ema"] = net_weights(raw["ema_state_dict"])
+    return states
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -561,7 +626,9 @@ def restore_images(net: nn.Module, inputs: Sequence[Path], output: Union[str, os
 
 def add_restore_arguments(parser) -> None:
     """The ``constyle restore`` options."""
-    parser.add_argument("--checkpoint", required=True, help="trained network: BasicSR net_g_*.pth or MMEngine .pth")
+    parser.add_argument("--checkpoint", required=True,
+                        help="trained network: BasicSR net_g_*.pth, MMEngine .pth, a save_pretrained folder or an "
+                             "exported .onnx file (run by onnxruntime)")
     parser.add_argument("--config", default=None,
                         help="its BasicSR .yml or MMEngine .py (default: the config its trainer recorded for "
                              "that run: BasicSR's options copy in experiments/<name>/, MMEngine's config in the "

@@ -37,7 +37,7 @@ from .stages import StageInfo, StageSpec, check_stage_names
 from .unet import ConStyleUNet
 
 __all__ = ["CONFIG_NAME", "EMA_WEIGHTS_NAME", "FORMAT", "PrompterMismatchError", "WEIGHTS_NAME",
-           "is_pretrained_dir", "load_pretrained", "prompter_sha256", "read_config", "save_pretrained",
+           "is_pretrained_dir", "load_pretrained", "packaged_prompter_sha256", "prompter_sha256", "read_config", "save_pretrained",
            "weight_groups"]
 
 PathLike = Union[str, os.PathLike]
@@ -72,7 +72,8 @@ def prompter_sha256(prompter: ConStyleV2) -> str:
 _PACKAGED_SHA: Dict[str, str] = {}
 
 
-def _packaged_sha256() -> Optional[str]:
+def packaged_prompter_sha256() -> Optional[str]:
+    """:func:`prompter_sha256` of the packaged prompter (``None`` when this installation has none)."""
     path = default_prompter_path()
     if path is None:
         return None
@@ -146,7 +147,7 @@ def _build_backbone(record: Mapping[str, Any], source: str) -> nn.Module:
 def _describe_prompter(prompter: ConStyleV2) -> Tuple[str, str]:
     sha = prompter_sha256(prompter)
     source = getattr(prompter, "source", None)
-    if sha == _packaged_sha256():
+    if sha == packaged_prompter_sha256():
         source = "packaged"
     return sha, str(source) if source else "unrecorded"
 

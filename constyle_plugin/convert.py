@@ -1,0 +1,91 @@
+"""``constyle convert``: trainer checkpoints to a saved wrapped net (``save_pretrained``'s folder) and back.
+
+- BasicSR (``net_g_*.pth``: ``params`` / ``params_ema``) or MMEngine (the Runner's ``.pth``:
+  ``state_dict`` / ``ema_state_dict``) -> ``config.json`` + ``model.safetensors`` (+
+  ``model_ema.safetensors``), the network built from the run's config as ``constyle restore`` builds it;
+- a saved folder -> a BasicSR checkpoint (``{"params", "params_ema"}``, for ``pretrain_network_g``) or
+  an MMEngine checkpoint (``{"meta", "state_dict", "ema_state_dict"}``, for ``load_from``), the
+  prompter's weights included (both trainers load strictly, prompter too).
+
+Core module: torch only; reading a run's config goes through the readers the integrations register.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .errors import ConStyleError
+from .init_args import init_args
+from .pretrained import (FORMAT, is_pretrained_dir, load_pretrained, packaged_prompter_sha256, prompter_sha256,
+                         read_config, save_pretrained)
+from .prompter import atomic_write
+from .unet import ConStyleUNet
+
+__all__ = ["TRAINERS", "from_trainer_checkpoint", "to_trainer_checkpoint"]
+
+PathLike = Union[str, os.PathLike]
+TRAINERS = ("basicsr", "mmengine")
+
+
+def from_trainer_checkpoint(checkpoint: PathLike, output: PathLike, config: Optional[PathLike] = None,
+                            include_prompter: Optional[bool] = None) -> Path:
+    """Convert a BasicSR or MMEngine checkpoint of a wrapped net into a ``save_pretrained`` folder.
+
+    ``config``: the run's options / config file (default: the one its trainer recorded). The EMA copy,
+    where the run kept one, becomes ``model_ema.safetensors``. ``include_prompter`` (default: only
+    when the run's prompter is not the packaged one) stores the prompter's weights too.
+    """
+    from .inference import read_training_run
+
+    run = read_training_run(checkpoint, config)
+    net = run.net
+    if not isinstance(net, ConStyleUNet):
+        raise ConStyleError(f"{checkpoint}: the network of {run.source} is a {type(net).__name__}, not a U-Net "
+                            f"wrapped with the prompter (ConStyleUNet); save_pretrained is for wrapped nets")
+    ema: Optional[Dict[str, Tensor]] = None
+    if "ema" in run.states:
+        run.load("ema")
+        ema = {k: v.clone() for k, v in net.state_dict().items()}
+    run.load("model")
+    if include_prompter is None:
+        include_prompter = prompter_sha256(net.prompter) != packaged_prompter_sha256()
+    backbone = run.backbone_options if init_args(net.backbone) is None else None
+    return save_pretrained(net, output, include_prompter=include_prompter, ema=ema, backbone_config=backbone)
+
+
+def to_trainer_checkpoint(directory: PathLike, output: PathLike, trainer: str = "basicsr",
+                          backbone: Any = None, prompter: Any = None) -> Path:
+    """Write the net saved in ``directory`` as a ``trainer`` (``basicsr`` / ``mmengine``) checkpoint.
+
+    ``backbone`` / ``prompter``: as in :func:`~constyle_plugin.pretrained.load_pretrained` (a user's
+    own backbone class must be passed). The file is written atomically.
+    """
+    if trainer not in TRAINERS:
+        raise ConStyleError(f"--to: {trainer!r} is not a trainer; choose from {list(TRAINERS)}")
+    if not is_pretrained_dir(directory):
+        read_config(directory)  # raises, naming what is wrong
+    files = read_config(directory)["weights"]
+    states = {"model": _full_state(load_pretrained(directory, backbone, prompter, ema=False))}
+    if "ema" in files:
+        states["ema"] = _full_state(load_pretrained(directory, backbone, prompter, ema=True))
+    if trainer == "basicsr":
+        payload: Dict[str, Any] = {"params": states["model"]}
+        if "ema" in states:
+            payload["params_ema"] = states["ema"]
+    else:
+        payload = {"meta": {"converted_from": str(directory), "format": FORMAT},
+                   "state_dict": {f"net.{k}": v for k, v in states["model"].items()}}
+        if "ema" in states:  # as MMEngine's EMAHook keeps it (an ExponentialMovingAverage around the model)
+            payload["ema_state_dict"] = {"steps": torch.tensor(0),
+                                         **{f"module.net.{k}": v for k, v in states["ema"].items()}}
+    output = Path(output)
+    atomic_write(output, lambda tmp: torch.save(payload, tmp))
+    return output
+
+
+def _full_state(net: ConStyleUNet) -> Dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
