@@ -90,13 +90,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--compare", nargs="+", default=[], metavar="NAME=PATH",
                    help="more prompters for the investigation (linear probe, scatter ratios), e.g. "
                         "previous=benchmarks/prompters/<file> or authors=pretrained_ConStyle_v2.pth")
-    p.add_argument("--runs-from", default=None, metavar="ALLINONE_JSON",
-                   help="take the runs of the variants not in --variants from this earlier report (made with "
+    p.add_argument("--runs-from", nargs="+", default=[], metavar="ALLINONE_JSON",
+                   help="take the runs of the variants not in --variants from these earlier reports (made with "
                         "the same settings; checked: configuration, test set, and each seed's training batches "
-                        "against this run's), e.g. to re-run only `constyle` with a new prompter")
+                        "against the others'), e.g. to re-run only `constyle` with a new prompter, or, with an "
+                        "empty --variants, to merge reports without training")
     p.add_argument("--iters", type=int, default=600, help="training iterations per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS,
+                   help="the variants to train (the report compares them with origin when origin is among them "
+                        "or among the --runs-from runs)")
     p.add_argument("--width", type=int, default=16, help="NAFNet width")
     p.add_argument("--levels", type=int, default=3, help="NAFNet levels (>= 3: prompts go in at 1/2, 1/4, 1/8)")
     p.add_argument("--blocks", type=int, default=1, help="NAFBlocks per encoder / decoder level")
@@ -152,27 +155,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--compare {item!r}: no such file {path}")
         compare[name] = Path(path).expanduser()
     args.compare = compare
-    args.reused = []
-    if args.runs_from is not None:
+    args.reused, args.runs_from_reports = [], []
+    for source in args.runs_from:
         try:
-            earlier = json.loads(Path(args.runs_from).read_text())
+            earlier = json.loads(Path(source).read_text())
         except (OSError, ValueError) as exc:
-            p.error(f"--runs-from {args.runs_from}: cannot read an allinone.json report ({exc})")
+            p.error(f"--runs-from {source}: cannot read an allinone.json report ({exc})")
         differ = [k for k in REUSE_MUST_MATCH if earlier.get("config", {}).get(k) != getattr(args, k)]
         if differ:
-            p.error(f"--runs-from {args.runs_from}: made with other settings ("
+            p.error(f"--runs-from {source}: made with other settings ("
                     + ", ".join(f"{k}: {earlier['config'].get(k)!r} there, {getattr(args, k)!r} here" for k in differ)
                     + ")")
-        args.reused = [r for r in earlier.get("runs", []) if r["variant"] not in args.variants
-                       and r["seed"] in args.seeds]
-        missing = {(v, sd) for v in {r["variant"] for r in args.reused} for sd in args.seeds} - \
-            {(r["variant"], r["seed"]) for r in args.reused}
+        taken = {r["variant"] for r in args.reused}
+        runs = [r for r in earlier.get("runs", []) if r["variant"] not in args.variants
+                and r["variant"] not in taken and r["seed"] in args.seeds]
+        missing = {(v, sd) for v in {r["variant"] for r in runs} for sd in args.seeds} - \
+            {(r["variant"], r["seed"]) for r in runs}
         if missing:
-            p.error(f"--runs-from {args.runs_from}: lacks runs {sorted(missing)}")
-        args.runs_from_report = {k: earlier.get(k) for k in ("command", "date")}
-        args.runs_from_report["test_set"] = earlier.get("test_set", {}).get("images")
-    if "origin" not in args.variants and not any(r["variant"] == "origin" for r in args.reused):
-        p.error("--variants must include origin (the reference of every comparison)")
+            p.error(f"--runs-from {source}: lacks runs {sorted(missing)}")
+        args.reused += runs
+        args.runs_from_reports.append({"file": source, "command": earlier.get("command"), "date": earlier.get("date"),
+                                       "variants": sorted({r["variant"] for r in runs}),
+                                       "test_set": earlier.get("test_set", {}).get("images")})
+    if not args.variants and not args.reused:
+        p.error("--variants: nothing to train and no --runs-from to report on")
     args.variants = [v for v in VARIANTS if v in args.variants]
     return args
 
@@ -735,7 +741,7 @@ def summarise(runs: List[Dict], variants: Sequence[str], degradation_names: Sequ
         entry["train_time_s"] = mean_std([r["train_time_s"] for r in rs])
         summary[v] = entry
     deltas = {f"{v} - origin": paired_delta(runs, v, "origin", degradation_names)
-              for v in variants if v != "origin"}
+              for v in variants if v != "origin" and "origin" in variants}
     for other in ("constyle_untrained", "learned"):
         if "constyle" in variants and other in variants:
             deltas[f"constyle - {other}"] = paired_delta(runs, "constyle", other, degradation_names)
@@ -786,8 +792,7 @@ def markdown(report: Dict) -> str:
                   "prompter file was given): its numbers say nothing about ConStyle v2.", ""]
     if cfg["smoke"]:
         lines += ["> Smoke run (a few iterations, tiny sizes): for CI only, the numbers mean nothing.", ""]
-    if report.get("reused"):
-        ru = report["reused"]
+    for ru in report.get("reused") or []:
         lines += [f"> Runs of {', '.join(ru['variants'])} come from `{ru['file']}` (made {ru['date']} by "
                   f"`{ru['command']}`), with the same settings, test set and training batches (checked).", ""]
     lines += [
@@ -850,8 +855,8 @@ def markdown(report: Dict) -> str:
     for r in report["runs"]:
         lines.append(f"| {r['variant']} | {r['seed']} | {r['trainable_params']:,} | {r['train_time_s']:.0f} | "
                      f"{r['final_loss']:.4f} | `{r['data_fingerprint']}` |")
-    lines += ["", f"![examples]({report['files']['examples']})", "",
-              f"![latents]({report['files']['latents']})", ""]
+    lines += [""] + ([f"![examples]({report['files']['examples']})", ""] if "examples" in report["files"] else [])
+    lines += [f"![latents]({report['files']['latents']})", ""]
     return "\n".join(lines)
 
 
@@ -963,10 +968,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"[allinone] device {device}, {torch.get_num_threads()} threads; training photos {train_photos}; "
           f"held-out photos {test_photos}; {len(test_items)} test images", flush=True)
     test_lq = to_tensor([it["lq"] for it in test_items])
-    if args.reused:
-        ours = [{k: it[k] for k in ("photo", "crop", "top", "left", "degradation")} for it in test_items]
-        if args.runs_from_report["test_set"] != ours:
-            raise SystemExit(f"--runs-from {args.runs_from}: its test set differs from this run's")
+    ours = [{k: it[k] for k in ("photo", "crop", "top", "left", "degradation")} for it in test_items]
+    for earlier in args.runs_from_reports:
+        if earlier["test_set"] != ours:
+            raise SystemExit(f"--runs-from {earlier['file']}: its test set differs from this run's")
 
     # ---- investigation (cheap, independent of training)
     t0 = time.perf_counter()
@@ -1007,13 +1012,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if r["seed"] == seed:
                 runs.append(r)
                 fingerprints[f"{r['variant']} (from --runs-from)"] = r["data_fingerprint"]
-        assert len(set(fingerprints.values())) == 1, f"variants of seed {seed} saw different data: {fingerprints}"
+        if len(set(fingerprints.values())) != 1:
+            raise SystemExit(f"variants of seed {seed} saw different data: {fingerprints}")
 
     # ---- outputs
     files = {"json": "allinone.json", "markdown": "allinone.md", "examples": "allinone_examples.png",
              "latents": "allinone_latents.png"}
-    figure_examples(out / files["examples"], test_items, example_preds, test_photos, degradation_names,
-                    args.seeds[0])
+    if example_preds:
+        figure_examples(out / files["examples"], test_items, example_preds, test_photos, degradation_names,
+                        args.seeds[0])
+    else:  # nothing trained here: the examples figure of the reports merged stays where it is
+        files.pop("examples")
     figure_latents(out / files["latents"], points, probe)
     if hasattr(os, "getloadavg"):
         host["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -1023,7 +1032,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "wall_time_s": time.perf_counter() - t_start,
         "versions": versions(), "host": host,
         "config": {**{k: v for k, v in vars(args).items()
-                      if k not in ("no_progress", "reused", "runs_from_report", "compare")},
+                      if k not in ("no_progress", "reused", "runs_from_reports", "compare")},
                    "variants": all_variants, "variants_trained": list(args.variants),
                    "compare": {k: str(v) for k, v in args.compare.items()}},
         "prompter": {"path": str(prompter_path), "sha256": sha256_file(prompter_path), "random": prompter_random,
@@ -1040,8 +1049,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "input_baseline": {**input_baseline["per_degradation"], "average": input_baseline["average"]},
         "runs": runs,
         "summary": summarise(runs, all_variants, degradation_names),
-        "reused": ({"file": args.runs_from, **{k: args.runs_from_report[k] for k in ("command", "date")},
-                    "variants": sorted({r["variant"] for r in args.reused})} if args.reused else None),
+        "reused": [{k: v for k, v in r.items() if k != "test_set"} for r in args.runs_from_reports if r["variants"]],
         "probe": probe,
         "files": files,
     }

@@ -180,9 +180,30 @@ def test_runs_from_reuses_an_earlier_reports_runs_and_refuses_other_settings(smo
             assert r == old[(r["variant"], r["seed"])]
         else:  # trained again, deterministically: the same numbers as in the earlier report
             assert r["metrics"]["per_image_psnr"] == old[("constyle", r["seed"])]["metrics"]["per_image_psnr"]
-    assert report["reused"]["variants"] == ["constyle_untrained", "learned", "origin"]
+    assert [r["variants"] for r in report["reused"]] == [["constyle_untrained", "learned", "origin"]]
     assert "come from" in (tmp_path / "again" / "allinone.md").read_text()
     bad = subprocess.run(base + ["--out", str(tmp_path / "bad"), "--variants", "constyle", "--lr", "0.5",
                                  "--runs-from", str(earlier_dir / "allinone.json")],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "made with other settings (lr: 0.001 there, 0.5 here)" in bad.stderr
+
+
+def test_runs_from_two_reports_merges_them_without_training(smoke_run, tmp_path):
+    """A `constyle`-only run (no origin: no paired differences) merged with the smoke report's other
+    variants, nothing trained: the merged report holds every run once, from the file named first."""
+    earlier_dir, earlier, _ = smoke_run
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    base = [sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--no-progress"]
+    alone = subprocess.run(base + ["--out", str(tmp_path / "alone"), "--variants", "constyle"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert json.loads((tmp_path / "alone" / "allinone.json").read_text())["summary"]["paired_deltas"] == {}
+    merged = subprocess.run(base + ["--out", str(tmp_path / "merged"), "--variants", "--runs-from",
+                                    str(tmp_path / "alone" / "allinone.json"), str(earlier_dir / "allinone.json")],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    report = json.loads((tmp_path / "merged" / "allinone.json").read_text())
+    assert report["config"]["variants_trained"] == []
+    assert sorted((r["variant"], r["seed"]) for r in report["runs"]) == sorted((v, 0) for v in VARIANTS)
+    assert "constyle - origin" in report["summary"]["paired_deltas"]
+    assert not (tmp_path / "merged" / "allinone_examples.png").exists()
