@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import copy
 import os
 import pickle
 import random
@@ -314,6 +315,7 @@ class RunFixes:
                 raise OptionError("path.resume_state", f"{exc.path} cannot be loaded ({exc.reason})") from None
         else:
             return None
+        self._check_networks_fit(opt, path, int(state["iter"]))
         check_resume(opt, state["iter"])
         for name, value in opt["path"].items():  # the checkpoints check_resume points at must exist
             if name.startswith("pretrain_network") and value is not None and not osp.isfile(value):
@@ -328,6 +330,43 @@ class RunFixes:
                                     f"from an uninterrupted run")
         self.resume = _Resume(int(state["epoch"]), int(state["iter"]), rng)
         return state
+
+    def _check_networks_fit(self, opt: Dict[str, Any], state_path: str, iteration: int) -> None:
+        """Each network saved with the state must load into the network the options build now; else an
+        :class:`OptionError` naming the option, the first mismatched tensor and its two shapes. Runs
+        before BasicSR writes anything into the run's folder (its options copy, the log)."""
+        from basicsr.utils.registry import ARCH_REGISTRY
+
+        ignored = opt["path"].get("ignore_resume_networks") or []
+        for key in [k for k in opt if k.startswith("network_") and k not in ignored]:
+            suffix = key.replace("network_", "")
+            net_path = osp.join(opt["path"]["models"], f"net_{suffix}_{iteration}.pth")
+            saved = torch.load(net_path, map_location="cpu", weights_only=True)
+            param_key = opt["path"].get(f"param_key_{suffix}", "params")
+            if isinstance(saved, dict) and isinstance(saved.get(param_key), dict):
+                saved = saved[param_key]
+            saved = {k[len("module."):] if k.startswith("module.") else k: v for k, v in saved.items()}
+            options = copy.deepcopy(opt[key])
+            try:  # not basicsr's build_network: its log line would set up the run's logger without its file
+                wanted = ARCH_REGISTRY.get(options.pop("type"))(**options).state_dict()
+            except Exception:  # building fails the same way later, with its own message
+                return
+            wrong = [(k, list(saved[k].shape), list(v.shape)) for k, v in wanted.items()
+                     if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
+            missing = [k for k in wanted if k not in saved]
+            if not wrong and not missing:
+                continue
+            forced = [item for dotted, item in self._forced.items() if dotted == key or dotted.startswith(key + ".")]
+            if wrong:
+                name, before, now = wrong[0]
+                what = (f"{net_path} holds {name} as {before}, the options now build {now} ({len(wrong)} "
+                        f"mismatched tensor(s))")
+            else:
+                what = f"{net_path} lacks {missing[0]} ({len(missing)} missing tensor(s))"
+            raise OptionError(key, f"the network does not fit the run being resumed ({state_path}): {what}"
+                              + (f"; changed by --force_yml {', '.join(forced)}" if forced else "")
+                              + ". Resume with the run's own network options, or start a new run under another "
+                                "name; nothing in the run's folder was changed")
 
     def _load_state(self, opt: Dict[str, Any], path: str) -> Dict[str, Any]:
         """The state at ``path`` and a check that the networks saved with it load; :class:`_Unloadable`
