@@ -727,6 +727,7 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optio
             raise OptionError(key, "expected a dataset dict with a `type`")
         if host.find(DATASET, dataset["type"]) is None:
             raise OptionError(_join(key, "type"), host.unknown(DATASET, dataset["type"]))
+        _check_dataset_values(dataset, key)
         special = _SAMPLE_ROOTS.get(dataset["type"])
         for name, value in dataset.items():
             if not (name.startswith("dataroot") or name == "meta_info_file") or value is None:
@@ -761,6 +762,27 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optio
                 if found is None:
                     raise OptionError(_join("train", name, "type"), host.unknown(LOSS, loss.get("type")))
                 check_call_options(found, loss, _join("train", name), str(loss["type"]))
+
+
+def _check_dataset_values(dataset: Mapping[str, Any], key: str) -> None:
+    """Sample-photo names exist; paired folders (``dataroot_gt`` / ``dataroot_lq``, no meta file) hold
+    as many files each, as BasicSR's pairing asserts."""
+    photos = dataset.get("photos")
+    if photos is not None:
+        from ...samples import SAMPLE_NAMES
+
+        for i, name in enumerate([photos] if isinstance(photos, str) else list(photos)):
+            if name not in SAMPLE_NAMES:
+                hint = did_you_mean(name, SAMPLE_NAMES)
+                raise OptionError(_join(key, f"photos[{i}]"), f"{name!r} is not a sample photo"
+                                  f"{'; ' + hint if hint else ''} (available: {', '.join(SAMPLE_NAMES)})")
+    gt, lq = dataset.get("dataroot_gt"), dataset.get("dataroot_lq")
+    if (isinstance(gt, str) and isinstance(lq, str) and not dataset.get("meta_info_file")
+            and os.path.isdir(gt) and os.path.isdir(lq)):
+        counts = [sum(1 for e in os.scandir(folder) if e.is_file()) for folder in (gt, lq)]
+        if counts[0] != counts[1]:
+            raise OptionError(_join(key, "dataroot_lq"), f"{lq!r} holds {counts[1]} files but dataroot_gt {gt!r} "
+                                                         f"holds {counts[0]}; paired folders need one file per pair")
 
 
 def check_call_options(target: Callable, options: Mapping[str, Any], key: str, what: str,
@@ -802,3 +824,7 @@ def _check_scheduler(scheduler: Mapping[str, Any]) -> None:
         return
     check_call_options(getattr(lr_scheduler, _SCHEDULERS[kind]), scheduler, "train.scheduler", str(kind),
                        positional=1)
+    for name in ("periods", "restart_weights", "milestones"):
+        value = scheduler.get(name)
+        if name in scheduler and not isinstance(value, (list, tuple)):
+            raise OptionError(_join("train.scheduler", name), f"expected a list, e.g. [{value}], got {value!r}")
