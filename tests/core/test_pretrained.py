@@ -269,3 +269,21 @@ def test_docs_own_loop_snippet_then_load_in_a_fresh_process(tmp_path):
     assert (tmp_path / "run" / "config.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
     restored = cv2.imread(str(tmp_path / "photo_restored.png"))
     assert restored is not None and restored.shape == photo.shape
+
+
+def test_a_backbone_of_a_trainer_registry_is_rebuilt_from_its_recorded_options(tmp_path):
+    """backbone_config={type, registry: basicsr, ...}: from_pretrained builds the backbone through the
+    BasicSR registry importable here (as constyle convert records it for a fork's own arch)."""
+    pytest.importorskip("basicsr")
+    options = {"img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1, 1, 1],
+               "dec_blk_nums": [1, 1, 1, 1]}
+    torch.manual_seed(0)
+    net = _trained(wrap_unet(NAFNet(**options)))
+    net.save_pretrained(tmp_path / "run", backbone_config={"type": "NAFNet", "registry": "basicsr", **options})
+    record = json.loads((tmp_path / "run" / "config.json").read_text())["backbone"]
+    assert record["registry"] == "basicsr" and record["type"] == "NAFNet" and record["kwargs"] == options
+    loaded = ConStyleUNet.from_pretrained(tmp_path / "run")
+    assert type(loaded.backbone).__name__ == "NAFNet"
+    x = torch.rand(1, 3, 33, 47)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
