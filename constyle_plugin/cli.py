@@ -149,7 +149,8 @@ def _run_export(args: argparse.Namespace) -> int:
     message = f"wrote {out}"
     if args.check:
         diff, sizes = check_onnx(net, out)
-        message += f"; onnxruntime vs eager at {', '.join(f'{b}x{h}x{w}' for b, h, w in sizes)}: max abs diff {diff:.2e}"
+        where = ", ".join(f"{b}x{h}x{w}" for b, h, w in sizes)
+        message += f"; onnxruntime vs eager at {where}: max abs diff {diff:.2e}"
         if diff > 1e-4:
             raise ValueError(f"--onnx: {out}: onnxruntime differs from the eager network by {diff:.3g} (> 1e-4)")
     print(message)

@@ -73,21 +73,10 @@ class _ImageGraph(nn.Module):
         return _image_of(self.net(image), image)
 
 
-def size_multiple(net: nn.Module) -> int:
-    for module in (net, getattr(net, "backbone", None)):
-        value = getattr(module, "size_multiple", None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1
-
-
 def _in_channels(net: nn.Module) -> int:
-    for module in net.modules():
-        if isinstance(module, ConStyleV2):
-            continue
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return 3
+    """The input channels of the network's first convolution (the backbone's, for a wrapped net)."""
+    root = getattr(net, "backbone", net)
+    return next((m.in_channels for m in root.modules() if isinstance(m, nn.Conv2d)), 3)
 
 
 @contextlib.contextmanager
@@ -190,7 +179,7 @@ def export_onnx(net: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
     """Export ``net`` (``B x C x H x W`` in [0, 1] -> same) to the ONNX file ``path``, atomically.
 
     Args:
-        net: a wrapped U-Net (prompter inside the graph) or any image-to-image network, on the CPU.
+        net: a wrapped U-Net (prompter inside the graph) or any image-to-image network, fp32, on any device.
         opset: ONNX opset (default 17).
         sample_size: ``H x W`` of the trace input (default: 64, or the network's size multiple above).
         check: run the file with onnxruntime at two sizes the trace did not see and compare with the
@@ -199,14 +188,17 @@ def export_onnx(net: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
     Returns ``path``. Raises :class:`OnnxExportError` naming the operator and module when a part of the
     network has no ONNX form.
     """
+    from .inference import size_multiple_of
+
     onnx = _require("onnx")
     path = Path(path)
-    net = net.cpu()
     graph = _ImageGraph(net)
-    multiple = size_multiple(net)
+    multiple = size_multiple_of(net)
     height, width = _sample_size(multiple, sample_size)
     generator = torch.Generator().manual_seed(0)
-    sample = torch.rand(1, _in_channels(net), height, width, generator=generator)
+    param = next(iter(net.parameters()), None)
+    sample = torch.rand(1, _in_channels(net), height, width, generator=generator).to(
+        param.device if param is not None else "cpu")
     axes = {0: "batch", 2: "height", 3: "width"}
     with _graph_mode(net), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings on the eager-only shape checks
@@ -245,10 +237,12 @@ def check_onnx(net: nn.Module, path: PathLike, sizes: Optional[Sequence[Tuple[in
     runner = load_onnx(path)
     sizes = list(sizes or [(2, 37, 53), (1, 71, 46)])
     generator = torch.Generator().manual_seed(seed)
+    param = next(iter(net.parameters()), None)
     worst = 0.0
     with _graph_mode(net), torch.no_grad():
         for batch, h, w in sizes:
-            x = torch.rand(batch, runner.in_channels, h, w, generator=generator)
+            x = torch.rand(batch, runner.in_channels, h, w, generator=generator).to(
+                param.device if param is not None else "cpu")
             eager = _image_of(net(x), x)
             worst = max(worst, float((runner(x) - eager).abs().max()))
     return worst, sizes

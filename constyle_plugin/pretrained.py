@@ -36,9 +36,8 @@ from .prompter import ConStyleV2, atomic_write, default_prompter, default_prompt
 from .stages import StageInfo, StageSpec, check_stage_names
 from .unet import ConStyleUNet
 
-__all__ = ["CONFIG_NAME", "EMA_WEIGHTS_NAME", "FORMAT", "PrompterMismatchError", "WEIGHTS_NAME",
-           "is_pretrained_dir", "load_pretrained", "packaged_prompter_sha256", "prompter_sha256", "read_config", "save_pretrained",
-           "weight_groups"]
+__all__ = ["CONFIG_NAME", "EMA_WEIGHTS_NAME", "FORMAT", "PrompterMismatchError", "WEIGHTS_NAME", "is_pretrained_dir",
+           "load_pretrained", "packaged_prompter_sha256", "prompter_sha256", "read_config", "save_pretrained"]
 
 PathLike = Union[str, os.PathLike]
 FORMAT = "constyle_plugin.ConStyleUNet/1"
@@ -98,15 +97,6 @@ def _prompter_child(net: ConStyleUNet) -> str:
 
 def _backbone_child(net: ConStyleUNet) -> str:
     return next(name for name, child in net.named_children() if child is net.backbone)
-
-
-def weight_groups(net: ConStyleUNet) -> Dict[str, List[str]]:
-    """The wrapper's state-dict keys by child module (``backbone``, ``prompter``, the injection
-    modules' own name, ...), in state-dict order."""
-    groups: Dict[str, List[str]] = {}
-    for key in net.state_dict():
-        groups.setdefault(key.split(".", 1)[0], []).append(key)
-    return groups
 
 
 def _weights(net: nn.Module, include_prompter: bool, prompter_group: str) -> Dict[str, Tensor]:
@@ -179,8 +169,8 @@ def save_pretrained(net: ConStyleUNet, directory: PathLike, *, include_prompter:
     prompter_group = _prompter_child(net)
     sha, source = _describe_prompter(net.prompter)
     files: Dict[str, Dict[str, Any]] = {}
-    variants: List[Tuple[str, str, Mapping[str, Tensor]]] = [("model", WEIGHTS_NAME, _weights(net, include_prompter,
-                                                                                              prompter_group))]
+    model_state = _weights(net, include_prompter, prompter_group)
+    variants: List[Tuple[str, str, Mapping[str, Tensor]]] = [("model", WEIGHTS_NAME, model_state)]
     if ema is not None:
         ema_state = ema.state_dict() if isinstance(ema, nn.Module) else ema
         ema_state = {k: v.detach().cpu().contiguous() for k, v in ema_state.items()
@@ -239,9 +229,9 @@ def read_config(directory: PathLike) -> Dict[str, Any]:
         config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a saved ConStyleUNet (format {config.get('format') if isinstance(config, dict) else None!r}, "
-                              f"expected {FORMAT!r})")
+    found = config.get("format") if isinstance(config, dict) else None
+    if found != FORMAT:
+        raise CheckpointError(f"{path}: not a saved ConStyleUNet (format {found!r}, expected {FORMAT!r})")
     missing = [k for k in ("backbone", "stages", "stage_info", "inject", "prompter", "weights") if k not in config]
     if missing:
         raise CheckpointError(f"{path}: missing field(s) {missing}")

@@ -239,8 +239,8 @@ def test_a_save_that_fails_midway_leaves_the_previous_save_loadable(tmp_path, mo
 def _doc_blocks(marker: str):
     """The python blocks of docs/checkpoints-and-export.md marked ``<!-- run: ...::marker -->``."""
     text = DOC.read_text()
-    pattern = re.compile(r"<!--\s*run:\s*tests/core/test_pretrained\.py::" + marker + r"\s*-->\s*\n```python\n(.*?)\n```",
-                         re.S)
+    pattern = re.compile(r"<!--\s*run:\s*tests/core/test_pretrained\.py::" + marker
+                         + r"\s*-->\s*\n```python\n(.*?)\n```", re.S)
     return pattern.findall(text)
 
 
