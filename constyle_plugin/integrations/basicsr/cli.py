@@ -43,7 +43,12 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
   a run killed while saving keeps its previous checkpoints and ``--auto_resume`` picks the last
   complete state;
 - ``--launcher pytorch`` without CUDA: the process group uses gloo and DistributedDataParallel
-  runs on the CPU (basicsr sets a CUDA device and asks for NCCL).
+  runs on the CPU (basicsr sets a CUDA device and asks for NCCL);
+- SIGINT / SIGTERM (``basicsr train``): the model's ``optimize_parameters`` finishes the current
+  iteration, the state after it is saved as a scheduled checkpoint is (networks, training state,
+  generator states, atomically; all ranks stop after the same iteration), and the command says where
+  and how to resume (``--auto_resume``) and exits 130 / 143; a second Ctrl-C stops at once
+  (:mod:`constyle_plugin.interrupt`). Data-loader workers ignore both signals.
 """
 from __future__ import annotations
 
@@ -65,6 +70,7 @@ import torch
 from ...errors import close_matches
 from ...prompter import atomic_write
 from ...safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
+from ...interrupt import StopSignals, TrainingStopped, ignore_stop_signals, signal_name
 from .registry import (ForkHost, OptionError, check_options, current_host, format_registration_report,
                        point_sample_datasets, register_here, registration_report)
 
@@ -175,8 +181,11 @@ class RunFixes:
     See the module docstring for what each wrapper does and why.
     """
 
-    def __init__(self, command: str) -> None:
+    def __init__(self, command: str, stop: Optional[StopSignals] = None) -> None:
         self.command = command
+        self.stop = stop  # SIGINT / SIGTERM: save after the current iteration and raise TrainingStopped
+        self._train_sampler: Any = None
+        self._iters_per_epoch = 1
         self.resume: Optional[_Resume] = None
         self.skipped: List[str] = []  # resume states passed over, with the reason
         self._saved: List[tuple] = []
@@ -394,6 +403,10 @@ class RunFixes:
                 logger.warning(f"Resume: {note}.")
             result = create(opt, logger)
             train_loader, train_sampler = result[0], result[1]
+            self._train_sampler = train_sampler
+            self._iters_per_epoch = len(train_loader) if train_loader is not None else 1
+            if self.stop is not None and train_loader is not None and train_loader.num_workers > 0:
+                train_loader.worker_init_fn = ignore_stop_signals(train_loader.worker_init_fn)
             if train_loader is not None and len(train_loader) == 0:
                 raise _no_batch(opt, train_loader)
             if self.resume is not None and train_loader is not None and hasattr(train_sampler, "resume_from"):
@@ -439,7 +452,33 @@ class RunFixes:
 
             model.save = save_with_rng
             model.validation = rng_neutral_validation
+            if self.stop is not None:
+                model.optimize_parameters = self._stop_after(model.optimize_parameters, save_with_rng, opt)
             return model
+        return wrapped
+
+    def _stop_after(self, optimize: Callable, save: Callable, opt: Dict[str, Any]) -> Callable:
+        """``model.optimize_parameters`` that, once a stop signal came (any rank), saves the state after
+        this iteration as a scheduled checkpoint would (networks, training state, generator states) and
+        raises :class:`TrainingStopped`; ``--auto_resume`` continues from it exactly."""
+        def wrapped(current_iter: int, *args: Any, **kwargs: Any) -> Any:
+            result = optimize(current_iter, *args, **kwargs)
+            if not self.stop.agreed():
+                return result
+            from basicsr.utils import get_root_logger
+
+            epoch = getattr(self._train_sampler, "epoch", None)
+            if epoch is None:  # the epoch this iteration's batch came from
+                epoch = (current_iter - 1) // max(1, self._iters_per_epoch)
+            logger = get_root_logger()
+            logger.info(f"{signal_name(self.stop.signum)} received: saving models and training states after "
+                        f"iteration {current_iter}, then stopping.")
+            save(epoch, current_iter)
+            saved = [osp.join(opt["path"]["models"], f"net_{k.replace('network_', '')}_{current_iter}.pth")
+                     for k in opt if k.startswith("network_")]
+            saved.append(osp.join(opt["path"]["training_states"], f"{current_iter}.state"))
+            logger.info(f"Stopped after iteration {current_iter}; resume with --auto_resume.")
+            raise TrainingStopped(self.stop.signum, current_iter, saved)
         return wrapped
 
 
@@ -734,6 +773,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     register_here()
     print(f"basicsr {command}: {format_registration_report(registration_report())}", file=sys.stderr, flush=True)
+    if command == "train":
+        from ...threads import pick_torch_threads
+
+        note = pick_torch_threads()
+        if note:
+            print(f"basicsr {command}: {note}", file=sys.stderr, flush=True)
+    stop: Optional[StopSignals] = None
+    user_args = list(rest)
     if isinstance(host, ForkHost):
         from .fork import prepare_fork_run
 
@@ -747,7 +794,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import basicsr.train
 
         root = os.getcwd()
-        argv0, fixes = f"basicsr {command}", RunFixes(command)
+        stop = StopSignals(f"basicsr {command}") if command == "train" else None
+        argv0, fixes = f"basicsr {command}", RunFixes(command, stop=stop)
         run = basicsr.train.train_pipeline if command == "train" else basicsr.test.test_pipeline
 
         def pipeline() -> None:
@@ -756,14 +804,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     saved_argv = sys.argv
     sys.argv = [argv0, *rest]
     try:
-        with fixes:
+        with stop if stop is not None else contextlib.nullcontext(), fixes:
             pipeline()
     except OptionError as exc:
         print(f"basicsr {command}: error in the options: {exc}", file=sys.stderr)
         return 2
+    except TrainingStopped as exc:
+        print(_stopped_message(command, exc, user_args), file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if stop is None or stop.signum is None:
+            raise
+        print(f"basicsr {command}: stopped at once by a second Ctrl-C; nothing was saved after the last "
+              f"checkpoint", file=sys.stderr, flush=True)
+        return 130
     finally:
         sys.argv = saved_argv
+    if stop is not None and stop.signum is not None:  # the signal came after the last iteration
+        print(f"basicsr {command}: {signal_name(stop.signum)} received after the last iteration; the run finished "
+              f"and saved its final networks", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     return 0
+
+
+def _stopped_message(command: str, exc: TrainingStopped, args: Sequence[str]) -> str:
+    import shlex
+
+    again = list(args) if "--auto_resume" in args else [*args, "--auto_resume"]
+    saved = ", ".join(osp.relpath(p) for p in exc.saved)
+    return (f"basicsr {command}: stopped by {signal_name(exc.signum)} after iteration {exc.iteration}; saved "
+            f"{saved}. Resume with: basicsr {command} {shlex.join(again)}")
 
 
 if __name__ == "__main__":  # pragma: no cover
