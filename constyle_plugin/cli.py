@@ -72,8 +72,26 @@ def _run_train(args: argparse.Namespace) -> int:
     if note:
         print(f"constyle train: {note}", file=sys.stderr)
 
-    train(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, resume=args.resume,
-          amp=args.amp, launcher=args.launcher, local_rank=args.local_rank)
+    from .interrupt import TrainingStopped, signal_name
+
+    try:
+        train(args.config, work_dir=args.work_dir, cfg_options=args.cfg_options, resume=args.resume,
+              amp=args.amp, launcher=args.launcher, local_rank=args.local_rank)
+    except TrainingStopped as exc:
+        import shlex
+
+        again = list(getattr(args, "argv", None) or [])
+        if "--resume" in again:  # and its checkpoint, if one was given
+            at = again.index("--resume")
+            del again[at:at + (2 if at + 1 < len(again) and again[at + 1].endswith((".pth", ".pt")) else 1)]
+        print(f"constyle train: stopped by {signal_name(exc.signum)} after iteration {exc.iteration}; saved "
+              f"{', '.join(exc.saved)}. Resume with: constyle {shlex.join(again + ['--resume'])}",
+              file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("constyle train: stopped at once by Ctrl-C; nothing was saved after the last checkpoint",
+              file=sys.stderr, flush=True)
+        return 130
     return 0
 
 
@@ -179,6 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``constyle`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for the resume line of a stopped run
     try:
         return int(args.func(args) or 0)
     except Exception as exc:

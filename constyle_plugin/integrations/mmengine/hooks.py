@@ -8,7 +8,7 @@ from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-__all__ = ["PrompterExportHook"]
+__all__ = ["PrompterExportHook", "StopOnSignalHook"]
 
 
 class PrompterExportHook(Hook):
@@ -58,3 +58,49 @@ class PrompterExportHook(Hook):
 
     def after_train(self, runner) -> None:
         self.export(runner)
+
+
+class StopOnSignalHook(Hook):
+    """Stop training cleanly after a SIGINT / SIGTERM (``constyle train`` adds it).
+
+    After the iteration in progress (and after the other hooks' ``after_train_iter``: logging, a
+    scheduled checkpoint), when ``stop`` (:class:`~constyle_plugin.interrupt.StopSignals`) recorded a
+    signal on any rank, the run is saved as the ``CheckpointHook`` would save it at this iteration
+    (``iter_<n>.pth`` in its folder, optimiser and parameter schedulers included, written atomically by
+    :class:`~.runner.ConStyleRunner`; ``last_checkpoint`` pointing at it), and
+    :class:`~constyle_plugin.interrupt.TrainingStopped` is raised; ``--resume`` continues from it.
+    """
+
+    priority = "LOWEST"
+
+    def __init__(self, stop) -> None:
+        self.stop = stop
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        from mmengine.dist import is_main_process
+
+        from ...interrupt import TrainingStopped, signal_name
+
+        if not self.stop.agreed():
+            return
+        step = runner.iter + 1
+        checkpoint_hook = next((h for h in runner.hooks if type(h).__name__ == "CheckpointHook"), None)
+        out_dir = getattr(checkpoint_hook, "out_dir", None) or runner.work_dir
+        template = getattr(checkpoint_hook, "filename_tmpl", None) or "iter_{}.pth"
+        if getattr(checkpoint_hook, "by_epoch", False):  # an epoch-based checkpoint name would claim a whole epoch
+            template = "iter_{}.pth"
+        filename = template.format(step)
+        path = osp.join(out_dir, filename)
+        runner.logger.info(f"{signal_name(self.stop.signum)} received: saving {path} after iteration {step}, "
+                           f"then stopping")
+        if checkpoint_hook is None or osp.abspath(getattr(checkpoint_hook, "last_ckpt", "") or "") != osp.abspath(path):
+            kwargs = {}
+            if checkpoint_hook is not None:
+                kwargs = dict(save_optimizer=checkpoint_hook.save_optimizer,
+                              save_param_scheduler=checkpoint_hook.save_param_scheduler)
+            runner.save_checkpoint(out_dir, filename, meta=dict(epoch=runner.epoch, iter=step), by_epoch=False,
+                                   **kwargs)
+            if is_main_process():
+                with open(osp.join(runner.work_dir, "last_checkpoint"), "w") as fh:
+                    fh.write(path)
+        raise TrainingStopped(self.stop.signum, step, [path])

@@ -633,6 +633,11 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Map
         amp: mixed precision (``AmpOptimWrapper``, dynamic loss scale); needs a CUDA device.
         launcher: ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
         local_rank: sets ``LOCAL_RANK`` when the launcher did not.
+
+    SIGINT / SIGTERM during training: the iteration in progress finishes, a checkpoint of it is saved
+    as a scheduled one (:class:`~.hooks.StopOnSignalHook`) and
+    :class:`~constyle_plugin.interrupt.TrainingStopped` is raised (naming the file); resume with
+    ``resume='auto'``. A second Ctrl-C raises ``KeyboardInterrupt`` at once.
     """
     if local_rank is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(local_rank)
@@ -672,5 +677,10 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Map
         if find_latest_checkpoint(runner.work_dir) is None:
             warnings.warn(f"--resume: nothing to resume in {runner.work_dir} (no last_checkpoint file there): "
                           f"training starts from scratch")
-    runner.train()
+    from ...interrupt import StopSignals
+    from .hooks import StopOnSignalHook
+
+    with StopSignals("constyle train") as stop:
+        runner.register_hook(StopOnSignalHook(stop))
+        runner.train()
     return runner
