@@ -313,6 +313,7 @@ class RunFixes:
                                       + "; ".join(self.skipped) + ". Without --auto_resume the run starts "
                                       f"afresh (BasicSR renames experiments/{opt['name']} to "
                                       f"{opt['name']}_archived_<time>)")
+                self._check_pretrained_fit(opt)
                 return None
         elif opt["path"].get("resume_state"):
             path = opt["path"]["resume_state"]
@@ -323,6 +324,7 @@ class RunFixes:
             except _Unloadable as exc:
                 raise OptionError("path.resume_state", f"{exc.path} cannot be loaded ({exc.reason})") from None
         else:
+            self._check_pretrained_fit(opt)
             return None
         self._check_networks_fit(opt, path, int(state["iter"]))
         check_resume(opt, state["iter"])
@@ -339,6 +341,42 @@ class RunFixes:
                                     f"from an uninterrupted run")
         self.resume = _Resume(int(state["epoch"]), int(state["iter"]), rng)
         return state
+
+    def _check_pretrained_fit(self, opt: Dict[str, Any]) -> None:
+        """A fresh run: each ``path.pretrain_network_<x>`` loaded strictly (``strict_load_<x>``, BasicSR's
+        default) must fit the network the options build; else an :class:`OptionError` naming the file and
+        the first missing / unexpected / mis-shaped keys with their shapes, before anything is created."""
+        for key in [k for k in opt if k.startswith("network_")]:
+            suffix = key.replace("network_", "")
+            path = opt["path"].get(f"pretrain_{key}")
+            if not path or not opt["path"].get(f"strict_load_{suffix}", True) or not osp.isfile(path):
+                continue
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                raise OptionError(f"path.pretrain_{key}", f"{path} cannot be loaded ({_reason(exc)})") from None
+            param_key = opt["path"].get(f"param_key_{suffix}", "params")
+            if isinstance(saved, dict) and param_key not in saved and "params" in saved:
+                param_key = "params"  # BasicSR's load_network falls back to it too
+            if isinstance(saved, dict) and isinstance(saved.get(param_key), dict):
+                saved = saved[param_key]
+            if not isinstance(saved, dict):
+                raise OptionError(f"path.pretrain_{key}", f"{path} holds no network weights")
+            saved = {k[len("module."):] if k.startswith("module.") else k: v for k, v in saved.items()}
+            wanted = _built_state(opt[key])
+            if wanted is None:
+                continue
+            missing = [k for k in wanted if k not in saved]
+            unexpected = [k for k in saved if k not in wanted]
+            misshaped = [f"{k} {list(saved[k].shape)} vs {list(v.shape)}" for k, v in wanted.items()
+                         if k in saved and hasattr(saved[k], "shape") and tuple(saved[k].shape) != tuple(v.shape)]
+            parts = [f"{len(items)} {what} key(s), first: {', '.join(items[:3])}"
+                     for what, items in (("mis-shaped (file vs options)", misshaped), ("missing", missing),
+                                         ("unexpected", unexpected)) if items]
+            if parts:
+                raise OptionError(f"path.pretrain_{key}", f"{path} does not fit {key} ({opt[key].get('type')}): "
+                                  + "; ".join(parts) + f". Point it at a checkpoint of this network, or set "
+                                  f"path.strict_load_{suffix}: false to load only the tensors that fit")
 
     def _check_networks_fit(self, opt: Dict[str, Any], state_path: str, iteration: int) -> None:
         """Each network saved with the state must load into the network the options build now; else an
@@ -480,6 +518,18 @@ class RunFixes:
             logger.info(f"Stopped after iteration {current_iter}; resume with --auto_resume.")
             raise TrainingStopped(self.stop.signum, current_iter, saved)
         return wrapped
+
+
+def _built_state(options: Dict[str, Any]) -> Optional[Dict[str, torch.Tensor]]:
+    """The state dict of the network ``options`` build, or ``None`` when it does not build (building
+    fails the same way later, with its own message)."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    options = copy.deepcopy(options)
+    try:  # not basicsr's build_network: its log line would set up the run's logger without its file
+        return ARCH_REGISTRY.get(options.pop("type"))(**options).state_dict()
+    except Exception:
+        return None
 
 
 class _Unloadable(Exception):
