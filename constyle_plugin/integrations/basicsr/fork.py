@@ -5,12 +5,15 @@ classes, losses, schedulers and checkpoint format. The plugin's entries are find
 fork's module scans (:func:`~.basicsr.register_with_fork_module`), so only ``network_g`` changes in
 the fork's own options file (``type: ConStyleUNet``, ``backbone:`` the fork's arch entry).
 
-For the duration of the run, and nowhere else (:class:`ForkRunFixes`):
+For the duration of the run, and nowhere else (:class:`ForkRunFixes`; each replaced function's
+signature is checked first, :mod:`.patching`):
 
 - the command's own flags are taken off before the fork's parser sees them: ``--force_yml
   key:sub=value ...`` (BasicSR 1.4's syntax; 1.2 has no such flag) and ``--auto_resume`` (1.2-era
   forks resume from the newest state of the experiment whenever there is one);
-- the parsed options are checked before anything is created on disk: every ``ConStyleUNet``
+- the options file (with the ``--force_yml`` items applied) is parsed by the fork's own ``parse``
+  and checked before anything is created on disk; when the run changes anything in it, the fork
+  reads a checked copy (``-opt`` points there): every ``ConStyleUNet``
   network (backbone type found in the fork, prompter file, inject targets, stage names) and the
   ``path.pretrain_network_*`` files; ``num_gpu: auto`` means the GPUs visible, or 0 (the CPU);
   ``num_gpu`` > 0 without CUDA is refused with what to write instead; the plugin's datasets that
@@ -31,12 +34,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import sys
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from ...builder import OptionError, check_file, join_keys
+from .patching import Patches
 from .registry import ForkHost, check_network_options, point_sample_datasets
 from ...safe_loading import safe_torch_load
 
@@ -114,34 +119,32 @@ class ForkRunFixes:
         self.command = command
         self.overrides = list(overrides)
         self.launcher = launcher
-        self._saved: List[tuple] = []
+        self._patches = Patches()
         self._group_file: Optional[str] = None
-
-    def _patch(self, owner: Any, name: str, value: Any) -> None:
-        self._saved.append((owner, name, getattr(owner, name)))
-        setattr(owner, name, value)
+        self._options_copy: Optional[str] = None
 
     def __enter__(self) -> "ForkRunFixes":
-        # `parse` is bound by name in basicsr/train.py (whose parse_options test.py reuses): wrap
-        # the original once and put the wrapper wherever it is bound.
-        options = importlib.import_module("basicsr.utils.options")
-        original = options.parse
-        wrapped = self._wrap_parse(original)
-        for name in ("basicsr.utils.options", "basicsr.train", f"basicsr.{self.command}"):
-            module = importlib.import_module(name)
-            if getattr(module, "parse", None) is original:
-                self._patch(module, "parse", wrapped)
-        self._patch(torch, "load", safe_torch_load(torch.load, cpu_only=not torch.cuda.is_available()))
+        self._point_at_checked_options()
+        fork = "a BasicSR 1.2-era fork (NAFNet, Restormer)"
+        # The fork's load_network and resume call torch.load without weights_only (unsafe before torch 2.6).
+        self._patches.replace(torch, "load", ("f", "map_location"),
+                              lambda load: safe_torch_load(load, cpu_only=not torch.cuda.is_available()),
+                              host="torch", written_for="torch 2.x")
         if not torch.cuda.is_available():
-            # Calls that would fail without CUDA anyway: the device index of the fork's resume, and
+            # Calls that fail without CUDA: the device index of the fork's resume
+            # (storage.cuda(torch.cuda.current_device()), read onto the CPU by the torch.load above), and
             # hard-coded .cuda() (NAFNet's SSIM metric) that then computes on the CPU.
-            self._patch(torch.cuda, "current_device", lambda: 0)
-            self._patch(torch.Tensor, "cuda", _stay_on_cpu)
-            self._patch(torch.nn.Module, "cuda", _stay_on_cpu)
-        base_model = importlib.import_module("basicsr.models.base_model")
-        base = getattr(base_model, "BaseModel", None)
+            self._patches.replace(torch.cuda, "current_device", (), lambda _: _device_zero,
+                                  host="torch", written_for="torch 2.x")
+            self._patches.replace(torch.Tensor, "cuda", (), lambda _: _stay_on_cpu, host="torch",
+                                  written_for="torch 2.x")
+            self._patches.replace(torch.nn.Module, "cuda", ("self", "device"), lambda _: _stay_on_cpu,
+                                  host="torch", written_for="torch 2.x")
+        base = getattr(importlib.import_module("basicsr.models.base_model"), "BaseModel", None)
         if base is not None and hasattr(base, "model_ema"):
-            self._patch(base, "model_ema", _exact_frozen_ema(base.model_ema))
+            # The fork's EMA (Restormer's ImageCleanModel) averages the frozen prompter too, which
+            # drifts by rounding; the fork's model classes are the fork's own, so no subclass can fix it.
+            self._patches.replace(base, "model_ema", ("self", "decay"), _exact_frozen_ema, written_for=fork)
         if self.launcher == "none" and torch.distributed.is_available() and not torch.distributed.is_initialized():
             fd, self._group_file = tempfile.mkstemp(prefix="constyle_pg_")
             os.close(fd)
@@ -153,33 +156,45 @@ class ForkRunFixes:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        while self._saved:
-            owner, name, value = self._saved.pop()
-            setattr(owner, name, value)
+        self._patches.restore()
+        if self._options_copy is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._options_copy)
         if self._group_file is not None:
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
             with contextlib.suppress(OSError):
                 os.unlink(self._group_file)
 
-    def _wrap_parse(self, parse: Callable) -> Callable:
-        def wrapped(opt_path: str, is_train: bool = True, *args: Any, **kwargs: Any) -> Dict[str, Any]:
-            if not os.path.isfile(opt_path):
-                raise OptionError("-opt", f"options file not found: {opt_path!r}")
-            if not self.overrides:
-                opt = parse(opt_path, is_train, *args, **kwargs)
-            else:
-                # The fork derives paths from the options (experiments/<name>/...) inside parse:
-                # apply the overrides to the file's contents first, and parse those.
-                with _overridden_copy(opt_path, self.overrides) as path:
-                    opt = parse(path, is_train, *args, **kwargs)
-            _check_fork_options(opt)
-            return opt
-        return wrapped
+    def _point_at_checked_options(self) -> None:
+        """Check the ``-opt`` file (with the --force_yml items applied) as the fork will parse it, and
+        when the run changes anything in it, point ``sys.argv`` at a checked copy: the fork derives its
+        folders from the options inside its own ``parse``, so what it reads must already be final."""
+        args = sys.argv
+        if "-opt" not in args or args.index("-opt") + 1 >= len(args):
+            return  # the fork's own parser reports it
+        at = args.index("-opt") + 1
+        opt_path = args[at]
+        if not os.path.isfile(opt_path):
+            raise OptionError("-opt", f"options file not found: {opt_path!r}")
+        raw = _read_options(opt_path)
+        apply_overrides(raw, self.overrides)
+        with _written(raw) as path:
+            opt = importlib.import_module("basicsr.utils.options").parse(path, is_train=self.command == "train")
+        _check_fork_options(opt)
+        changed = bool(self.overrides) or raw.get("num_gpu") != opt["num_gpu"]
+        raw["num_gpu"] = opt["num_gpu"]
+        for phase, dataset in (opt.get("datasets") or {}).items():
+            if isinstance(dataset, dict) and "sample_dir" in dataset and "sample_dir" not in raw["datasets"][phase]:
+                raw["datasets"][phase]["sample_dir"] = dataset["sample_dir"]
+                changed = True
+        if changed:
+            fd, self._options_copy = tempfile.mkstemp(prefix="options_", suffix=".yml")
+            _dump(raw, os.fdopen(fd, "w"))
+            args[at] = self._options_copy
 
 
-@contextlib.contextmanager
-def _overridden_copy(opt_path: str, overrides: Sequence[str]) -> Iterator[str]:
+def _read_options(opt_path: str) -> Dict[str, Any]:
     import yaml
 
     try:
@@ -189,11 +204,21 @@ def _overridden_copy(opt_path: str, overrides: Sequence[str]) -> Iterator[str]:
         raise OptionError("-opt", f"{opt_path}: not valid YAML ({exc})") from None
     if not isinstance(opt, dict):
         raise OptionError("-opt", f"{opt_path}: expected a mapping of options")
-    apply_overrides(opt, overrides)
+    return opt
+
+
+def _dump(opt: Dict[str, Any], fh: Any) -> None:
+    import yaml
+
+    with fh:
+        yaml.safe_dump(opt, fh, sort_keys=False)
+
+
+@contextlib.contextmanager
+def _written(opt: Dict[str, Any]) -> Iterator[str]:
     fd, path = tempfile.mkstemp(prefix="options_", suffix=".yml")
     try:
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(opt, fh, sort_keys=False)
+        _dump(opt, os.fdopen(fd, "w"))
         yield path
     finally:
         os.unlink(path)
@@ -201,6 +226,10 @@ def _overridden_copy(opt_path: str, overrides: Sequence[str]) -> Iterator[str]:
 
 def _stay_on_cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
     return self
+
+
+def _device_zero(*args: Any, **kwargs: Any) -> int:
+    return 0
 
 
 def _exact_frozen_ema(model_ema: Callable) -> Callable:
