@@ -16,7 +16,6 @@ from constyle_plugin.inference import load_network, read_image, tiled_forward
 
 from basicsr_runs import OPTIONS_DIR as OPTIONS, overrides, run
 
-ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -69,20 +68,10 @@ def test_restore_basicsr_checkpoint_with_tiles(basicsr_checkpoint, images, tmp_p
     assert (got - expected).abs().max() <= 1 / 255 + 1e-6
 
 
-def test_restore_mmengine_checkpoint(images, tmp_path):
-    work = tmp_path / "work"
-    cfg_options = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "model.backbone.width=8",
-                   "model.backbone.enc_blk_nums=[1,1,1]", "model.backbone.dec_blk_nums=[1,1,1]",
-                   "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
-                   "train_dataloader.persistent_workers=False", "train_dataloader.dataset.gt_size=32",
-                   "val_dataloader.num_workers=0", "val_dataloader.persistent_workers=False",
-                   "val_dataloader.dataset.gt_size=32"]
-    train = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "train",
-                            str(ROOT / "options" / "mmengine" / "nafnet_constyle.py"), "--work-dir", str(work),
-                            "--cfg-options", *cfg_options], capture_output=True, text=True, timeout=600, env=ENV,
-                           cwd=tmp_path)
-    assert train.returncode == 0, train.stdout[-2000:] + train.stderr[-3000:]
-    checkpoint = work / "iter_2.pth"
+def test_restore_mmengine_checkpoint(mmengine_checkpoint, images, tmp_path):
+    """A tiny ``constyle train`` run's checkpoint (the session's shared run, tests/conftest.py: NAFNet width 8,
+    levels [1, 1, 1], 2 iterations, the config's EMA hook), restored from the checkpoint alone."""
+    checkpoint = mmengine_checkpoint
     assert checkpoint.is_file()
     out = tmp_path / "out"
     restore("--checkpoint", str(checkpoint), "--input", str(images), "--output", str(out), "--compare",

@@ -27,6 +27,12 @@ def test_ci_runs_the_readme_commands():
     for key in ("test", "main"):  # each one command that does the whole set-up on a fresh machine
         assert commands[key].startswith(commands["install"].strip() + " && "), key
     assert "pytest" in commands["test"] and "basicsr train -opt options/" in commands["main"]
+    if re.search(r"\s-n\s", commands["test"]):  # parallel workers: the [test] extra installs pytest-xdist
+        import configparser
+
+        cfg = configparser.ConfigParser()
+        cfg.read(ROOT / "setup.cfg")
+        assert "pytest-xdist" in cfg["options.extras_require"]["test"], "-n needs pytest-xdist in [test]"
 
 
 @pytest.fixture(scope="module")
