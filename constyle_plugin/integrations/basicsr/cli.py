@@ -24,9 +24,6 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
   only the classes a BasicSR scheduler state needs (``collections.Counter``) allowed; ``--auto_resume``
   takes the newest state that loads together with its networks, and says which files it skipped and
   why; an explicit ``path.resume_state`` that does not load is an error naming the file;
-- resuming, the learning-rate schedule's settings (``periods``, ``milestones``, ...) come from the
-  options file, not the state, so a finished run can be extended (``train.total_iter`` and
-  ``train.scheduler.periods`` raised); the log says so;
 - every other ``torch.load`` of the run that does not pass ``weights_only`` (BasicSR's
   ``load_network`` for ``pretrain_network_g`` and ``basicsr test``) loads with
   ``weights_only=True`` whatever the torch version (:mod:`constyle_plugin.safe_loading`);
@@ -42,8 +39,8 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
 - checkpoints are written atomically (:func:`atomic_torch_save`: temporary file, fsync, rename), so
   a run killed while saving keeps its previous checkpoints and ``--auto_resume`` picks the last
   complete state;
-- ``--launcher pytorch`` without CUDA: the process group uses gloo and DistributedDataParallel
-  runs on the CPU (basicsr sets a CUDA device and asks for NCCL);
+- ``--launcher pytorch`` without CUDA: the process group uses gloo (basicsr sets a CUDA device and
+  asks for NCCL); the plugin's model classes wrap DistributedDataParallel on the CPU themselves;
 - SIGINT / SIGTERM (``basicsr train``): the model's ``optimize_parameters`` finishes the current
   iteration, the state after it is saved as a scheduled checkpoint is (networks, training state,
   generator states, atomically; all ranks stop after the same iteration), and the command says where
@@ -216,13 +213,10 @@ class RunFixes:
         self._patch(bs_train, "build_model", self._wrap_build_model(bs_train.build_model))
         self._patch(bs_test, "build_model", self._wrap_build_model(bs_test.build_model))
         import basicsr.utils.options as bs_options
-        from basicsr.models.base_model import BaseModel
 
         self._patch(bs_options, "init_dist", _cpu_aware_init_dist(bs_options.init_dist))
         # BasicSR's load_network (pretrain_network_g, basicsr test) calls torch.load without weights_only
         self._patch(torch, "load", safe_torch_load(torch.load))
-        self._patch(BaseModel, "model_to_device", _cpu_aware_model_to_device(BaseModel.model_to_device))
-        self._patch(BaseModel, "resume_training", _options_schedule_on_resume(BaseModel.resume_training))
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -564,40 +558,6 @@ def _no_batch(opt: Dict[str, Any], loader: Any) -> OptionError:
                        f"{samples} (or more data, or dataset_enlarge_ratio / repeat)")
 
 
-def _options_schedule_on_resume(resume_training: Callable) -> Callable:
-    """BaseModel.resume_training restores each scheduler's saved state, the saved ``periods`` /
-    ``milestones`` / ... included, so a finished run extended with a longer schedule keeps the old
-    one (and CosineAnnealingRestartLR fails past its last period). Here the schedule's settings
-    come from the options file; only the position in it (``last_epoch``, ...) and the base rates
-    come from the state."""
-    progress = {"last_epoch", "_step_count", "base_lrs", "_last_lr", "_get_lr_called_within_step", "verbose",
-                "_is_initial"}
-
-    def wrapped(self: Any, resume_state: Dict[str, Any]) -> None:
-        fresh = [s.state_dict() for s in self.schedulers]
-        resume_training(self, resume_state)
-        changed = []
-        for scheduler, options in zip(self.schedulers, fresh):
-            saved = scheduler.state_dict()
-            merged = dict(saved)
-            for key, value in options.items():
-                if key not in progress and saved.get(key) != value:
-                    changed.append(f"{key} {_plain(saved.get(key))} -> {_plain(value)}")
-                    merged[key] = value
-            if merged != saved:
-                scheduler.load_state_dict(merged)
-        if changed:
-            from basicsr.utils import get_root_logger
-
-            get_root_logger().info("Resume: the learning-rate schedule follows the options file (train.scheduler), "
-                                   "not the state: " + ", ".join(changed) + ".")
-    return wrapped
-
-
-def _plain(value: Any) -> Any:
-    return dict(value) if isinstance(value, dict) else value
-
-
 @contextlib.contextmanager
 def atomic_torch_save() -> Iterator[None]:
     """Within the block, ``torch.save(obj, path)`` to a file path writes a temporary file beside it,
@@ -632,19 +592,6 @@ def _cpu_aware_init_dist(init_dist: Callable) -> Callable:
                                             f"(torch.distributed.run), which runs with the gloo backend")
         kwargs.pop("port", None)
         torch.distributed.init_process_group(backend="gloo", **kwargs)
-    return wrapped
-
-
-def _cpu_aware_model_to_device(model_to_device: Callable) -> Callable:
-    """BaseModel.model_to_device passes ``device_ids=[torch.cuda.current_device()]`` to
-    DistributedDataParallel, which fails without CUDA; on the CPU the module is wrapped without
-    device ids."""
-    def wrapped(self: Any, net: torch.nn.Module) -> torch.nn.Module:
-        if not (self.opt.get("dist") and self.device.type == "cpu"):
-            return model_to_device(self, net)
-        net = net.to(self.device)
-        return torch.nn.parallel.DistributedDataParallel(
-            net, find_unused_parameters=self.opt.get("find_unused_parameters", False))
     return wrapped
 
 

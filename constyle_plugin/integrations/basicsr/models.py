@@ -69,6 +69,54 @@ class _TorchOptimMixin:
         self.optimizers.append(self.optimizer_g)
 
 
+class _RunMixin:
+    """What a run of the plugin's models needs beyond BasicSR 1.4.2's ``BaseModel``:
+
+    * DistributedDataParallel on the CPU (``--launcher pytorch`` without CUDA): ``model_to_device``
+      passes ``device_ids=[torch.cuda.current_device()]``, which fails there; on the CPU the module is
+      wrapped without device ids.
+    * Resuming, the learning-rate schedule's settings (``periods``, ``milestones``, ...) come from the
+      options file, not the state: ``resume_training`` restores them from the state, so a finished run
+      extended with a longer schedule would keep the old one (and ``CosineAnnealingRestartLR`` fails
+      past its last period). Only the position in it (``last_epoch``, ...) and the base rates come
+      from the state; the log names what changed.
+    """
+
+    opt: Dict[str, Any]
+    device: torch.device
+    schedulers: List[Any]
+
+    _PROGRESS = frozenset({"last_epoch", "_step_count", "base_lrs", "_last_lr", "_get_lr_called_within_step",
+                           "verbose", "_is_initial"})
+
+    def model_to_device(self, net: torch.nn.Module) -> torch.nn.Module:
+        if not (self.opt.get("dist") and self.device.type == "cpu"):
+            return super().model_to_device(net)  # type: ignore[misc]
+        return torch.nn.parallel.DistributedDataParallel(
+            net.to(self.device), find_unused_parameters=self.opt.get("find_unused_parameters", False))
+
+    def resume_training(self, resume_state: Dict[str, Any]) -> None:
+        fresh = [s.state_dict() for s in self.schedulers]
+        super().resume_training(resume_state)  # type: ignore[misc]
+        changed = []
+        for scheduler, options in zip(self.schedulers, fresh):
+            saved = scheduler.state_dict()
+            merged = dict(saved)
+            for key, value in options.items():
+                if key not in self._PROGRESS and saved.get(key) != value:
+                    changed.append(f"{key} {_plain(saved.get(key))} -> {_plain(value)}")
+                    merged[key] = value
+            if merged != saved:
+                scheduler.load_state_dict(merged)
+        if changed:
+            get_root_logger().info("Resume: the learning-rate schedule follows the options file (train.scheduler), "
+                                   "not the state: " + ", ".join(changed) + ".")
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
+
+
 @torch.no_grad()
 def _copy_buffers(src: torch.nn.Module, dst: torch.nn.Module) -> None:
     buffers = dict(src.named_buffers())
@@ -97,7 +145,7 @@ except ImportError:  # a fork without SRModel: only the stage-1 model is offered
 
 if SRModel is not None:
 
-    class ConStyleSRModel(_TorchOptimMixin, SRModel):
+    class ConStyleSRModel(_RunMixin, _TorchOptimMixin, SRModel):
         """BasicSR's ``SRModel`` with AdamW (any ``torch.optim``), an EMA that keeps the frozen prompter
         bit-identical, optional padding and side-by-side validation images (see the module docstring).
 
@@ -188,7 +236,7 @@ if SRModel is not None:
                 self._input_metrics = None
 
 
-class ConStyleV2PretrainModel(_TorchOptimMixin, BaseModel):
+class ConStyleV2PretrainModel(_RunMixin, _TorchOptimMixin, BaseModel):
     """Stage 1: pre-train the ConStyle v2 prompter (``network_g: {type: ConStyleMoCo, ...}``).
 
     Data (``ConStylePretrainDataset``): ``query`` and ``key`` ``B x 3 x S x S`` in [0, 1], ``label``
