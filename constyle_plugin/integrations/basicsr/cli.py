@@ -53,6 +53,8 @@ import argparse
 import ast
 import contextlib
 import copy
+import functools
+import importlib
 import os
 import pickle
 import random
@@ -67,6 +69,7 @@ import torch
 from ...errors import close_matches
 from ...prompter import atomic_write
 from ...safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
+from .patching import HostChanged, Patches
 from ...interrupt import StopSignals, TrainingStopped, ignore_stop_signals, signal_name
 from .registry import (ForkHost, OptionError, check_options, current_host, format_registration_report,
                        point_sample_datasets, register_here, registration_report)
@@ -185,63 +188,56 @@ class RunFixes:
         self._iters_per_epoch = 1
         self.resume: Optional[_Resume] = None
         self.skipped: List[str] = []  # resume states passed over, with the reason
-        self._saved: List[tuple] = []
-        self._created: List[tuple] = []  # (folder, outermost folder created, archived predecessor or None)
+        self._patches = Patches()
+        self._folders: List[tuple] = []  # (run folder, outermost missing folder or None, parent's entries before)
         self._model_built = False
         self._forced: Dict[str, str] = {}  # dotted key -> the --force_yml entry that set it
 
     # -------------------------------------------------------------------------------- patching
-    def _patch(self, module: Any, name: str, value: Any) -> None:
-        self._saved.append((module, name, getattr(module, name)))
-        setattr(module, name, value)
-
     def __enter__(self) -> "RunFixes":
-        import basicsr.test as bs_test
-        import basicsr.train as bs_train
-
-        self._patch(bs_train, "parse_options", self._wrap_parse_options(bs_train.parse_options))
-        self._patch(bs_test, "parse_options", self._wrap_parse_options(bs_test.parse_options))
-        self._patch(bs_train, "load_resume_state", self.load_resume_state)
-        import basicsr.utils.misc as bs_misc
-
-        # folders this run creates (make_exp_dirs, the tb_logger folder), to take back on a refusal
-        self._patch(bs_misc, "mkdir_and_rename", self._wrap_mkdir_and_rename(bs_misc.mkdir_and_rename))
-        self._patch(bs_train, "mkdir_and_rename", self._wrap_mkdir_and_rename(bs_train.mkdir_and_rename))
-        self._patch(bs_train, "create_train_val_dataloader",
-                    self._wrap_dataloaders(bs_train.create_train_val_dataloader))
-        self._patch(bs_train, "EnlargedSampler", _make_resumable_sampler(bs_train.EnlargedSampler))
-        self._patch(bs_train, "build_model", self._wrap_build_model(bs_train.build_model))
-        self._patch(bs_test, "build_model", self._wrap_build_model(bs_test.build_model))
         import basicsr.utils.options as bs_options
 
-        self._patch(bs_options, "init_dist", _cpu_aware_init_dist(bs_options.init_dist))
-        # BasicSR's load_network (pretrain_network_g, basicsr test) calls torch.load without weights_only
-        self._patch(torch, "load", safe_torch_load(torch.load))
+        pipeline = importlib.import_module(f"basicsr.{self.command}")  # the names its pipeline looks up
+        replace = self._patches.replace
+        # BasicSR has no step between parsing the options and creating the run's folders: check there.
+        replace(pipeline, "parse_options", ("root_path", "is_train"), self._wrap_parse_options)
+        # BasicSR builds the model (where the plugin's model classes take over) after the folders and the
+        # data: checkpoints with generator states, atomic saves and generator-neutral validation must
+        # hold for every model class a run names, BasicSR's own included.
+        replace(pipeline, "build_model", ("opt",), self._wrap_build_model)
+        # basicsr's init_dist calls torch.cuda.set_device and asks for NCCL: fails without CUDA.
+        replace(bs_options, "init_dist", ("launcher", "backend"), _cpu_aware_init_dist)
+        # BasicSR's load_network (pretrain_network_g, basicsr test) calls torch.load without weights_only.
+        replace(torch, "load", ("f", "map_location"), safe_torch_load, host="torch", written_for="torch 2.x")
+        if self.command == "train":
+            # basicsr's load_resume_state maps the state onto torch.cuda.current_device() (fails without
+            # CUDA), loads it unsafely and takes the newest state even when it does not load.
+            replace(pipeline, "load_resume_state", ("opt",), lambda _: self.load_resume_state)
+            # The training sampler is made inside: resuming mid-epoch and an epoch without a batch are
+            # handled on the loader and sampler it returns.
+            replace(pipeline, "create_train_val_dataloader", ("opt", "logger"), self._wrap_dataloaders)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        while self._saved:
-            module, name, value = self._saved.pop()
-            setattr(module, name, value)
+        self._patches.restore()
         if exc_type is not None and issubclass(exc_type, OptionError) and not self._model_built:
             self.take_back_folders()
 
     # -------------------------------------------------------------------------------- folders
-    def _wrap_mkdir_and_rename(self, mkdir_and_rename: Callable) -> Callable:
-        def wrapped(path: str) -> None:
-            path = osp.abspath(path)
-            parent, base = osp.split(path)
-            top = path  # the outermost folder this call creates (experiments/ itself on a first run)
-            while not osp.exists(osp.dirname(top)) and osp.dirname(top) != top:
-                top = osp.dirname(top)
-            before = set(os.listdir(parent)) if osp.exists(path) else None
-            mkdir_and_rename(path)
-            archived = None
-            if before is not None:  # BasicSR renamed the existing folder to <path>_archived_<time>
-                new = sorted(n for n in set(os.listdir(parent)) - before if n.startswith(base + "_archived_"))
-                archived = osp.join(parent, new[-1]) if new else None
-            self._created.append((path, top, archived))
-        return wrapped
+    def _watch_folders(self, opt: Dict[str, Any]) -> None:
+        """Note what exists where the run will make its folders (the experiment or results folder, the
+        tb_logger folder), to take them back on a refusal."""
+        paths = [opt["path"].get("experiments_root") or opt["path"].get("results_root")]
+        if opt.get("is_train"):
+            paths.append(osp.join(opt.get("root_path") or os.getcwd(), "tb_logger", opt["name"]))
+        for path in [osp.abspath(p) for p in paths if p]:
+            top = None
+            if not osp.exists(path):  # the outermost folder the run will create (experiments/ on a first run)
+                top = path
+                while not osp.exists(osp.dirname(top)) and osp.dirname(top) != top:
+                    top = osp.dirname(top)
+            before = set(os.listdir(osp.dirname(path))) if osp.isdir(osp.dirname(path)) else set()
+            self._folders.append((path, top, before))
 
     def take_back_folders(self) -> None:
         """Remove the folders this run created and give an archived predecessor its name back
@@ -252,17 +248,23 @@ class RunFixes:
             if isinstance(handler, logging.FileHandler):
                 handler.close()
                 logging.getLogger("basicsr").removeHandler(handler)
-        while self._created:
-            path, top, archived = self._created.pop()
-            shutil.rmtree(top, ignore_errors=True)
-            if archived is not None and osp.isdir(archived) and not osp.exists(path):
-                os.rename(archived, path)
+        while self._folders:
+            path, top, before = self._folders.pop()
+            if top is not None:
+                shutil.rmtree(top, ignore_errors=True)
+                continue
+            parent, base = osp.split(path)  # BasicSR renamed the existing folder to <path>_archived_<time>
+            new = sorted(n for n in set(os.listdir(parent)) - before if n.startswith(base + "_archived_"))
+            if new:
+                shutil.rmtree(path, ignore_errors=True)
+                os.rename(osp.join(parent, new[-1]), path)
 
     # -------------------------------------------------------------------------------- options
     def _wrap_parse_options(self, parse_options: Callable) -> Callable:
         def wrapped(root_path: str, is_train: bool = True):
             self._forced = check_command_line(sys.argv[1:])
             opt, args = parse_options(root_path, is_train=is_train)
+            self._watch_folders(opt)
             try:
                 prepare_options(opt, warn=self.warn)
             except OptionError as exc:
@@ -435,6 +437,10 @@ class RunFixes:
                 logger.warning(f"Resume: {note}.")
             result = create(opt, logger)
             train_loader, train_sampler = result[0], result[1]
+            from basicsr.data.data_sampler import EnlargedSampler
+
+            if type(train_sampler) is EnlargedSampler:  # this run's sampler only: no host name is replaced
+                train_sampler.__class__ = _resumable(EnlargedSampler)
             self._train_sampler = train_sampler
             self._iters_per_epoch = len(train_loader) if train_loader is not None else 1
             if self.stop is not None and train_loader is not None and train_loader.num_workers > 0:
@@ -605,7 +611,8 @@ def _locate(exc: OptionError, opt: Dict[str, Any]) -> OptionError:
     return exc.under(nets[0]) if len(nets) == 1 else exc
 
 
-def _make_resumable_sampler(base: type) -> type:
+@functools.lru_cache(maxsize=None)
+def _resumable(base: type) -> type:
     class ResumableSampler(base):
         """BasicSR's EnlargedSampler that, once, skips the samples an interrupted epoch already used and
         restores the random generators just before the first remaining one is drawn."""
@@ -805,6 +812,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pipeline()
     except OptionError as exc:
         print(f"basicsr {command}: error in the options: {exc}", file=sys.stderr)
+        return 2
+    except HostChanged as exc:
+        print(f"basicsr {command}: {exc}", file=sys.stderr)
         return 2
     except TrainingStopped as exc:
         print(_stopped_message(command, exc, user_args), file=sys.stderr, flush=True)
