@@ -7,7 +7,8 @@ BasicSR's own and reaches its parser unchanged: ``-opt``, ``--launcher``, ``--au
 ``--debug``, ``--local_rank``, ``--force_yml key:sub=value ...``.
 
 For the duration of the run, and nowhere else, a few of basicsr 1.4.2's functions are wrapped
-(:class:`RunFixes`):
+(:class:`RunFixes`; each replaced function's signature is checked first, :mod:`.patching`; what the
+plugin's own model classes can do is theirs, :mod:`.models`):
 
 - the command line and options are checked before anything is built or created on disk
   (:func:`check_command_line`: the ``-opt`` file, its YAML, each ``--force_yml`` item;
@@ -39,8 +40,9 @@ For the duration of the run, and nowhere else, a few of basicsr 1.4.2's function
 - checkpoints are written atomically (:func:`atomic_torch_save`: temporary file, fsync, rename), so
   a run killed while saving keeps its previous checkpoints and ``--auto_resume`` picks the last
   complete state;
-- ``--launcher pytorch`` without CUDA: the process group uses gloo (basicsr sets a CUDA device and
-  asks for NCCL); the plugin's model classes wrap DistributedDataParallel on the CPU themselves;
+- ``--launcher pytorch`` without CUDA: the command sets up the process group with gloo itself and
+  BasicSR's parser sees ``--launcher none`` (its ``init_dist`` sets a CUDA device and asks for NCCL);
+  the plugin's model classes wrap DistributedDataParallel on the CPU themselves;
 - SIGINT / SIGTERM (``basicsr train``): the model's ``optimize_parameters`` finishes the current
   iteration, the state after it is saved as a scheduled checkpoint is (networks, training state,
   generator states, atomically; all ranks stop after the same iteration), and the command says where
@@ -195,27 +197,28 @@ class RunFixes:
 
     # -------------------------------------------------------------------------------- patching
     def __enter__(self) -> "RunFixes":
-        import basicsr.utils.options as bs_options
-
         pipeline = importlib.import_module(f"basicsr.{self.command}")  # the names its pipeline looks up
         replace = self._patches.replace
-        # BasicSR has no step between parsing the options and creating the run's folders: check there.
-        replace(pipeline, "parse_options", ("root_path", "is_train"), self._wrap_parse_options)
-        # BasicSR builds the model (where the plugin's model classes take over) after the folders and the
-        # data: checkpoints with generator states, atomic saves and generator-neutral validation must
-        # hold for every model class a run names, BasicSR's own included.
-        replace(pipeline, "build_model", ("opt",), self._wrap_build_model)
-        # basicsr's init_dist calls torch.cuda.set_device and asks for NCCL: fails without CUDA.
-        replace(bs_options, "init_dist", ("launcher", "backend"), _cpu_aware_init_dist)
-        # BasicSR's load_network (pretrain_network_g, basicsr test) calls torch.load without weights_only.
-        replace(torch, "load", ("f", "map_location"), safe_torch_load, host="torch", written_for="torch 2.x")
-        if self.command == "train":
-            # basicsr's load_resume_state maps the state onto torch.cuda.current_device() (fails without
-            # CUDA), loads it unsafely and takes the newest state even when it does not load.
-            replace(pipeline, "load_resume_state", ("opt",), lambda _: self.load_resume_state)
-            # The training sampler is made inside: resuming mid-epoch and an epoch without a batch are
-            # handled on the loader and sampler it returns.
-            replace(pipeline, "create_train_val_dataloader", ("opt", "logger"), self._wrap_dataloaders)
+        try:
+            # BasicSR has no step between parsing the options and creating the run's folders: check there.
+            replace(pipeline, "parse_options", ("root_path", "is_train"), self._wrap_parse_options)
+            # BasicSR builds the model (where the plugin's model classes take over) after the folders and the
+            # data: checkpoints with generator states, atomic saves and generator-neutral validation must
+            # hold for every model class a run names, BasicSR's own included.
+            replace(pipeline, "build_model", ("opt",), self._wrap_build_model)
+            # BasicSR's load_network (pretrain_network_g, basicsr test) calls torch.load without weights_only.
+            replace(torch, "load", ("f", "map_location"), safe_torch_load, host="torch", written_for="torch 2.x",
+                    more=True)
+            if self.command == "train":
+                # basicsr's load_resume_state maps the state onto torch.cuda.current_device() (fails without
+                # CUDA), loads it unsafely and takes the newest state even when it does not load.
+                replace(pipeline, "load_resume_state", ("opt",), lambda _: self.load_resume_state)
+                # The training sampler is made inside: resuming mid-epoch and an epoch without a batch are
+                # handled on the loader and sampler it returns.
+                replace(pipeline, "create_train_val_dataloader", ("opt", "logger"), self._wrap_dataloaders)
+        except BaseException:  # a host that changed: leave nothing replaced
+            self._patches.restore()
+            raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -263,7 +266,17 @@ class RunFixes:
     def _wrap_parse_options(self, parse_options: Callable) -> Callable:
         def wrapped(root_path: str, is_train: bool = True):
             self._forced = check_command_line(sys.argv[1:])
-            opt, args = parse_options(root_path, is_train=is_train)
+            launcher = _cpu_process_group(sys.argv)
+            argv = sys.argv
+            if launcher:  # basicsr's init_dist would ask for a CUDA device: the group is set up already
+                sys.argv = [a for i, a in enumerate(argv) if not a.startswith("--launcher")
+                            and (i == 0 or argv[i - 1] != "--launcher")] + ["--launcher", "none"]
+            try:
+                opt, args = parse_options(root_path, is_train=is_train)
+            finally:
+                sys.argv = argv
+            if launcher:
+                opt["dist"], args.launcher = True, launcher
             self._watch_folders(opt)
             try:
                 prepare_options(opt, warn=self.warn)
@@ -587,18 +600,21 @@ def atomic_torch_save() -> Iterator[None]:
         torch.save = original
 
 
-def _cpu_aware_init_dist(init_dist: Callable) -> Callable:
-    """basicsr's ``init_dist`` calls ``torch.cuda.set_device`` and defaults to NCCL; without CUDA the
-    process group is set up with gloo on the CPU instead (``--launcher pytorch`` on a CPU machine)."""
-    def wrapped(launcher: str, backend: str = "nccl", **kwargs: Any) -> None:
-        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
-            return init_dist(launcher, backend=backend, **kwargs)
-        if launcher != "pytorch":
-            raise OptionError("--launcher", f"{launcher!r} needs CUDA here; on the CPU use --launcher pytorch "
-                                            f"(torch.distributed.run), which runs with the gloo backend")
-        kwargs.pop("port", None)
-        torch.distributed.init_process_group(backend="gloo", **kwargs)
-    return wrapped
+def _cpu_process_group(argv: Sequence[str]) -> Optional[str]:
+    """``--launcher pytorch`` without CUDA: set up the process group with gloo here (basicsr's
+    ``init_dist`` calls ``torch.cuda.set_device`` and asks for NCCL) and return the launcher; None where
+    basicsr sets up the group itself (CUDA) or there is none."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--launcher", default="none")
+    launcher = parser.parse_known_args(list(argv[1:]))[0].launcher
+    if launcher == "none" or (torch.cuda.is_available() and torch.cuda.device_count() > 0):
+        return None
+    if launcher != "pytorch":
+        raise OptionError("--launcher", f"{launcher!r} needs CUDA here; on the CPU use --launcher pytorch "
+                                        f"(torch.distributed.run), which runs with the gloo backend")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="gloo")
+    return launcher
 
 
 def _locate(exc: OptionError, opt: Dict[str, Any]) -> OptionError:

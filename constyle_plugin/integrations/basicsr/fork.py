@@ -126,25 +126,29 @@ class ForkRunFixes:
     def __enter__(self) -> "ForkRunFixes":
         self._point_at_checked_options()
         fork = "a BasicSR 1.2-era fork (NAFNet, Restormer)"
-        # The fork's load_network and resume call torch.load without weights_only (unsafe before torch 2.6).
-        self._patches.replace(torch, "load", ("f", "map_location"),
-                              lambda load: safe_torch_load(load, cpu_only=not torch.cuda.is_available()),
-                              host="torch", written_for="torch 2.x")
-        if not torch.cuda.is_available():
-            # Calls that fail without CUDA: the device index of the fork's resume
-            # (storage.cuda(torch.cuda.current_device()), read onto the CPU by the torch.load above), and
-            # hard-coded .cuda() (NAFNet's SSIM metric) that then computes on the CPU.
-            self._patches.replace(torch.cuda, "current_device", (), lambda _: _device_zero,
-                                  host="torch", written_for="torch 2.x")
-            self._patches.replace(torch.Tensor, "cuda", (), lambda _: _stay_on_cpu, host="torch",
-                                  written_for="torch 2.x")
-            self._patches.replace(torch.nn.Module, "cuda", ("self", "device"), lambda _: _stay_on_cpu,
-                                  host="torch", written_for="torch 2.x")
-        base = getattr(importlib.import_module("basicsr.models.base_model"), "BaseModel", None)
-        if base is not None and hasattr(base, "model_ema"):
-            # The fork's EMA (Restormer's ImageCleanModel) averages the frozen prompter too, which
-            # drifts by rounding; the fork's model classes are the fork's own, so no subclass can fix it.
-            self._patches.replace(base, "model_ema", ("self", "decay"), _exact_frozen_ema, written_for=fork)
+        try:
+            # The fork's load_network and resume call torch.load without weights_only (unsafe before torch 2.6).
+            self._patches.replace(torch, "load", ("f", "map_location"),
+                                  lambda load: safe_torch_load(load, cpu_only=not torch.cuda.is_available()),
+                                  host="torch", written_for="torch 2.x", more=True)
+            if not torch.cuda.is_available():
+                # Calls that fail without CUDA: the device index of the fork's resume
+                # (storage.cuda(torch.cuda.current_device()), read onto the CPU by the torch.load above), and
+                # hard-coded .cuda() (NAFNet's SSIM metric) that then computes on the CPU.
+                self._patches.replace(torch.cuda, "current_device", (), lambda _: _device_zero,
+                                      host="torch", written_for="torch 2.x")
+                self._patches.replace(torch.Tensor, "cuda", (), lambda _: _stay_on_cpu, host="torch",
+                                      written_for="torch 2.x")
+                self._patches.replace(torch.nn.Module, "cuda", ("self", "device"), lambda _: _stay_on_cpu,
+                                      host="torch", written_for="torch 2.x")
+            base = getattr(importlib.import_module("basicsr.models.base_model"), "BaseModel", None)
+            if base is not None and hasattr(base, "model_ema"):
+                # The fork's EMA (Restormer's ImageCleanModel) averages the frozen prompter too, which
+                # drifts by rounding; the fork's model classes are the fork's own, so no subclass can fix it.
+                self._patches.replace(base, "model_ema", ("self", "decay"), _exact_frozen_ema, written_for=fork)
+        except BaseException:  # a host that changed: leave nothing replaced
+            self._patches.restore()
+            raise
         if self.launcher == "none" and torch.distributed.is_available() and not torch.distributed.is_initialized():
             fd, self._group_file = tempfile.mkstemp(prefix="constyle_pg_")
             os.close(fd)

@@ -44,16 +44,18 @@ class Patches:
         self._saved: List[Tuple[Any, str, Any]] = []
 
     def replace(self, owner: Any, name: str, params: Sequence[str], make: Callable[[Any], Any],
-                host: str = "basicsr", written_for: str = "basicsr 1.4.2") -> None:
-        """``owner.name = make(owner.name)``, after checking that ``owner.name`` takes ``params`` first
-        (parameter names, in order; more may follow). Raises :class:`HostChanged` naming the host's version."""
+                host: str = "basicsr", written_for: str = "basicsr 1.4.2", more: bool = False) -> None:
+        """``owner.name = make(owner.name)``, after checking that ``owner.name`` takes exactly ``params``
+        (parameter names, in order; with ``more``, others may follow). Raises :class:`HostChanged`
+        naming the host's version."""
         original = getattr(owner, name)
         found = _parameters(original)
-        if found[:len(params)] != list(params):
+        if (found[:len(params)] if more else found) != list(params):
             where = f"{getattr(owner, '__name__', type(owner).__name__)}.{name}"
+            wanted = ", ".join([*params, "..."] if more else params)
             raise HostChanged(f"{where} of {host_version(host)} takes ({', '.join(found)}); the plugin replaces it "
-                              f"for this run and was written for ({', '.join(params)}, ...) as in {written_for}. "
-                              f"Install {written_for}, or a constyle-plugin release that supports this version")
+                              f"for this run and was written for ({wanted}) as in {written_for}. Install "
+                              f"{written_for}, or a constyle-plugin release that supports this version")
         self._saved.append((owner, name, original))
         setattr(owner, name, make(original))
 
