@@ -8,6 +8,7 @@ per test process (once per worker under ``pytest -n``), each in its own temporar
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -30,6 +31,27 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from cli_runs import MMENGINE_CONFIG, TINY, TINY_BASICSR, constyle  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mmengine_loggers():
+    """Each test starts without the MMEngine loggers of the tests before it.
+
+    MMEngine keeps every ``MMLogger`` it makes for the life of the process and logs through the newest
+    (``print_log(..., logger='current')``). A logger made while one test's output was captured writes to
+    that test's closed stream afterwards: in whichever test runs next in the same process ("--- Logging
+    error ---" in its stderr), which depends on the order tests run in (``pytest -n`` changes it)."""
+    yield
+    logger_module = sys.modules.get("mmengine.logging.logger")
+    if logger_module is None:
+        return
+    instances = logger_module.MMLogger._instance_dict
+    for logger in list(instances.values()):
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+    instances.clear()
 
 
 @pytest.fixture(scope="session")
