@@ -532,7 +532,8 @@ class ConStyleUNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.image_key = image_key
-        self._range_warned = False
+        # the range check reads two numbers back from the device: done on the first forwards only
+        self._range_checks_left = RANGE_CHECKS
         self.prompter = prompter.freeze()
         self.stages = stages
         self.stage_info = tuple(infos)
@@ -592,10 +593,12 @@ class ConStyleUNet(nn.Module):
         if image is None:
             raise TypeError("ConStyleUNet: pass the image batch as the first positional argument (or x=...)")
         image = prepare_image(image, "x")
-        if not getattr(self, "_range_warned", True) and image.is_floating_point() and not capturing():
+        if (getattr(self, "_range_checks_left", 0) > 0 and image.is_floating_point() and not image.is_meta
+                and not capturing()):
+            self._range_checks_left -= 1
             note = _range_note(image)
             if note is not None:
-                self._range_warned = True
+                self._range_checks_left = 0
                 warnings.warn(note, UserWarning, stacklevel=2)
         weight = next(iter(self.prompter.parameters()), None)
         if weight is not None and image.dtype != weight.dtype and weight.is_floating_point():
@@ -652,6 +655,9 @@ class ConStyleUNet(nn.Module):
         from .pretrained import load_pretrained
 
         return load_pretrained(directory, backbone=backbone, prompter=prompter, **kwargs)
+
+
+RANGE_CHECKS = 16  # forwards of a wrapped net whose input range is checked (each reads back from the device)
 
 
 def _range_note(image: Tensor) -> Optional[str]:
