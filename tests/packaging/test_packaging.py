@@ -107,10 +107,11 @@ def test_pip_install_leaves_a_forks_basicsr_in_place(wheel_files, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "basicsr" not in proc.stdout.split("Successfully installed")[-1]
     check = subprocess.run([str(py), "-c", "import importlib.metadata as m, basicsr, constyle_plugin; "
-                                           "print(m.version('basicsr'), basicsr.FORK_MARKER, constyle_plugin.__version__)"],
-                           capture_output=True, text=True, timeout=300)
+                                           "print(m.version('basicsr'), basicsr.FORK_MARKER, constyle_plugin.__file__)"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # not the checkout: the wheel
     assert check.returncode == 0, check.stderr[-2000:]
     assert check.stdout.split()[:2] == ["1.2.0", "the"]
+    assert Path(check.stdout.split()[-1]).is_relative_to(purelib)  # the installed plugin was the one imported
 
 
 def test_public_api():
