@@ -876,7 +876,7 @@ def write_probe_only(out: Path, args: argparse.Namespace, argv: Optional[Sequenc
         "command": command_line(argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": time.perf_counter() - t_start, "versions": versions(),
-        "prompter": {"path": str(prompter_path), "sha256": sha256_file(prompter_path),
+        "prompter": {"path": str(prompter_path), "sha256": args.prompter_sha256,
                      "untrained_seed": UNTRAINED_PROMPTER_SEED},
         "compared": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in args.compare.items()},
         "degradations": list(degradation_names), "probe": probe,
@@ -944,6 +944,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     prompter_path, prompter_random, prompter_note = resolve_prompter(args, workdir)
     print(f"[allinone] prompter: {prompter_path} ({prompter_note})", flush=True)
+    args.prompter_sha256 = sha256_file(prompter_path)  # of the file as loaded, should it change during the run
     prompters = {"pretrained": load_prompter(prompter_path),
                  "untrained": random_prompter(UNTRAINED_PROMPTER_SEED)}
     for name, path in args.compare.items():
@@ -1032,10 +1033,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "wall_time_s": time.perf_counter() - t_start,
         "versions": versions(), "host": host,
         "config": {**{k: v for k, v in vars(args).items()
-                      if k not in ("no_progress", "reused", "runs_from_reports", "compare")},
+                      if k not in ("no_progress", "reused", "runs_from_reports", "compare", "prompter_sha256")},
                    "variants": all_variants, "variants_trained": list(args.variants),
                    "compare": {k: str(v) for k, v in args.compare.items()}},
-        "prompter": {"path": str(prompter_path), "sha256": sha256_file(prompter_path), "random": prompter_random,
+        "prompter": {"path": str(prompter_path), "sha256": args.prompter_sha256, "random": prompter_random,
                      "note": prompter_note, "untrained_seed": UNTRAINED_PROMPTER_SEED,
                      "untrained_state_sha256_16": state_fingerprint(prompters["untrained"])},
         "compared": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in args.compare.items()},

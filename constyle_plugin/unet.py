@@ -669,6 +669,8 @@ def _range_note(image: Tensor) -> Optional[str]:
     """
     with torch.no_grad():
         low, high = (float(v) for v in torch.aminmax(image.detach().float()))
+        if not math.isfinite(low) or not math.isfinite(high):
+            return None  # refused as non-finite by the prompter, with its own message
         if high > 3:
             looks = "0..255: divide by 255"
         elif low < -0.5 and float((image.detach() < -0.1).float().mean()) > 0.2:

@@ -11,7 +11,16 @@ import pytest
 from constyle_plugin.interrupt import StopSignals, TrainingStopped
 
 
-def test_the_first_signal_is_recorded_and_a_second_ctrl_c_stops_at_once(capfd):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as in a command started from a shell (pytest-xdist workers ignore
+    SIGINT)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_the_first_signal_is_recorded_and_a_second_ctrl_c_stops_at_once(capfd, python_sigint):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with StopSignals("basicsr train") as stop:
         assert not stop.requested and not stop.agreed()
