@@ -201,7 +201,7 @@ class RealESRGANDegradation(nn.Module):
     * ``'reference'``: the original pipeline on BasicSR's functions as they are (per-sample
       ``torch.unique`` and DiffJPEG's per-sample quality loop read values back from the device);
       ``params`` may carry the three kernels, the rest is drawn as before. Kept to check the fast
-      path against (tests/test_stage1_fast.py) and to measure it (benchmarks/stage1.py).
+      path against (tests/training/test_stage1_fast.py) and to measure it (benchmarks/stage1.py).
 
     Both draw every value from the same distributions. One joint difference, on purpose: BasicSR
     adds the same grey Gaussian noise field (scaled per sample) to every grey-noise sample of a
