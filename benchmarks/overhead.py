@@ -16,8 +16,8 @@ wrapped, bare, ... so that a change of machine load hits both alike):
   so they cost nothing, for the forward pass and for forward + backward.
 
 The headline numbers are the ratios wrapped / bare: the median over repeats of the per-pair ratio
-(each pair = one bare and one wrapped run, back to back), with min / max and the quartiles. Targets
-(issue 5): train step <= 1.05x and inference <= 1.10x the bare backbone, on NAFNet width 32.
+(each pair = one bare and one wrapped run, back to back), with min / max and the quartiles. Targets:
+train step <= 1.05x and inference <= 1.10x the bare backbone, on NAFNet width 32.
 
 Outputs in ``--out``: ``overhead_<device>.json`` (command, versions, device, load average, every
 sample), ``overhead_<device>.md`` (tables) and ``overhead_<device>.png`` (bar chart of the ratios).

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MMENGINE_CONFIG = ROOT / "options" / "mmengine" / "nafnet_constyle.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 # A two-iteration run of a tiny NAFNet; the dataloaders keep the config's persistent_workers=True
-# for training (and ask for it in validation) while running without workers (issue 9 item 7).
+# for training (and ask for it in validation) while running without workers.
 TINY = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "model.backbone.width=8",
         "model.backbone.enc_blk_nums=[1,1,1]", "model.backbone.dec_blk_nums=[1,1,1]",
         "train_dataloader.batch_size=2", "train_dataloader.num_workers=0", "train_dataloader.dataset.gt_size=32",

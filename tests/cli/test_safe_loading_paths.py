@@ -1,5 +1,5 @@
 """A code-running checkpoint through every MMEngine and restore loading path runs nothing, even where
-torch's default is unsafe loading (issue 12 item 3).
+torch's default is unsafe loading.
 
 ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` gives torch 2.14 the default of torch < 2.6 (which setup.cfg
 allows): a ``torch.load`` that does not pass ``weights_only=True`` itself would run the payload.

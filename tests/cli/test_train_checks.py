@@ -19,7 +19,7 @@ def test_train_resume_with_nothing_to_resume_says_it_starts_from_scratch(mmengin
     assert "Auto resumed from the latest checkpoint None" not in output
 
 
-# ------------------------------------------------ issue 9 item 7: num_workers=0 just works
+# ------------------------------------------------ num_workers=0 just works
 def test_train_with_num_workers_0_runs_despite_persistent_workers(mmengine_run):
     work, proc = mmengine_run
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

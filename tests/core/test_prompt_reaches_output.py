@@ -1,4 +1,4 @@
-"""The prompt reaches the output, in the way SPEC section 3 says (issue 12, item 1).
+"""The prompt reaches the output, in the way the paper's stage 2 describes it.
 
 The adapters' formulas are written out here independently of ``constyle_plugin/injection.py``
 (1x1 convolutions as ``einsum``, LeakyReLU(0.1) as ``where``), and with the adapters moved off their
