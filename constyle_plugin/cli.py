@@ -13,6 +13,9 @@ Subcommands:
   a trainer checkpoint to a ``save_pretrained`` folder, or back (see :mod:`constyle_plugin.convert`).
 - ``constyle export --checkpoint CKPT_OR_DIR [--config CFG] --onnx OUT.onnx``: ONNX export, checked with
   onnxruntime (see :mod:`constyle_plugin.export`).
+- ``constyle evaluate --checkpoint CKPT_OR_DIR --lq DIR --gt DIR [--y-channel] [--crop-border N] [--tile N]
+  [--name TASK] --output DIR``: PSNR / SSIM of a restored test set, as BasicSR computes them, in the papers'
+  table (see :mod:`constyle_plugin.evaluate`).
 
 More subcommands are added with :func:`add_subcommand`-style functions in :data:`SUBCOMMANDS`.
 """
@@ -107,6 +110,19 @@ def _add_restore(subparsers) -> None:
     p.set_defaults(func=restore_main)
 
 
+def _add_evaluate(subparsers) -> None:
+    from .evaluate import add_evaluate_arguments, evaluate_main
+
+    p = subparsers.add_parser(
+        "evaluate", help="restore a test set and report PSNR / SSIM (BasicSR's metrics) as the papers' table",
+        description="Restore every image of a folder pair (--lq / --gt, paired by file stem) and write PSNR / SSIM "
+                    "(BasicSR's calculate_psnr / calculate_ssim, RGB or --y-channel) as metrics.json / .md / .csv "
+                    "with side-by-side panels, e.g. constyle evaluate --checkpoint run/ --lq Rain100L/input "
+                    "--gt Rain100L/target --y-channel --output eval/")
+    add_evaluate_arguments(p)
+    p.set_defaults(func=evaluate_main)
+
+
 def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="trainer checkpoint <-> save_pretrained folder (config.json + model.safetensors)",
@@ -177,7 +193,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 # (name, function adding the subparser); each subparser sets ``func`` returning an exit code.
 SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train), ("restore", _add_restore),
-                                           ("convert", _add_convert), ("export", _add_export)]
+                                           ("convert", _add_convert), ("export", _add_export),
+                                           ("evaluate", _add_evaluate)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .prompter import CheckpointError
 
         restore_errors = (OSError, CheckpointError, ValueError)  # RestoreError is a ValueError
-        if isinstance(exc, ConfigError) or (args.command in ("restore", "convert", "export")
+        if isinstance(exc, ConfigError) or (args.command in ("restore", "convert", "export", "evaluate")
                                              and isinstance(exc, restore_errors)):
             print(f"constyle {args.command}: error: {exc}", file=sys.stderr)
             return 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Iterable, List
 
-__all__ = ["CheckpointError", "ConStyleError", "ConfigError", "ImageReadError", "OptionError", "RestoreError",
+__all__ = ["CheckpointError", "ConStyleError", "ConfigError", "EvaluateError", "ImageReadError", "OptionError", "RestoreError",
            "UNetStructureError", "close_matches", "did_you_mean", "join_keys"]
 
 
@@ -27,6 +27,11 @@ class UNetStructureError(ConStyleError):
 
 class RestoreError(ConStyleError):
     """``constyle restore`` cannot run as asked; the message starts with the option at fault."""
+
+
+class EvaluateError(ConStyleError):
+    """``constyle evaluate`` cannot run as asked (an unpaired or missing file, a size mismatch, no
+    metrics); the message starts with the option at fault and names the file."""
 
 
 class ConfigError(ConStyleError):

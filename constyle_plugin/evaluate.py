@@ -1,0 +1,293 @@
+"""``constyle evaluate``: restore a test set and report PSNR / SSIM the way the papers do.
+
+A folder pair (``--lq DIR --gt DIR``, files paired by stem) is one task. Every pair is checked
+before anything runs (each file has a partner, the sizes agree, each image reads); each low-quality
+image is restored (tiled with ``tile``) by a network :func:`~constyle_plugin.inference.load_network`
+loads, and PSNR / SSIM are BasicSR's own ``calculate_psnr`` / ``calculate_ssim`` on the 8-bit
+images (BGR, as BasicSR's validation passes them), on RGB or on the Y channel, with a border crop.
+The task's number is the mean over its images, the average the mean over tasks.
+
+Outputs in the output folder: ``metrics.json`` (per task and per image), ``metrics.md`` (the papers'
+table), ``metrics.csv`` and side-by-side panels (input | output | ground truth) of the first images.
+basicsr is imported only here, when metrics are computed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import EvaluateError
+from .imageio import IMAGE_EXTENSIONS, read_image
+from .inference import (check_device, check_output_folder, check_tiling, load_network, size_multiple_of,
+                        tiled_forward, write_image)
+from .prompter import atomic_write
+
+__all__ = ["ImagePair", "basicsr_metrics", "evaluate_main", "evaluate_tasks", "pair_folders", "to_bgr_uint8",
+           "write_reports"]
+
+PathLike = Union[str, os.PathLike]
+INSTALL_HINT = 'pip install "constyle-plugin[basicsr]" (or run inside a BasicSR fork)'
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One test image: its name (the file stem), the degraded input and its ground truth."""
+
+    name: str
+    lq: Path
+    gt: Path
+
+
+# ------------------------------------------------------------------------------------------ pairs
+def _images_by_stem(folder: Path, option: str) -> Dict[str, Path]:
+    if not folder.exists():
+        raise EvaluateError(f"{option}: {folder} does not exist")
+    if not folder.is_dir():
+        raise EvaluateError(f"{option}: {folder} is not a folder")
+    found: Dict[str, Path] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+        stem = path.relative_to(folder).with_suffix("").as_posix()
+        if stem in found:
+            raise EvaluateError(f"{option}: {found[stem]} and {path} have the same name; keep one of them")
+        found[stem] = path
+    if not found:
+        raise EvaluateError(f"{option}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return found
+
+
+def _image_size(path: Path) -> Tuple[int, int]:
+    """``(height, width)`` from the header where Pillow is there, else by decoding the file."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception:  # no Pillow, or a file Pillow cannot read: OpenCV decides
+        return read_image(path).shape[:2]
+
+
+def pair_folders(lq: PathLike, gt: PathLike) -> List[ImagePair]:
+    """The images of ``lq`` and ``gt`` paired by file stem (path below the folder without extension).
+
+    Raises :class:`~constyle_plugin.errors.EvaluateError` in one line naming the file at fault: a
+    missing or empty folder, a file without a partner, two files with one stem, sizes that differ.
+    """
+    lq, gt = Path(lq), Path(gt)
+    lq_files, gt_files = _images_by_stem(lq, "--lq"), _images_by_stem(gt, "--gt")
+    for stem, path in lq_files.items():
+        if stem not in gt_files:
+            raise EvaluateError(f"--lq: {path} has no ground truth: no {stem}.* under --gt {gt}")
+    for stem, path in gt_files.items():
+        if stem not in lq_files:
+            raise EvaluateError(f"--gt: {path} has no input: no {stem}.* under --lq {lq}")
+    pairs = [ImagePair(stem, lq_files[stem], gt_files[stem]) for stem in sorted(lq_files)]
+    for pair in pairs:
+        a, b = _image_size(pair.lq), _image_size(pair.gt)
+        if a != b:
+            raise EvaluateError(f"--lq: {pair.lq} is {a[1]}x{a[0]} but its ground truth {pair.gt} is {b[1]}x{b[0]}")
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def basicsr_metrics() -> Tuple[Callable[..., float], Callable[..., float]]:
+    """BasicSR's ``calculate_psnr`` and ``calculate_ssim`` (PyPI basicsr or a fork's); an
+    :class:`EvaluateError` saying what to install when basicsr is not there."""
+    from .compat import ensure_basicsr_importable
+
+    try:
+        ensure_basicsr_importable()
+        from basicsr.metrics import calculate_psnr, calculate_ssim
+    except ImportError as exc:
+        raise EvaluateError(f"PSNR / SSIM are BasicSR's calculate_psnr / calculate_ssim, and basicsr cannot be "
+                            f"imported here ({exc}): {INSTALL_HINT}") from None
+    return calculate_psnr, calculate_ssim
+
+
+def to_bgr_uint8(rgb: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` RGB in [0, 1] as BasicSR's ``tensor2img`` gives it: rounded 8-bit, BGR."""
+    return np.ascontiguousarray((np.clip(rgb, 0.0, 1.0) * 255.0).round().astype(np.uint8)[..., ::-1])
+
+
+def _panel(*images: np.ndarray, gap: int = 8) -> np.ndarray:
+    spacer = np.ones((images[0].shape[0], gap, 3), np.float32)
+    parts: List[np.ndarray] = []
+    for img in images:
+        parts += [img, spacer]
+    return np.concatenate(parts[:-1], axis=1)
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[ImagePair]], y_channel: bool = False,
+                   crop_border: int = 0, tile: Optional[int] = None, overlap: int = 32,
+                   device: Union[str, torch.device] = "cpu", samples: int = 3,
+                   output: Optional[PathLike] = None, save_images: bool = False,
+                   show_progress: bool = True) -> Dict[str, Any]:
+    """Restore every pair of every task with ``net`` and measure it; returns
+    ``{"tasks": {task: {"psnr", "ssim", "n_images", "images": [{"name", "psnr", "ssim"}, ...]}},
+    "average": {"psnr", "ssim"}, "channel", "crop_border"}``.
+
+    With ``output``: panels (input | output | ground truth) of each task's first ``samples`` images in
+    ``output/samples/``, and with ``save_images`` every restored image (8-bit PNG, the pixels that were
+    measured) in ``output/restored/<task>/``.
+    """
+    calculate_psnr, calculate_ssim = basicsr_metrics()
+    multiple = size_multiple_of(net)
+    out_dir = Path(output) if output is not None else None
+    total = sum(len(pairs) for pairs in tasks.values())
+    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not show_progress)
+    results: Dict[str, Any] = {}
+    try:
+        for task, pairs in tasks.items():
+            rows = []
+            for i, pair in enumerate(pairs):
+                lq = read_image(pair.lq)
+                x = torch.from_numpy(lq).permute(2, 0, 1)[None].to(device)
+                with torch.no_grad():
+                    y = tiled_forward(net, x, tile=tile, overlap=overlap, multiple=multiple)
+                restored = y[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
+                out8, gt8 = to_bgr_uint8(restored), to_bgr_uint8(read_image(pair.gt))
+                psnr = float(calculate_psnr(out8, gt8, crop_border, input_order="HWC", test_y_channel=y_channel))
+                ssim = float(calculate_ssim(out8, gt8, crop_border, input_order="HWC", test_y_channel=y_channel))
+                rows.append({"name": pair.name, "psnr": psnr, "ssim": ssim})
+                if out_dir is not None:
+                    measured = out8[..., ::-1].astype(np.float32) / 255.0
+                    if save_images:
+                        write_image(out_dir / "restored" / _safe_name(task) / f"{pair.name}.png", measured)
+                    if i < samples:
+                        write_image(out_dir / "samples" / f"{_safe_name(task)}_{_safe_name(pair.name)}.png",
+                                    _panel(lq, measured, gt8[..., ::-1].astype(np.float32) / 255.0))
+                bar.update(1)
+                bar.set_postfix(task=task, psnr=f"{psnr:.2f}")
+            results[task] = {"psnr": float(np.mean([r["psnr"] for r in rows])),
+                             "ssim": float(np.mean([r["ssim"] for r in rows])),
+                             "n_images": len(rows), "images": rows}
+    finally:
+        bar.close()
+    return {"tasks": results,
+            "average": {"psnr": float(np.mean([t["psnr"] for t in results.values()])),
+                        "ssim": float(np.mean([t["ssim"] for t in results.values()]))},
+            "channel": "Y" if y_channel else "RGB", "crop_border": int(crop_border)}
+
+
+# ------------------------------------------------------------------------------------------ reports
+def _markdown(metrics: Mapping[str, Any]) -> str:
+    tasks = metrics["tasks"]
+    method = Path(str(metrics.get("checkpoint", "model"))).name or "model"
+    header = ["Method", *tasks, "Average"]
+    cells = [f"{t['psnr']:.2f} / {t['ssim']:.4f}" for t in tasks.values()]
+    cells.append(f"{metrics['average']['psnr']:.2f} / {metrics['average']['ssim']:.4f}")
+    counts = ", ".join(f"{name}: {t['n_images']}" for name, t in tasks.items())
+    return "\n".join([
+        f"PSNR (dB) / SSIM on {metrics['channel']}"
+        + (" (Y of YCbCr, BasicSR's test_y_channel)" if metrics["channel"] == "Y" else "")
+        + f", border crop {metrics['crop_border']} px; images per task: {counts}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([" --- "] + [" :---: "] * (len(header) - 1)) + "|",
+        "| " + " | ".join([method, *cells]) + " |",
+        "",
+    ])
+
+
+def _csv(metrics: Mapping[str, Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["task", "psnr", "ssim", "n_images", "channel", "crop_border"])
+    for name, t in metrics["tasks"].items():
+        writer.writerow([name, f"{t['psnr']:.6f}", f"{t['ssim']:.6f}", t["n_images"], metrics["channel"],
+                         metrics["crop_border"]])
+    avg = metrics["average"]
+    writer.writerow(["average", f"{avg['psnr']:.6f}", f"{avg['ssim']:.6f}",
+                     sum(t["n_images"] for t in metrics["tasks"].values()), metrics["channel"], metrics["crop_border"]])
+    return buf.getvalue()
+
+
+def write_reports(metrics: Mapping[str, Any], output: PathLike) -> List[Path]:
+    """``metrics.json``, ``metrics.md`` and ``metrics.csv`` in ``output``; returns their paths."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in (("metrics.json", json.dumps(metrics, indent=2) + "\n"), ("metrics.md", _markdown(metrics)),
+                       ("metrics.csv", _csv(metrics))):
+        path = output / name
+        atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------ command
+def add_evaluate_arguments(parser) -> None:
+    """The ``constyle evaluate`` options."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="what constyle restore accepts: BasicSR net_g_*.pth, MMEngine .pth, a save_pretrained "
+                             "folder or an exported .onnx file")
+    parser.add_argument("--config", default=None,
+                        help="its BasicSR .yml or MMEngine .py (default: the config its trainer recorded)")
+    parser.add_argument("--lq", required=True, help="folder of degraded inputs (paired with --gt by file stem)")
+    parser.add_argument("--gt", required=True, help="folder of ground-truth images, one per input, same size")
+    parser.add_argument("--name", default=None,
+                        help="the task's name in the tables (default: the folder holding --lq and --gt, else "
+                             "the --lq folder's name)")
+    parser.add_argument("--y-channel", dest="y_channel", action="store_true",
+                        help="measure on the Y channel of YCbCr (BasicSR's test_y_channel) instead of RGB")
+    parser.add_argument("--crop-border", dest="crop_border", type=int, default=0,
+                        help="pixels cropped from each border before measuring (default 0)")
+    parser.add_argument("--tile", type=int, default=None, help="restore in tiles of this size (pixels)")
+    parser.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=32,
+                        help="overlap between tiles (default 32)")
+    parser.add_argument("--samples", type=int, default=3,
+                        help="side-by-side panels (input | output | ground truth) for this many first images "
+                             "(default 3)")
+    parser.add_argument("--save-images", dest="save_images", action="store_true",
+                        help="also write every restored image (8-bit PNG, as measured) to OUTPUT/restored/")
+    parser.add_argument("--output", required=True, help="folder for metrics.json / .md / .csv and the panels")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+
+
+def _default_name(lq: Path, gt: Path) -> str:
+    lq, gt = lq.resolve(), gt.resolve()
+    return lq.parent.name if lq.parent == gt.parent and lq.parent.name else lq.name
+
+
+def evaluate_main(args) -> int:
+    """Run ``constyle evaluate`` from parsed arguments: every option and pair is checked (and
+    basicsr found) before the network loads or anything is written."""
+    if args.crop_border < 0:
+        raise EvaluateError(f"--crop-border: must be >= 0, got {args.crop_border}")
+    if args.samples < 0:
+        raise EvaluateError(f"--samples: must be >= 0, got {args.samples}")
+    check_tiling(args.tile, args.tile_overlap)
+    device = check_device(args.device)
+    output = check_output_folder(args.output)
+    lq, gt = Path(args.lq), Path(args.gt)
+    for option, folder in (("--lq", lq), ("--gt", gt)):
+        if folder.is_dir() and output.resolve() == folder.resolve():
+            raise EvaluateError(f"--output: {output} is the {option} folder; choose another folder")
+    pairs = pair_folders(lq, gt)
+    task = args.name or _default_name(lq, gt)
+    basicsr_metrics()  # before loading the network: say what to install first
+    net = load_network(args.checkpoint, args.config, device=device)
+    metrics = evaluate_tasks(net, {task: pairs}, y_channel=args.y_channel, crop_border=args.crop_border,
+                             tile=args.tile, overlap=args.tile_overlap, device=device, samples=args.samples,
+                             output=output, save_images=args.save_images)
+    metrics["checkpoint"] = str(args.checkpoint)
+    argv = getattr(args, "argv", None)
+    metrics["command"] = "constyle " + shlex.join(argv) if argv else "constyle evaluate"
+    write_reports(metrics, output)
+    print(_markdown(metrics), end="")
+    print(f"wrote {output / 'metrics.json'}, metrics.md, metrics.csv")
+    return 0
