@@ -28,22 +28,30 @@ from typing import Callable, List, Optional, Sequence, Tuple
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 
+MMENGINE_MISSING = 'constyle train needs MMEngine: pip install "constyle-plugin[mmengine]"'
+
+
+class CfgOptions(argparse.Action):
+    """``--cfg-options KEY=VALUE ...`` parsed by MMEngine's DictAction, imported only when the option
+    is given (the other subcommands work without MMEngine); an entry that is not KEY=VALUE is a
+    usage error naming it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        bad = [v for v in values if "=" not in v or v.startswith("=")]
+        if bad:
+            parser.error(f"argument {option_string}: {bad[0]!r} is not KEY=VALUE "
+                         f"(e.g. train_cfg.max_iters=1000)")
+        try:
+            from mmengine.config import DictAction
+        except ImportError:
+            parser.error(MMENGINE_MISSING)
+        try:
+            DictAction(self.option_strings, self.dest)(parser, namespace, values, option_string)
+        except (ValueError, TypeError) as exc:
+            parser.error(f"argument {option_string}: {exc}")
+
+
 def _add_train(subparsers) -> None:
-    from mmengine.config import DictAction
-
-    class CfgOptions(DictAction):
-        """MMEngine's DictAction; an entry that is not KEY=VALUE is a usage error naming it."""
-
-        def __call__(self, parser, namespace, values, option_string=None):
-            bad = [v for v in values if "=" not in v or v.startswith("=")]
-            if bad:
-                parser.error(f"argument {option_string}: {bad[0]!r} is not KEY=VALUE "
-                             f"(e.g. train_cfg.max_iters=1000)")
-            try:
-                super().__call__(parser, namespace, values, option_string)
-            except (ValueError, TypeError) as exc:
-                parser.error(f"argument {option_string}: {exc}")
-
     p = subparsers.add_parser(
         "train", help="train from an MMEngine config (Runner.from_cfg)",
         description="Train from an MMEngine Python config with MMEngine's Runner, e.g. "
@@ -68,6 +76,11 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    try:
+        import mmengine  # noqa: F401
+    except ImportError:
+        print(f"constyle: {MMENGINE_MISSING}", file=sys.stderr)
+        return 2
     from .integrations.mmengine import train
     from .threads import pick_torch_threads
 
