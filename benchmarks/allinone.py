@@ -58,6 +58,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from constyle_plugin.pretrained import file_sha256 as sha256_file
+
 VARIANTS = ("origin", "constyle", "constyle_untrained", "learned")
 VARIANT_LABELS = {"origin": "origin", "constyle": "+ConStyle v2",
                   "constyle_untrained": "+ConStyle v2 (untrained prompter)",
@@ -203,14 +205,6 @@ def pick_device(name: str) -> torch.device:
 # ---------------------------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------------------------
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def state_fingerprint(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
@@ -878,7 +872,7 @@ def write_probe_only(out: Path, args: argparse.Namespace, argv: Optional[Sequenc
         "wall_time_s": time.perf_counter() - t_start, "versions": versions(),
         "prompter": {"path": str(prompter_path), "sha256": args.prompter_sha256,
                      "untrained_seed": UNTRAINED_PROMPTER_SEED},
-        "compared": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in args.compare.items()},
+        "compared": args.compared,
         "degradations": list(degradation_names), "probe": probe,
     }
     (out / "allinone_probe.json").write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
@@ -944,7 +938,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     prompter_path, prompter_random, prompter_note = resolve_prompter(args, workdir)
     print(f"[allinone] prompter: {prompter_path} ({prompter_note})", flush=True)
-    args.prompter_sha256 = sha256_file(prompter_path)  # of the file as loaded, should it change during the run
+    # hashes of the files as loaded, should one change during the run
+    args.prompter_sha256 = sha256_file(prompter_path)
+    args.compared = {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in args.compare.items()}
     prompters = {"pretrained": load_prompter(prompter_path),
                  "untrained": random_prompter(UNTRAINED_PROMPTER_SEED)}
     for name, path in args.compare.items():
@@ -1033,13 +1029,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "wall_time_s": time.perf_counter() - t_start,
         "versions": versions(), "host": host,
         "config": {**{k: v for k, v in vars(args).items()
-                      if k not in ("no_progress", "reused", "runs_from_reports", "compare", "prompter_sha256")},
+                      if k not in ("no_progress", "reused", "runs_from_reports", "compare", "prompter_sha256",
+                                   "compared")},
                    "variants": all_variants, "variants_trained": list(args.variants),
                    "compare": {k: str(v) for k, v in args.compare.items()}},
         "prompter": {"path": str(prompter_path), "sha256": args.prompter_sha256, "random": prompter_random,
                      "note": prompter_note, "untrained_seed": UNTRAINED_PROMPTER_SEED,
                      "untrained_state_sha256_16": state_fingerprint(prompters["untrained"])},
-        "compared": {name: {"path": str(path), "sha256": sha256_file(path)} for name, path in args.compare.items()},
+        "compared": args.compared,
         "split": {"train_photos": train_photos, "test_photos": test_photos, "dataset_photos": dataset_photos,
                   "disjoint": not set(train_photos) & set(test_photos), "holdout": args.holdout,
                   "split_seed": args.split_seed},

@@ -82,7 +82,8 @@ def packaged_prompter_sha256() -> Optional[str]:
     return _PACKAGED_SHA[key]
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -182,7 +183,7 @@ def save_pretrained(net: ConStyleUNet, directory: PathLike, *, include_prompter:
     for variant, name, state in variants:
         path = directory / name
         atomic_write(path, lambda tmp, s=state: save_file(dict(s), tmp, metadata={"format": FORMAT}))
-        files[variant] = {"file": name, "bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+        files[variant] = {"file": name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
     if ema is None and (directory / EMA_WEIGHTS_NAME).exists():
         (directory / EMA_WEIGHTS_NAME).unlink()  # an older save's EMA is not this net's
     config = {
@@ -249,7 +250,7 @@ def _read_weights(directory: Path, record: Mapping[str, Any]) -> Dict[str, Tenso
     if size != record.get("bytes"):
         raise CheckpointError(f"{path}: {size} bytes, but {CONFIG_NAME} records {record.get('bytes')}: truncated, "
                               f"damaged or from another save; save the net again")
-    if record.get("sha256") and _file_sha256(path) != record["sha256"]:
+    if record.get("sha256") and file_sha256(path) != record["sha256"]:
         raise CheckpointError(f"{path}: its SHA-256 differs from the one {CONFIG_NAME} records: damaged or from "
                               f"another save; save the net again")
     try:
