@@ -54,6 +54,15 @@ def _fresh_mmengine_loggers():
     instances.clear()
 
 
+@pytest.fixture
+def four_threads():
+    """torch set to 4 threads for the test (the thread-choice tests start from a known count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> Path:
     from constyle_plugin.samples import export_sample_photos

@@ -9,14 +9,6 @@ from constyle_plugin.threads import pick_torch_threads
 from cli_runs import MMENGINE_CONFIG, run_cli
 
 
-@pytest.fixture
-def four_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_busy_cores_leave_torch_the_free_ones(four_threads):
     note = pick_torch_threads(environ={}, load=lambda: (2.2, 2.0, 2.0), cores=4)
     assert torch.get_num_threads() == 2

@@ -14,14 +14,6 @@ from basicsr_runs import OPTIONS
 ensure_basicsr_importable()
 
 
-@pytest.fixture
-def four_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(4)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("chosen", [None, "4"])
 def test_basicsr_train_picks_threads_before_training(four_threads, monkeypatch, capsys, tmp_path, chosen):
     import basicsr.train
