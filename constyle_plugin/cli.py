@@ -13,9 +13,9 @@ Subcommands:
   a trainer checkpoint to a ``save_pretrained`` folder, or back (see :mod:`constyle_plugin.convert`).
 - ``constyle export --checkpoint CKPT_OR_DIR [--config CFG] --onnx OUT.onnx``: ONNX export, checked with
   onnxruntime (see :mod:`constyle_plugin.export`).
-- ``constyle evaluate --checkpoint CKPT_OR_DIR --lq DIR --gt DIR [--y-channel] [--crop-border N] [--tile N]
-  [--name TASK] --output DIR``: PSNR / SSIM of a restored test set, as BasicSR computes them, in the papers'
-  table (see :mod:`constyle_plugin.evaluate`).
+- ``constyle evaluate --checkpoint CKPT_OR_DIR (--benchmark SETTING --root DIR | --lq DIR --gt DIR [--name TASK])
+  [--y-channel] [--crop-border N] [--tile N] --output DIR``: PSNR / SSIM of a restored test set, as BasicSR
+  computes them, in the papers' table (see :mod:`constyle_plugin.evaluate`).
 
 More subcommands are added with :func:`add_subcommand`-style functions in :data:`SUBCOMMANDS`.
 """
@@ -128,10 +128,11 @@ def _add_evaluate(subparsers) -> None:
 
     p = subparsers.add_parser(
         "evaluate", help="restore a test set and report PSNR / SSIM (BasicSR's metrics) as the papers' table",
-        description="Restore every image of a folder pair (--lq / --gt, paired by file stem) and write PSNR / SSIM "
-                    "(BasicSR's calculate_psnr / calculate_ssim, RGB or --y-channel) as metrics.json / .md / .csv "
-                    "with side-by-side panels, e.g. constyle evaluate --checkpoint run/ --lq Rain100L/input "
-                    "--gt Rain100L/target --y-channel --output eval/")
+        description="Restore every test image of an all-in-one setting (--benchmark three-task|five-task|constyle-v2 "
+                    "--root DIR) or of a folder pair (--lq / --gt, paired by file stem) and write PSNR / SSIM "
+                    "(BasicSR's calculate_psnr / calculate_ssim, RGB or --y-channel) as the papers' table: "
+                    "metrics.json / .md / .csv with side-by-side panels, e.g. constyle evaluate --checkpoint run/ "
+                    "--benchmark three-task --root data/test --output eval/")
     add_evaluate_arguments(p)
     p.set_defaults(func=evaluate_main)
 

@@ -1,8 +1,10 @@
 """``constyle evaluate``: restore a test set and report PSNR / SSIM the way the papers do.
 
-A folder pair (``--lq DIR --gt DIR``, files paired by stem) is one task. Every pair is checked
-before anything runs (each file has a partner, the sizes agree, each image reads); each low-quality
-image is restored (tiled with ``tile``) by a network :func:`~constyle_plugin.inference.load_network`
+Either one of the field's all-in-one settings laid out as its repositories lay it out
+(``--benchmark {three-task,five-task,constyle-v2} --root DIR``, see
+:mod:`constyle_plugin.benchmark_layouts`: one task per column of the papers' table), or a folder pair
+(``--lq DIR --gt DIR``, files paired by stem) as one task. Every pair is checked before anything runs
+(each file has a partner, the sizes agree, each image reads); each low-quality image is restored (tiled with ``tile``) by a network :func:`~constyle_plugin.inference.load_network`
 loads, and PSNR / SSIM are BasicSR's own ``calculate_psnr`` / ``calculate_ssim`` on the 8-bit
 images (BGR, as BasicSR's validation passes them), on RGB or on the Y channel, with a border crop.
 The task's number is the mean over its images, the average the mean over tasks.
@@ -21,23 +23,24 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import EvaluateError
+from .errors import EvaluateError, did_you_mean
 from .imageio import IMAGE_EXTENSIONS, read_image
 from .inference import (check_device, check_output_folder, check_tiling, load_network, size_multiple_of,
                         tiled_forward, write_image)
 from .prompter import atomic_write
 
-__all__ = ["ImagePair", "basicsr_metrics", "evaluate_main", "evaluate_tasks", "pair_folders", "to_bgr_uint8",
-           "write_reports"]
+__all__ = ["ImagePair", "TestItem", "basicsr_metrics", "benchmark_tasks", "evaluate_main", "evaluate_tasks",
+           "pair_folders", "to_bgr_uint8", "write_reports"]
 
 PathLike = Union[str, os.PathLike]
 INSTALL_HINT = 'pip install "constyle-plugin[basicsr]" (or run inside a BasicSR fork)'
+BENCHMARKS = ("three-task", "five-task", "constyle-v2")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,19 @@ class ImagePair:
     name: str
     lq: Path
     gt: Path
+
+    def load(self) -> Tuple[np.ndarray, np.ndarray]:
+        """``(lq, gt)``, each ``H x W x 3`` float32 RGB in [0, 1]."""
+        return read_image(self.lq), read_image(self.gt)
+
+
+class TestItem(Protocol):
+    """What :func:`evaluate_tasks` measures: a name and ``load() -> (lq, gt)`` (``H x W x 3`` float32
+    RGB in [0, 1], same size). :class:`ImagePair` and the benchmark layouts' ``TestImage`` are both."""
+
+    name: str
+
+    def load(self) -> Tuple[np.ndarray, np.ndarray]: ...
 
 
 # ------------------------------------------------------------------------------------------ pairs
@@ -131,14 +147,15 @@ def _safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[ImagePair]], y_channel: bool = False,
+def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[TestItem]], y_channel: bool = False,
                    crop_border: int = 0, tile: Optional[int] = None, overlap: int = 32,
                    device: Union[str, torch.device] = "cpu", samples: int = 3,
                    output: Optional[PathLike] = None, save_images: bool = False,
-                   show_progress: bool = True) -> Dict[str, Any]:
-    """Restore every pair of every task with ``net`` and measure it; returns
-    ``{"tasks": {task: {"psnr", "ssim", "n_images", "images": [{"name", "psnr", "ssim"}, ...]}},
-    "average": {"psnr", "ssim"}, "channel", "crop_border"}``.
+                   show_progress: bool = True, columns: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """Restore every item of every task with ``net`` and measure it; returns
+    ``{"tasks": {task: {"column", "psnr", "ssim", "n_images", "images": [{"name", "psnr", "ssim"}, ...]}},
+    "average": {"psnr", "ssim"}, "channel", "crop_border"}``. ``columns`` maps a task to its header in
+    the table (default: the task itself). Images no larger than ``tile`` run whole, larger ones tiled.
 
     With ``output``: panels (input | output | ground truth) of each task's first ``samples`` images in
     ``output/samples/``, and with ``save_images`` every restored image (8-bit PNG, the pixels that were
@@ -154,12 +171,12 @@ def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[ImagePair]], y_ch
         for task, pairs in tasks.items():
             rows = []
             for i, pair in enumerate(pairs):
-                lq = read_image(pair.lq)
+                lq, gt = pair.load()
                 x = torch.from_numpy(lq).permute(2, 0, 1)[None].to(device)
                 with torch.no_grad():
                     y = tiled_forward(net, x, tile=tile, overlap=overlap, multiple=multiple)
                 restored = y[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
-                out8, gt8 = to_bgr_uint8(restored), to_bgr_uint8(read_image(pair.gt))
+                out8, gt8 = to_bgr_uint8(restored), to_bgr_uint8(gt)
                 psnr = float(calculate_psnr(out8, gt8, crop_border, input_order="HWC", test_y_channel=y_channel))
                 ssim = float(calculate_ssim(out8, gt8, crop_border, input_order="HWC", test_y_channel=y_channel))
                 rows.append({"name": pair.name, "psnr": psnr, "ssim": ssim})
@@ -172,7 +189,8 @@ def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[ImagePair]], y_ch
                                     _panel(lq, measured, gt8[..., ::-1].astype(np.float32) / 255.0))
                 bar.update(1)
                 bar.set_postfix(task=task, psnr=f"{psnr:.2f}")
-            results[task] = {"psnr": float(np.mean([r["psnr"] for r in rows])),
+            results[task] = {"column": (columns or {}).get(task, task),
+                             "psnr": float(np.mean([r["psnr"] for r in rows])),
                              "ssim": float(np.mean([r["ssim"] for r in rows])),
                              "n_images": len(rows), "images": rows}
     finally:
@@ -187,12 +205,13 @@ def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[ImagePair]], y_ch
 def _markdown(metrics: Mapping[str, Any]) -> str:
     tasks = metrics["tasks"]
     method = Path(str(metrics.get("checkpoint", "model"))).name or "model"
-    header = ["Method", *tasks, "Average"]
+    header = ["Method", *(t.get("column", name) for name, t in tasks.items()), "Average"]
     cells = [f"{t['psnr']:.2f} / {t['ssim']:.4f}" for t in tasks.values()]
     cells.append(f"{metrics['average']['psnr']:.2f} / {metrics['average']['ssim']:.4f}")
-    counts = ", ".join(f"{name}: {t['n_images']}" for name, t in tasks.items())
+    counts = ", ".join(f"{t.get('column', name)}: {t['n_images']}" for name, t in tasks.items())
+    setting = f"{metrics['benchmark']} setting ({metrics['root']}); " if metrics.get("benchmark") else ""
     return "\n".join([
-        f"PSNR (dB) / SSIM on {metrics['channel']}"
+        setting + f"PSNR (dB) / SSIM on {metrics['channel']}"
         + (" (Y of YCbCr, BasicSR's test_y_channel)" if metrics["channel"] == "Y" else "")
         + f", border crop {metrics['crop_border']} px; images per task: {counts}.",
         "",
@@ -206,12 +225,12 @@ def _markdown(metrics: Mapping[str, Any]) -> str:
 def _csv(metrics: Mapping[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["task", "psnr", "ssim", "n_images", "channel", "crop_border"])
+    writer.writerow(["task", "column", "psnr", "ssim", "n_images", "channel", "crop_border"])
     for name, t in metrics["tasks"].items():
-        writer.writerow([name, f"{t['psnr']:.6f}", f"{t['ssim']:.6f}", t["n_images"], metrics["channel"],
+        writer.writerow([name, t.get("column", name), f"{t['psnr']:.6f}", f"{t['ssim']:.6f}", t["n_images"], metrics["channel"],
                          metrics["crop_border"]])
     avg = metrics["average"]
-    writer.writerow(["average", f"{avg['psnr']:.6f}", f"{avg['ssim']:.6f}",
+    writer.writerow(["average", "Average", f"{avg['psnr']:.6f}", f"{avg['ssim']:.6f}",
                      sum(t["n_images"] for t in metrics["tasks"].values()), metrics["channel"], metrics["crop_border"]])
     return buf.getvalue()
 
@@ -237,16 +256,28 @@ def add_evaluate_arguments(parser) -> None:
                              "folder or an exported .onnx file")
     parser.add_argument("--config", default=None,
                         help="its BasicSR .yml or MMEngine .py (default: the config its trainer recorded)")
-    parser.add_argument("--lq", required=True, help="folder of degraded inputs (paired with --gt by file stem)")
-    parser.add_argument("--gt", required=True, help="folder of ground-truth images, one per input, same size")
+    parser.add_argument("--benchmark", default=None, metavar="{" + ",".join(BENCHMARKS) + "}",
+                        help="one of the field's all-in-one settings, read from --root as its repositories lay it "
+                             "out (docs/allinone-benchmarks.md): one task per column of the papers' table")
+    parser.add_argument("--root", default=None,
+                        help="with --benchmark: the test root (PromptIR / AdaIR: the test/ folder, or the folder "
+                             "holding it; constyle-v2: the authors' Test_small/ folder)")
+    parser.add_argument("--lq", default=None, help="instead of --benchmark: folder of degraded inputs (paired with "
+                                                  "--gt by file stem)")
+    parser.add_argument("--gt", default=None, help="with --lq: folder of ground-truth images, one per input, same size")
     parser.add_argument("--name", default=None,
-                        help="the task's name in the tables (default: the folder holding --lq and --gt, else "
-                             "the --lq folder's name)")
+                        help="with --lq / --gt: the task's name in the tables (default: the folder holding --lq and "
+                             "--gt, else the --lq folder's name)")
+    parser.add_argument("--max-images", dest="max_images", type=int, default=None,
+                        help="measure only the first N images of each task (sorted by name), for a quick look; "
+                             "the table says so")
     parser.add_argument("--y-channel", dest="y_channel", action="store_true",
                         help="measure on the Y channel of YCbCr (BasicSR's test_y_channel) instead of RGB")
     parser.add_argument("--crop-border", dest="crop_border", type=int, default=0,
                         help="pixels cropped from each border before measuring (default 0)")
-    parser.add_argument("--tile", type=int, default=None, help="restore in tiles of this size (pixels)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="restore images larger than this in overlapping tiles of this size (pixels); smaller "
+                             "ones run whole (default: every image whole)")
     parser.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=32,
                         help="overlap between tiles (default 32)")
     parser.add_argument("--samples", type=int, default=3,
@@ -263,6 +294,53 @@ def _default_name(lq: Path, gt: Path) -> str:
     return lq.parent.name if lq.parent == gt.parent and lq.parent.name else lq.name
 
 
+def benchmark_tasks(benchmark: str, root: PathLike, max_images: Optional[int] = None
+                    ) -> Tuple[Dict[str, Sequence[TestItem]], Dict[str, str]]:
+    """The test sets of one all-in-one setting under ``root``, checked before anything runs:
+    ``({task key: items}, {task key: column header})`` in the papers' column order, each task cut to
+    its first ``max_images`` items when given."""
+    from .benchmark_layouts import benchmark_test_sets
+
+    tasks: Dict[str, Sequence[TestItem]] = {}
+    columns: Dict[str, str] = {}
+    for task in benchmark_test_sets(benchmark, root):
+        tasks[task.key] = list(task.images)[:max_images] if max_images else list(task.images)
+        columns[task.key] = task.column
+    return tasks, columns
+
+
+def _check_inputs(args, output: Path) -> Tuple[Dict[str, Sequence[TestItem]], Dict[str, str]]:
+    benchmark_given = args.benchmark is not None or args.root is not None
+    pair_given = args.lq is not None or args.gt is not None
+    if benchmark_given and pair_given:
+        raise EvaluateError("--benchmark / --root and --lq / --gt: give one of the two, not both")
+    if not benchmark_given and not pair_given:
+        raise EvaluateError("give --benchmark {" + ",".join(BENCHMARKS) + "} --root DIR, or --lq DIR --gt DIR")
+    if benchmark_given:
+        if args.benchmark is None or args.root is None:
+            raise EvaluateError(f"{'--benchmark' if args.benchmark is None else '--root'} is missing: --benchmark "
+                                f"and --root go together")
+        if args.benchmark not in BENCHMARKS:
+            hint = did_you_mean(args.benchmark, BENCHMARKS)
+            raise EvaluateError(f"--benchmark: {args.benchmark!r} is not one of {', '.join(BENCHMARKS)}"
+                                + (f"; {hint}" if hint else ""))
+        if args.name is not None:
+            raise EvaluateError("--name names the task of --lq / --gt; with --benchmark the tasks are the setting's")
+        root = Path(args.root)
+        if root.is_dir() and output.resolve() == root.resolve():
+            raise EvaluateError(f"--output: {output} is the --root folder; choose another folder")
+        return benchmark_tasks(args.benchmark, root, args.max_images)
+    if args.lq is None or args.gt is None:
+        raise EvaluateError(f"{'--lq' if args.lq is None else '--gt'} is missing: --lq and --gt go together")
+    lq, gt = Path(args.lq), Path(args.gt)
+    for option, folder in (("--lq", lq), ("--gt", gt)):
+        if folder.is_dir() and output.resolve() == folder.resolve():
+            raise EvaluateError(f"--output: {output} is the {option} folder; choose another folder")
+    pairs = pair_folders(lq, gt)
+    task = args.name or _default_name(lq, gt)
+    return {task: pairs[:args.max_images] if args.max_images else pairs}, {task: task}
+
+
 def evaluate_main(args) -> int:
     """Run ``constyle evaluate`` from parsed arguments: every option and pair is checked (and
     basicsr found) before the network loads or anything is written."""
@@ -270,20 +348,21 @@ def evaluate_main(args) -> int:
         raise EvaluateError(f"--crop-border: must be >= 0, got {args.crop_border}")
     if args.samples < 0:
         raise EvaluateError(f"--samples: must be >= 0, got {args.samples}")
+    if args.max_images is not None and args.max_images < 1:
+        raise EvaluateError(f"--max-images: must be >= 1, got {args.max_images}")
     check_tiling(args.tile, args.tile_overlap)
     device = check_device(args.device)
     output = check_output_folder(args.output)
-    lq, gt = Path(args.lq), Path(args.gt)
-    for option, folder in (("--lq", lq), ("--gt", gt)):
-        if folder.is_dir() and output.resolve() == folder.resolve():
-            raise EvaluateError(f"--output: {output} is the {option} folder; choose another folder")
-    pairs = pair_folders(lq, gt)
-    task = args.name or _default_name(lq, gt)
+    tasks, columns = _check_inputs(args, output)
     basicsr_metrics()  # before loading the network: say what to install first
     net = load_network(args.checkpoint, args.config, device=device)
-    metrics = evaluate_tasks(net, {task: pairs}, y_channel=args.y_channel, crop_border=args.crop_border,
+    metrics = evaluate_tasks(net, tasks, y_channel=args.y_channel, crop_border=args.crop_border,
                              tile=args.tile, overlap=args.tile_overlap, device=device, samples=args.samples,
-                             output=output, save_images=args.save_images)
+                             output=output, save_images=args.save_images, columns=columns)
+    if args.benchmark is not None:
+        metrics["benchmark"], metrics["root"] = args.benchmark, str(args.root)
+    if args.max_images is not None:
+        metrics["max_images"] = args.max_images
     metrics["checkpoint"] = str(args.checkpoint)
     argv = getattr(args, "argv", None)
     metrics["command"] = "constyle " + shlex.join(argv) if argv else "constyle evaluate"
