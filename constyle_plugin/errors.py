@@ -8,8 +8,8 @@ from __future__ import annotations
 import difflib
 from typing import Any, Iterable, List
 
-__all__ = ["CheckpointError", "ConStyleError", "ConfigError", "EvaluateError", "ImageReadError", "OptionError", "RestoreError",
-           "UNetStructureError", "close_matches", "did_you_mean", "join_keys"]
+__all__ = ["CheckpointError", "ConStyleError", "ConfigError", "EvaluateError", "ImageReadError", "LayoutError",
+           "OptionError", "RestoreError", "UNetStructureError", "close_matches", "did_you_mean", "join_keys"]
 
 
 class ConStyleError(ValueError):
@@ -32,6 +32,12 @@ class RestoreError(ConStyleError):
 class EvaluateError(ConStyleError):
     """``constyle evaluate`` cannot run as asked (an unpaired or missing file, a size mismatch, no
     metrics); the message starts with the option at fault and names the file."""
+
+
+class LayoutError(ConStyleError):
+    """A benchmark data folder that is not laid out as its setting expects (a missing folder, a file
+    without its partner, another setting's layout); the message names the file or folder at fault and
+    the layout expected."""
 
 
 class ConfigError(ConStyleError):
