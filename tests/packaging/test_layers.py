@@ -12,7 +12,8 @@ from typing import Dict, List, Set, Tuple
 ROOT = Path(__file__).resolve().parents[next(i for i, p in enumerate(Path(__file__).resolve().parents)
                                              if (p / "setup.cfg").is_file())]
 PACKAGE = "constyle_plugin"
-TRAINING = {f"{PACKAGE}.{m}" for m in ("losses", "pretrain", "degradations", "datasets", "samples")}
+TRAINING = {f"{PACKAGE}.{m}" for m in ("losses", "pretrain", "degradations", "datasets", "samples",
+                                       "benchmark_datasets")}
 INTEGRATIONS = f"{PACKAGE}.integrations"
 # The command line, and the package's __init__, which installs the integrations' import hooks.
 TOP = {f"{PACKAGE}.cli", f"{INTEGRATIONS}.basicsr.cli", PACKAGE}

@@ -21,7 +21,8 @@ Entries (a name the host already has is never replaced; ``ConStyleUNet`` then wr
 - MODEL: ``ConStyleV2PretrainModel`` (stage 1) and ``ConStyleSRModel`` (stage 2); both build on
   PyPI BasicSR's ``BaseModel`` / ``SRModel``, so a 1.2-era fork trains with its own model classes.
 - LOSS: ``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``.
-- DATASET: ``MixDegradationDataset``, ``ConStylePretrainDataset``.
+- DATASET: ``MixDegradationDataset``, ``ConStylePretrainDataset``, and the all-in-one benchmark data
+  ``AllInOneTrainDataset``, ``AllInOneTestDataset``.
 
 The ``basicsr`` command lives in :mod:`.cli`.
 """
@@ -356,8 +357,10 @@ def _entries(unet_builder: Callable) -> Dict[str, List[Tuple[str, Callable[[], A
         MODEL: [(n, _model(n)) for n in ("ConStyleV2PretrainModel", "ConStyleSRModel")],
         LOSS: [(n, _from("constyle_plugin.losses", n))
                for n in ("InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss")],
-        DATASET: [(n, _from("constyle_plugin.datasets", n))
-                  for n in ("MixDegradationDataset", "ConStylePretrainDataset")],
+        DATASET: [*[(n, _from("constyle_plugin.datasets", n))
+                    for n in ("MixDegradationDataset", "ConStylePretrainDataset")],
+                  *[(n, _from("constyle_plugin.benchmark_datasets", n))
+                    for n in ("AllInOneTrainDataset", "AllInOneTestDataset")]],
     }
 
 

@@ -1,6 +1,7 @@
 """MMEngine datasets and metrics.
 
-Datasets wrap the plugin's BasicSR-style datasets (:mod:`constyle_plugin.datasets`) and BasicSR's
+Datasets wrap the plugin's BasicSR-style datasets (:mod:`constyle_plugin.datasets`,
+:mod:`constyle_plugin.benchmark_datasets`) and BasicSR's
 ``PairedImageDataset``, taking their options as keyword arguments, and return MMEngine's layout:
 
 - restoration: ``{'inputs': lq 3 x H x W float in [0, 1], 'data_samples': BaseDataElement(gt_img=3 x
@@ -29,8 +30,8 @@ from ...compat import ensure_basicsr_importable
 from ...errors import did_you_mean
 from ...imageio import IMAGE_EXTENSIONS
 
-__all__ = ["ConStylePretrainDataset", "MixDegradationDataset", "PSNR", "PairedFolderDataset",
-           "PretextAccuracy", "SSIM", "default_cache_dir"]
+__all__ = ["AllInOneTestDataset", "AllInOneTrainDataset", "ConStylePretrainDataset", "MixDegradationDataset", "PSNR",
+           "PairedFolderDataset", "PretextAccuracy", "SSIM", "default_cache_dir"]
 
 SAMPLE_ROOTS = (None, "sample_photos", "sample_classes")
 
@@ -150,6 +151,63 @@ class ConStylePretrainDataset(data.Dataset):
         sample = BaseDataElement(metainfo={"weather": bool(s["weather"]), "path": s["path"]})
         sample.gt_label = torch.tensor(int(s["label"]), dtype=torch.long)
         return {"inputs": {"query": s["query"], "key": s["key"]}, "data_samples": sample}
+
+
+class AllInOneTrainDataset(data.Dataset):
+    """:class:`constyle_plugin.benchmark_datasets.AllInOneTrainDataset` for MMEngine (options as keywords):
+    the three-task / five-task training mixture from a PromptIR / AdaIR training root.
+
+    Keywords are that class's ``opt`` keys (``setting``, ``dataroot``, ``tasks``, ``repeat``, ``lists``,
+    ``gt_size``, ``use_hflip``, ``use_rot``, ``phase``, ...). Samples carry ``task`` (the task key) in
+    their metainfo.
+    """
+
+    OPTIONS = ("setting", "dataroot", "tasks", "repeat", "lists", "gt_size", "use_hflip", "use_rot", "phase",
+               "scale", "io_backend", "check_images")
+
+    def __init__(self, **opt: Any) -> None:
+        super().__init__()
+        _check_options(type(self).__name__, opt, self.OPTIONS)
+        from ...benchmark_datasets import AllInOneTrainDataset as _Train
+
+        self.dataset = _Train(opt)
+        self.metainfo = {"setting": self.dataset.setting, "tasks": list(self.dataset.tasks),
+                         "repeat": dict(self.dataset.repeat)}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        s = self.dataset[index]
+        return _restoration_sample(s["lq"], s["gt"], key=Path(s["lq_path"]).stem, lq_path=s["lq_path"],
+                                   gt_path=s["gt_path"], task=s["task"])
+
+
+class AllInOneTestDataset(data.Dataset):
+    """:class:`constyle_plugin.benchmark_datasets.AllInOneTestDataset` for MMEngine (options as keywords):
+    one test set of a benchmark setting, whole images.
+
+    Keywords: ``setting``, ``dataroot`` (the test root), ``task`` (a test task key of the setting),
+    ``max_images``, ``phase``, ``scale``, ``io_backend``. Samples carry ``task`` in their metainfo.
+    """
+
+    OPTIONS = ("setting", "dataroot", "task", "max_images", "phase", "scale", "io_backend")
+
+    def __init__(self, **opt: Any) -> None:
+        super().__init__()
+        _check_options(type(self).__name__, opt, self.OPTIONS)
+        from ...benchmark_datasets import AllInOneTestDataset as _Test
+
+        self.dataset = _Test(opt)
+        self.metainfo = {"setting": self.dataset.setting, "task": self.dataset.task, "column": self.dataset.column}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        s = self.dataset[index]
+        return _restoration_sample(s["lq"], s["gt"], key=Path(s["lq_path"]).stem, lq_path=s["lq_path"],
+                                   gt_path=s["gt_path"], task=s["task"])
 
 
 class PairedFolderDataset(data.Dataset):

@@ -7,7 +7,8 @@ dict(imports=['constyle_plugin'])`` in a config is all a user adds) puts into th
   ``ConStyleDataPreprocessor``, the reference backbones ``NAFNet``, ``Restormer``, ``ConvUNet``,
   ``MAXIM``, the stage-1 losses (``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``,
   ``ClassificationLoss``) and BasicSR's pixel losses (``L1Loss``, ``MSELoss``, ``CharbonnierLoss``);
-- DATASETS: ``MixDegradationDataset``, ``ConStylePretrainDataset``, ``PairedFolderDataset``;
+- DATASETS: ``MixDegradationDataset``, ``ConStylePretrainDataset``, ``PairedFolderDataset``, and the all-in-one
+  benchmark data ``AllInOneTrainDataset``, ``AllInOneTestDataset``;
 - METRICS: ``PSNR``, ``SSIM`` (RGB, or Y with ``test_y_channel=True``), ``PretextAccuracy``;
 - OPTIM_WRAPPER_CONSTRUCTORS: ``ConStyleOptimWrapperConstructor`` (trainable parameters only);
 - RUNNERS: ``ConStyleRunner`` (early config checks, safe resume on torch >= 2.6);
@@ -25,8 +26,8 @@ from mmengine.registry import Registry
 from ... import archs as _archs
 from ... import losses as _losses
 from ...compat import ensure_basicsr_importable
-from .data import (PSNR, SSIM, ConStylePretrainDataset, MixDegradationDataset, PairedFolderDataset,
-                   PretextAccuracy, default_cache_dir)
+from .data import (PSNR, SSIM, AllInOneTestDataset, AllInOneTrainDataset, ConStylePretrainDataset,
+                   MixDegradationDataset, PairedFolderDataset, PretextAccuracy, default_cache_dir)
 from .hooks import PrompterExportHook
 from .models import (ConStyleDataPreprocessor, ConStyleOptimWrapperConstructor, ConStylePretrainer,
                      ConStyleRestorer)
@@ -34,8 +35,8 @@ from .runner import ConfigError, ConStyleRunner, check_config, mmengine_checkpoi
 from .scope import DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS, SCOPE
 
 __all__ = ["DATASETS", "HOOKS", "METRICS", "MODELS", "OPTIM_WRAPPER_CONSTRUCTORS", "RUNNERS", "SCOPE",
-           "ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConStylePretrainDataset",
-           "ConStylePretrainer", "ConStyleRestorer", "ConStyleRunner", "ConfigError", "MixDegradationDataset",
+           "AllInOneTestDataset", "AllInOneTrainDataset", "ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor",
+           "ConStylePretrainDataset", "ConStylePretrainer", "ConStyleRestorer", "ConStyleRunner", "ConfigError", "MixDegradationDataset",
            "PSNR", "PairedFolderDataset", "PretextAccuracy", "PrompterExportHook", "SSIM", "check_config",
            "default_cache_dir", "entries", "mmengine_checkpoint_globals", "register", "train"]
 
@@ -64,7 +65,8 @@ def entries() -> Dict[str, List[Tuple[str, type]]]:
         ],
         "datasets": [("MixDegradationDataset", MixDegradationDataset),
                      ("ConStylePretrainDataset", ConStylePretrainDataset),
-                     ("PairedFolderDataset", PairedFolderDataset)],
+                     ("PairedFolderDataset", PairedFolderDataset),
+                     ("AllInOneTrainDataset", AllInOneTrainDataset), ("AllInOneTestDataset", AllInOneTestDataset)],
         "metrics": [("PSNR", PSNR), ("SSIM", SSIM), ("PretextAccuracy", PretextAccuracy)],
         "optim_wrapper_constructors": [("ConStyleOptimWrapperConstructor", ConStyleOptimWrapperConstructor)],
         "runners": [("ConStyleRunner", ConStyleRunner)],

@@ -26,7 +26,7 @@ OURS = {
     "ARCH": ["ConStyleUNet", "ConStyleV2", "ConStyleMoCo", "NAFNet", "Restormer", "ConvUNet", "MAXIM"],
     "MODEL": ["ConStyleV2PretrainModel", "ConStyleSRModel"],
     "LOSS": ["InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss"],
-    "DATASET": ["MixDegradationDataset", "ConStylePretrainDataset"],
+    "DATASET": ["MixDegradationDataset", "ConStylePretrainDataset", "AllInOneTrainDataset", "AllInOneTestDataset"],
 }
 REGISTRIES = {"ARCH": ARCH_REGISTRY, "MODEL": MODEL_REGISTRY, "LOSS": LOSS_REGISTRY, "DATASET": DATASET_REGISTRY}
 
