@@ -300,7 +300,8 @@ def test_three_task_training_pairs(three):
         assert {p.gt.suffix for p in pairs["denoise_15"]} == {".png", ".jpg", ".bmp"}
         assert len(pairs["derain"]) == 3
         for p in pairs["derain"]:
-            assert p.lq.parent == train / "Derain" / "rainy" and p.gt == train / "Derain" / "gt" / f"norain-{p.lq.name[5:]}"
+            assert p.lq.parent == train / "Derain" / "rainy"
+            assert p.gt == train / "Derain" / "gt" / f"norain-{p.lq.name[5:]}"
         assert len(pairs["dehaze"]) == 6  # two hazy images per clear one, in part1 and part2
         for p in pairs["dehaze"]:
             assert p.lq.parent.parent == train / "Dehaze" / "synthetic"

@@ -44,7 +44,8 @@ def _padded(img, size):
 
 def _dihedral():
     """The eight flips / 90-degree rotations (of H x W x C arrays), as functions."""
-    return [lambda x, k=k, flip=flip: np.rot90(x[:, ::-1] if flip else x, k) for k in range(4) for flip in (False, True)]
+    return [lambda x, k=k, flip=flip: np.rot90(x[:, ::-1] if flip else x, k)
+            for k in range(4) for flip in (False, True)]
 
 
 def _locate(patch, source):
@@ -311,7 +312,8 @@ def test_both_build_through_mmengine(three):
     assert len(batch["inputs"]) == 3
     val = DATASETS.build(dict(type="AllInOneTestDataset", setting="three-task", dataroot=str(test), task="derain"))
     item = val[0]
-    assert item["data_samples"].metainfo["task"] == "derain" and item["inputs"].shape == item["data_samples"].gt_img.shape
+    assert item["data_samples"].metainfo["task"] == "derain"
+    assert item["inputs"].shape == item["data_samples"].gt_img.shape
     with pytest.raises(TypeError, match="did you mean 'repeat'"):
         DATASETS.build(dict(type="AllInOneTrainDataset", setting="three-task", dataroot=str(train), repaet=1))
     with pytest.raises(LayoutError, match="training layout"):

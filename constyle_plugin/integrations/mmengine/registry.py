@@ -36,9 +36,9 @@ from .scope import DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS,
 
 __all__ = ["DATASETS", "HOOKS", "METRICS", "MODELS", "OPTIM_WRAPPER_CONSTRUCTORS", "RUNNERS", "SCOPE",
            "AllInOneTestDataset", "AllInOneTrainDataset", "ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor",
-           "ConStylePretrainDataset", "ConStylePretrainer", "ConStyleRestorer", "ConStyleRunner", "ConfigError", "MixDegradationDataset",
-           "PSNR", "PairedFolderDataset", "PretextAccuracy", "PrompterExportHook", "SSIM", "check_config",
-           "default_cache_dir", "entries", "mmengine_checkpoint_globals", "register", "train"]
+           "ConStylePretrainDataset", "ConStylePretrainer", "ConStyleRestorer", "ConStyleRunner", "ConfigError",
+           "MixDegradationDataset", "PSNR", "PairedFolderDataset", "PretextAccuracy", "PrompterExportHook", "SSIM",
+           "check_config", "default_cache_dir", "entries", "mmengine_checkpoint_globals", "register", "train"]
 
 
 def _pixel_losses() -> List[Tuple[str, type]]:
