@@ -304,7 +304,15 @@ def benchmark_tasks(benchmark: str, root: PathLike, max_images: Optional[int] = 
     tasks: Dict[str, Sequence[TestItem]] = {}
     columns: Dict[str, str] = {}
     for task in benchmark_test_sets(benchmark, root):
-        tasks[task.key] = list(task.images)[:max_images] if max_images else list(task.images)
+        items = list(task.images)[:max_images] if max_images else list(task.images)
+        for item in items:  # sizes from the file headers, so a mismatch stops the run before it starts
+            if item.lq is not None:
+                m = item.crop_multiple
+                (a, b), (c, d) = _image_size(item.lq), _image_size(item.gt)
+                if (a - a % m, b - b % m) != (c - c % m, d - d % m):
+                    raise EvaluateError(f"--root: {item.lq} is {b}x{a} but its ground truth {item.gt} is {d}x{c} "
+                                        f"({task.column})")
+        tasks[task.key] = items
         columns[task.key] = task.column
     return tasks, columns
 
