@@ -14,7 +14,8 @@ plugin's own model classes can do is theirs, :mod:`.models`):
   (:func:`check_command_line`: the ``-opt`` file, its YAML, each ``--force_yml`` item;
   :func:`~.basicsr.check_options`: a bad option fails with its key, e.g. ``network_g.backbone.type``;
   a key that the plugin's models / datasets do not read is an error with a did-you-mean, one where
-  BasicSR allows extra keys a warning; ``train.total_iter`` < 1 is refused), and the plugin's datasets
+  BasicSR allows extra keys a warning; ``train.total_iter`` < 1 is refused; a model class's own
+  ``check_train_options``, e.g. ``train.amp`` of ``ConStyleSRModel``), and the plugin's datasets
   that use the offline sample photos get ``sample_dir`` = ``<experiment or results folder>/sample_photos``;
 - a training set that gives no batch (``batch_size_per_gpu`` larger than the dataset: BasicSR drops
   the last partial batch) is refused once the dataset is built; the folders this run made are then
@@ -73,7 +74,7 @@ from ...prompter import atomic_write
 from ...safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
 from .patching import HostChanged, Patches
 from ...interrupt import StopSignals, TrainingStopped, ignore_stop_signals, signal_name
-from .registry import (ForkHost, OptionError, check_options, current_host, format_registration_report,
+from .registry import (MODEL, ForkHost, OptionError, check_options, current_host, format_registration_report,
                        point_sample_datasets, register_here, registration_report)
 
 __all__ = ["RunFixes", "atomic_torch_save", "capture_rng", "check_command_line", "load_state_file", "main",
@@ -682,6 +683,10 @@ def prepare_options(opt: Dict[str, Any], warn: Optional[Callable[[str], None]] =
     resuming = bool(opt.get("auto_resume") or opt["path"].get("resume_state"))
     check_options(opt, resuming=resuming, warn=warn)
     _check_queue(opt)
+    if opt.get("is_train"):  # values only the model class can judge (ConStyleSRModel: train.amp)
+        check_train = getattr(current_host().find(MODEL, opt.get("model_type")), "check_train_options", None)
+        if callable(check_train):
+            check_train(opt)
 
 
 def check_command_line(args: Sequence[str]) -> Dict[str, str]:

@@ -21,16 +21,22 @@
     multiples of 32), saves side-by-side images ``lq | output | gt`` beside BasicSR's output
     images (``val.save_comparison``, default true) and logs the metrics of the degraded input
     itself for comparison (``val.input_metrics``, default true).
+  * mixed precision (``train.amp: bf16 | fp16``, BasicSR has none): the forward and the loss run
+    under ``torch.autocast``; fp16 scales the loss with a ``GradScaler`` whose state is saved in the
+    training state and restored on resume; the frozen prompter computes the prompt outside autocast,
+    in its own float32, so training sees the prompt that validation and inference see
+    (docs/basicsr.md, Mixed precision).
 """
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from os import path as osp
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...compat import ensure_basicsr_importable
 
@@ -39,10 +45,107 @@ from basicsr.archs import build_network  # noqa: E402
 from basicsr.metrics import calculate_metric  # noqa: E402
 from basicsr.models.base_model import BaseModel  # noqa: E402
 from basicsr.utils import get_root_logger, imwrite, tensor2img  # noqa: E402
+from basicsr.utils.dist_util import master_only  # noqa: E402
 
 from ...builder import OptionError  # noqa: E402
+from ...errors import did_you_mean  # noqa: E402
 
-__all__ = ["ConStyleSRModel", "ConStyleV2PretrainModel"]
+__all__ = ["AMP_DTYPES", "ConStyleSRModel", "ConStyleV2PretrainModel", "amp_setting",
+           "keep_prompters_outside_autocast"]
+
+# ``train.amp`` values and the autocast dtype of each; false / ~ (the default) trains in float32.
+AMP_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_setting(opt: Dict[str, Any]) -> Optional[str]:
+    """The checked ``train.amp`` of a run's options: ``'bf16'``, ``'fp16'`` or ``None`` (off).
+
+    The device is BasicSR's (``cuda`` unless ``num_gpu`` is 0). Raises :class:`OptionError`
+    (``train.amp``) for a value other than ``bf16`` / ``fp16`` / ``false``, for fp16 on the CPU
+    (torch's float16 kernels there train many times slower than float32; bf16 is the CPU's mixed
+    precision) and for bf16 on a GPU without bfloat16 support.
+    """
+    value = (opt.get("train") or {}).get("amp")
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str) or value not in AMP_DTYPES:
+        hint = did_you_mean(value, AMP_DTYPES) if isinstance(value, str) else ""
+        raise OptionError("train.amp", f"{value!r} is not a mixed-precision setting; expected bf16, fp16 or false "
+                                       f"(off, the default){'; ' + hint if hint else ''}")
+    on_gpu = opt.get("num_gpu", 0) != 0  # BaseModel's device choice
+    if value == "fp16" and not on_gpu:
+        raise OptionError("train.amp", "fp16 is refused on the CPU: torch's float16 kernels there train many times "
+                                       "slower than float32 (docs/basicsr.md, Mixed precision); use bf16 on the CPU, "
+                                       "fp16 on a GPU")
+    if value == "bf16" and on_gpu and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise OptionError("train.amp", "bf16: this GPU has no bfloat16 support; use fp16 (with gradient scaling)")
+    return value
+
+
+class _OutsideAutocast:
+    """A module's ``forward`` run with autocast turned off on the input's device: the module computes in
+    its own dtype whatever autocast region it is called from. Picklable and deep-copyable (EMA copies)."""
+
+    def __init__(self, forward: Callable[..., Any]) -> None:
+        self.forward = forward
+
+    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self.forward(x, *args, **kwargs)
+
+
+def _prompters(net: nn.Module) -> List[nn.Module]:
+    """The frozen ConStyle v2 prompters of the ``ConStyleUNet`` wrappers inside ``net``."""
+    from ...unet import ConStyleUNet
+
+    return [m.prompter for m in net.modules() if isinstance(m, ConStyleUNet)]
+
+
+def keep_prompters_outside_autocast(net: nn.Module) -> int:
+    """Make every ConStyle v2 prompter inside ``net`` compute its prompt outside autocast (in the
+    prompter's own dtype, float32 as loaded), as ``ConStyleUNet`` documents; returns how many."""
+    found = _prompters(net)
+    for prompter in found:
+        if not isinstance(vars(prompter).get("forward"), _OutsideAutocast):
+            prompter.forward = _OutsideAutocast(prompter.forward)
+    return len(found)
+
+
+def _grad_scaler(device_type: str) -> Any:
+    if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler(device_type)
+    return torch.cuda.amp.GradScaler()
+
+
+class _DtypeProbe:
+    """Counts the output dtypes of the convolution / linear layers of one training step, the prompters'
+    apart from the rest of the network: the run's log shows what autocast really ran."""
+
+    LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
+
+    def __init__(self, net: nn.Module) -> None:
+        in_prompter = {id(m) for p in _prompters(net) for m in p.modules()}
+        self.counts: Dict[str, Counter] = {"network": Counter(), "prompter": Counter()}
+        self._handles = [m.register_forward_hook(self._hook("prompter" if id(m) in in_prompter else "network"))
+                         for m in net.modules() if isinstance(m, self.LAYERS)]
+
+    def _hook(self, part: str) -> Callable[..., None]:
+        def record(module: nn.Module, args: Any, output: Any) -> None:
+            if torch.is_tensor(output):
+                self.counts[part][str(output.dtype).replace("torch.", "")] += 1
+        return record
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def report(self) -> str:
+        parts = []
+        for part, counts in self.counts.items():
+            if counts:
+                parts.append(f"{part} layer outputs " + ", ".join(f"{n} {d}" for d, n in sorted(counts.items())))
+        return "; ".join(parts)
 
 
 class _TorchOptimMixin:
@@ -150,7 +253,11 @@ if SRModel is not None:
         bit-identical, optional padding and side-by-side validation images (see the module docstring).
 
         Options beyond SRModel's: ``val.pad_multiple`` (int or ~), ``val.save_comparison`` (bool),
-        ``val.input_metrics`` (bool).
+        ``val.input_metrics`` (bool), ``train.amp`` (``bf16`` | ``fp16`` | ``false``, the default):
+        the training step's forward and loss under ``torch.autocast`` on the model's device (fp16 with
+        a ``GradScaler``, saved as ``amp_scaler`` in the training state); the prompt is computed in
+        float32; validation and testing run in float32. The first step of a run logs the dtypes
+        autocast gave the network's and the prompter's layers and the loss.
 
         :attr:`TRAIN_OPTIONS` / :attr:`VAL_OPTIONS`: every key of the ``train`` / ``val`` sections
         that a run of this model reads (BasicSR's train loop and ``SRModel``, and this class); the
@@ -158,7 +265,8 @@ if SRModel is not None:
         """
 
         TRAIN_OPTIONS = frozenset({"total_iter", "warmup_iter",  # basicsr.train
-                                   "ema_decay", "optim_g", "scheduler", "pixel_opt", "perceptual_opt"})  # SRModel
+                                   "ema_decay", "optim_g", "scheduler", "pixel_opt", "perceptual_opt",  # SRModel
+                                   "amp"})
         VAL_OPTIONS = frozenset({"val_freq", "save_img",  # basicsr.train / basicsr.test
                                  "metrics", "pbar", "suffix",  # SRModel
                                  "pad_multiple", "save_comparison", "input_metrics"})
@@ -166,6 +274,98 @@ if SRModel is not None:
         _comparison: Optional[tuple] = None
         _input_metrics: Optional[Dict[str, List[float]]] = None
         _lq_path: Optional[str] = None
+        amp: Optional[str] = None  # train.amp of a training run
+        scaler: Any = None  # the GradScaler of fp16
+        _probe_dtypes = False
+
+        @classmethod
+        def check_train_options(cls, opt: Dict[str, Any]) -> None:
+            """Check the values of a training run's ``train`` options that the key check cannot
+            (``train.amp``); the ``basicsr`` command calls it before anything is created."""
+            amp_setting(opt)
+
+        # ---------------------------------------------------------------------- mixed precision
+        def init_training_settings(self) -> None:
+            super().init_training_settings()
+            self.amp = amp_setting(self.opt)
+            if self.amp is None:
+                return
+            self.scaler = _grad_scaler(self.device.type) if self.amp == "fp16" else None
+            prompters = keep_prompters_outside_autocast(self.get_bare_model(self.net_g))
+            self._probe_dtypes = True
+            get_root_logger().info(
+                f"Mixed precision (train.amp: {self.amp}): forward and loss under torch.autocast"
+                f"({self.device.type}, {AMP_DTYPES[self.amp]})"
+                + (", loss scaled by a GradScaler" if self.scaler is not None else ", no loss scaling")
+                + (f"; the prompter{'s' if prompters > 1 else ''} in float32" if prompters else "")
+                + "; validation in float32.")
+
+        def optimize_parameters(self, current_iter: int) -> None:
+            if self.amp is None:
+                return super().optimize_parameters(current_iter)
+            probe = _DtypeProbe(self.get_bare_model(self.net_g)) if self._probe_dtypes else None
+            self.optimizer_g.zero_grad()
+            try:
+                with torch.autocast(device_type=self.device.type, dtype=AMP_DTYPES[self.amp]):
+                    self.output = self.net_g(self.lq)
+                    l_total, loss_dict = self._losses()
+            finally:
+                if probe is not None:
+                    probe.close()
+            if self.scaler is not None:
+                self.scaler.scale(l_total).backward()
+                self.scaler.step(self.optimizer_g)
+                self.scaler.update()
+            else:
+                l_total.backward()
+                self.optimizer_g.step()
+            if probe is not None:
+                self._probe_dtypes = False
+                get_root_logger().info(f"Mixed precision, iteration {current_iter}: {probe.report()}; "
+                                       f"loss {str(l_total.dtype).replace('torch.', '')}.")
+            self.log_dict = self.reduce_loss_dict(loss_dict)
+            if self.ema_decay > 0:
+                self.model_ema(decay=self.ema_decay)
+
+        def _losses(self) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+            """SRModel's losses of ``self.output`` against ``self.gt``: (total, ``{l_pix, l_percep, l_style}``)."""
+            l_total: Any = 0
+            loss_dict: Dict[str, torch.Tensor] = OrderedDict()
+            if self.cri_pix:
+                loss_dict["l_pix"] = self.cri_pix(self.output, self.gt)
+            if self.cri_perceptual:
+                l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+                if l_percep is not None:
+                    loss_dict["l_percep"] = l_percep
+                if l_style is not None:
+                    loss_dict["l_style"] = l_style
+            for value in loss_dict.values():
+                l_total = l_total + value
+            return l_total, loss_dict
+
+        @master_only
+        def save_training_state(self, epoch: int, current_iter: int) -> None:
+            """BasicSR's training state, plus ``amp_scaler`` (the GradScaler's state) with fp16."""
+            if self.scaler is None or current_iter == -1:
+                return super().save_training_state(epoch, current_iter)
+            state = {"epoch": epoch, "iter": current_iter,
+                     "optimizers": [o.state_dict() for o in self.optimizers],
+                     "schedulers": [s.state_dict() for s in self.schedulers],
+                     "amp_scaler": self.scaler.state_dict()}
+            torch.save(state, osp.join(self.opt["path"]["training_states"], f"{current_iter}.state"))
+
+        def resume_training(self, resume_state: Dict[str, Any]) -> None:
+            super().resume_training(resume_state)
+            saved = resume_state.get("amp_scaler")
+            if self.scaler is not None and saved:
+                self.scaler.load_state_dict(saved)
+                get_root_logger().info(f"Resume: fp16 loss scale {self.scaler.get_scale():g} (from the state).")
+            elif self.scaler is not None:
+                get_root_logger().info("Resume: the state has no fp16 loss scale (saved without train.amp: fp16); "
+                                       "the GradScaler starts afresh.")
+            elif saved:
+                get_root_logger().info(f"Resume: the state's fp16 loss scale is not used (train.amp: "
+                                       f"{self.amp or 'false'}).")
 
         @torch.no_grad()
         def model_ema(self, decay: float = 0.999) -> None:
