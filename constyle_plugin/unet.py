@@ -7,6 +7,7 @@ pass, or named explicitly with a :class:`StageSpec`.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import warnings
@@ -514,6 +515,17 @@ def _resolve_spec(backbone: nn.Module, spec: StageSpec, probe_size: Tuple[int, i
 # --------------------------------------------------------------------------------------------
 # The wrapper (the hooks themselves: hooks.py)
 # --------------------------------------------------------------------------------------------
+def _autocast_off(device_type: str) -> Any:
+    """Autocast turned off for the prompter's forward when it is on: the prompt is computed in the
+    prompter's own dtype (float32 as loaded) inside a mixed-precision training step too, so training
+    sees the prompt that validation and inference compute."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except (RuntimeError, TypeError):  # a device type autocast does not know (meta): nothing to turn off
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False) if enabled else contextlib.nullcontext()
+
+
 class ConStyleUNet(nn.Module):
     """A U-Net with the frozen ConStyle v2 prompter hooked into its stages (build with :func:`wrap_unet`).
 
@@ -603,7 +615,7 @@ class ConStyleUNet(nn.Module):
         weight = next(iter(self.prompter.parameters()), None)
         if weight is not None and image.dtype != weight.dtype and weight.is_floating_point():
             image = image.to(weight.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), _autocast_off(image.device.type):
             prompt = self.prompter(image)
         self._ledger.begin(prompt, tuple(image.shape[-2:]), self.injections)
         try:

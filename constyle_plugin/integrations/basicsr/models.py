@@ -50,8 +50,7 @@ from basicsr.utils.dist_util import master_only  # noqa: E402
 from ...builder import OptionError  # noqa: E402
 from ...errors import did_you_mean  # noqa: E402
 
-__all__ = ["AMP_DTYPES", "ConStyleSRModel", "ConStyleV2PretrainModel", "amp_setting",
-           "keep_prompters_outside_autocast"]
+__all__ = ["AMP_DTYPES", "ConStyleSRModel", "ConStyleV2PretrainModel", "amp_setting"]
 
 # ``train.amp`` values and the autocast dtype of each; false / ~ (the default) trains in float32.
 AMP_DTYPES: Dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,33 +81,11 @@ def amp_setting(opt: Dict[str, Any]) -> Optional[str]:
     return value
 
 
-class _OutsideAutocast:
-    """A module's ``forward`` run with autocast turned off on the input's device: the module computes in
-    its own dtype whatever autocast region it is called from. Picklable and deep-copyable (EMA copies)."""
-
-    def __init__(self, forward: Callable[..., Any]) -> None:
-        self.forward = forward
-
-    def __call__(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return self.forward(x, *args, **kwargs)
-
-
 def _prompters(net: nn.Module) -> List[nn.Module]:
     """The frozen ConStyle v2 prompters of the ``ConStyleUNet`` wrappers inside ``net``."""
     from ...unet import ConStyleUNet
 
     return [m.prompter for m in net.modules() if isinstance(m, ConStyleUNet)]
-
-
-def keep_prompters_outside_autocast(net: nn.Module) -> int:
-    """Make every ConStyle v2 prompter inside ``net`` compute its prompt outside autocast (in the
-    prompter's own dtype, float32 as loaded), as ``ConStyleUNet`` documents; returns how many."""
-    found = _prompters(net)
-    for prompter in found:
-        if not isinstance(vars(prompter).get("forward"), _OutsideAutocast):
-            prompter.forward = _OutsideAutocast(prompter.forward)
-    return len(found)
 
 
 def _grad_scaler(device_type: str) -> Any:
@@ -291,7 +268,7 @@ if SRModel is not None:
             if self.amp is None:
                 return
             self.scaler = _grad_scaler(self.device.type) if self.amp == "fp16" else None
-            prompters = keep_prompters_outside_autocast(self.get_bare_model(self.net_g))
+            prompters = len(_prompters(self.get_bare_model(self.net_g)))  # ConStyleUNet runs them outside autocast
             self._probe_dtypes = True
             get_root_logger().info(
                 f"Mixed precision (train.amp: {self.amp}): forward and loss under torch.autocast"

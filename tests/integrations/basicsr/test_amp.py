@@ -173,18 +173,24 @@ def _model(tmp_path: Path, prompter_file: Path, amp="bf16"):
 
 
 def test_the_prompt_under_autocast_is_the_float32_prompt(tmp_path, prompter_file):
-    """The model computes the prompt outside autocast: inside a bf16 region it equals the float32
-    prompt exactly, where the prompter left to autocast gives another one."""
+    """The wrapped net computes the prompt outside autocast: in a bf16 training forward it equals the
+    float32 prompt exactly, where the prompter left to autocast gives another one."""
     from skimage import data
 
     model = _model(tmp_path, prompter_file)
-    prompter = model.get_bare_model(model.net_g).prompter
+    net = model.get_bare_model(model.net_g)
+    seen = []
+    handle = net.prompter.register_forward_hook(lambda module, args, out: seen.append(out))
     x = torch.from_numpy(data.astronaut()[:96, :96].copy()).permute(2, 0, 1)[None].float() / 255
-    with torch.no_grad():
-        plain = prompter(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            kept = prompter(x)
-            left = type(prompter).forward(prompter, x)  # the class's forward: autocast applies
+    try:
+        with torch.no_grad():
+            net(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                net(x)
+                left = net.prompter(x)  # called directly inside the region: autocast applies
+    finally:
+        handle.remove()
+    plain, kept = seen[0], seen[1]
     assert kept.latent.dtype == torch.float32 and torch.equal(kept.latent, plain.latent)
     assert all(torch.equal(a, b) for a, b in zip(kept.features, plain.features))
     assert left.latent.dtype == torch.bfloat16 and not torch.equal(left.latent.float(), plain.latent)
