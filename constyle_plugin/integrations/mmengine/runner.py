@@ -654,6 +654,11 @@ def train(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Map
         if ow.get("type", "OptimWrapper") == "OptimWrapper":
             ow.type = "AmpOptimWrapper"
             ow.setdefault("loss_scale", "dynamic")
+    ow_type = (cfg.get("optim_wrapper") or {}).get("type")
+    if isinstance(ow_type, str) and ow_type.rpartition(".")[2] == "AmpOptimWrapper" and not torch.cuda.is_available():
+        # MMEngine asserts this only once the runner has built the model and the data.
+        raise ConfigError(f"optim_wrapper.type: {ow_type} (mixed precision) needs a GPU and none is available; on "
+                          f"the CPU use the config without it (e.g. nafnet_constyle.py, not nafnet_constyle_amp.py)")
     if resume == "auto":
         cfg.resume = True
         cfg.load_from = None

@@ -237,25 +237,3 @@ def test_fp16_on_a_gpu_trains_and_resumes_with_its_loss_scale(tmp_path, photos, 
     assert f"Resume: fp16 loss scale {saved['amp_scaler']['scale']:g} (from the state)." in resumed[0]
     assert "network layer outputs" in resumed[0] and "float16" in resumed[0]
     assert sorted(losses_by_iter(resumed[0])) == [3, 4]
-
-
-# ------------------------------------------------------------------------------------------------
-# The MMEngine twin
-# ------------------------------------------------------------------------------------------------
-def test_the_mmengine_twin_config_names_amp_optim_wrapper():
-    pytest.importorskip("mmengine")
-    from constyle_plugin.integrations.mmengine.runner import check_config, load_config
-
-    cfg = load_config(str(ROOT / "options" / "mmengine" / "nafnet_constyle_amp.py"))
-    base = load_config(str(ROOT / "options" / "mmengine" / "nafnet_constyle.py"))
-    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.optim_wrapper.dtype == "bfloat16"
-    assert cfg.optim_wrapper.constructor == base.optim_wrapper.constructor  # only trainable parameters
-    assert cfg.optim_wrapper.optimizer == base.optim_wrapper.optimizer
-    assert cfg.model == base.model
-    check_config(cfg)
-    if not CUDA:  # as docs/mmengine.md says: MMEngine's AmpOptimWrapper refuses the CPU
-        from mmengine.optim import AmpOptimWrapper
-
-        with pytest.raises(AssertionError, match="only available"):
-            AmpOptimWrapper(optimizer=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1),
-                            dtype="bfloat16")
