@@ -625,6 +625,9 @@ def check_option_keys(opt: Mapping[str, Any], *, host: Optional[BasicSRHost] = N
             raise OptionError("network_g", f"missing: {opt.get('model_type')} trains `network_g`")
         _unknown_keys(opt.get("train"), model.TRAIN_OPTIONS, "train", f"{opt.get('model_type')} (with basicsr.train)")
         _unknown_keys(opt.get("val"), model.VAL_OPTIONS, "val", f"{opt.get('model_type')} (with basicsr.train)")
+    elif isinstance(opt.get("train"), Mapping) and opt["train"].get("amp") not in (None, False):
+        warn(f"train.amp: {opt.get('model_type')} does not read it and trains in float32; mixed precision is "
+             f"ConStyleSRModel's (model_type: ConStyleSRModel trains a bare backbone too)")
     datasets = opt.get("datasets")
     if isinstance(datasets, Mapping):
         for phase, dataset in datasets.items():

@@ -178,6 +178,27 @@ def test_unread_keys_where_basicsr_allows_extras_are_warnings():
     assert any(s.startswith("my_notes:") for s in said), said
 
 
+def test_amp_under_a_model_that_does_not_read_it_is_a_warning():
+    """`train.amp` with BasicSR's SRModel would silently train in float32: the check says so (and says
+    nothing for ConStyleSRModel, which reads it, or for SRModel without it)."""
+    from constyle_plugin.integrations.basicsr import check_option_keys, register
+
+    register()
+    opt = yaml.safe_load(OPTIONS.read_text())
+    opt["is_train"] = True
+    opt["train"]["amp"] = "bf16"
+    said: List[str] = []
+    check_option_keys(opt, warn=said.append)
+    assert said == []
+    opt["model_type"] = "SRModel"
+    check_option_keys(opt, warn=said.append)
+    assert len(said) == 1 and said[0].startswith("train.amp: SRModel does not read it"), said
+    del opt["train"]["amp"]
+    said.clear()
+    check_option_keys(opt, warn=said.append)
+    assert said == []
+
+
 def test_plugin_classes_declare_the_keys_they_read():
     """A dataset given exactly its declared keys builds; one undeclared key is refused by the check (the
     declaration is what the check uses, so a key the class reads must be declared to be accepted)."""
