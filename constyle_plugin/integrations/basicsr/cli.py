@@ -61,8 +61,10 @@ import importlib
 import os
 import pickle
 import random
+import re
 import shutil
 import sys
+from decimal import Decimal
 from os import path as osp
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -689,6 +691,23 @@ def prepare_options(opt: Dict[str, Any], warn: Optional[Callable[[str], None]] =
             check_train(opt)
 
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _refuse_number_as_text(item: str, keys: str, value: str) -> None:
+    """BasicSR's ``--force_yml`` makes numbers only of plain digits (``2000``, ``0.001``): ``1e-3`` or
+    ``-1`` would reach the options as text and fail far away (``lr='1e-3'`` deep inside the optimiser)."""
+    if not _NUMBER.fullmatch(value) or value.isdigit() or (value.replace(".", "", 1).isdigit()
+                                                            and value.count(".") < 2):
+        return
+    if value[0] in "+-":
+        fix = f"'{keys}=!!float {value}'"
+    else:
+        fix = f"{keys}={format(Decimal(value), 'f')}"
+    raise OptionError("--force_yml", f"{item!r}: BasicSR's --force_yml reads only plain digits as numbers, so "
+                                     f"{value!r} would reach the options as text; write {fix}")
+
+
 def check_command_line(args: Sequence[str]) -> Dict[str, str]:
     """Check what BasicSR's ``parse_options`` reads before it reads it: the ``-opt`` file exists and is
     a YAML mapping with the keys the parser needs, and each ``--force_yml`` item is ``key:sub=value``
@@ -741,6 +760,7 @@ def check_command_line(args: Sequence[str]) -> Dict[str, str]:
                 raise OptionError("--force_yml", f"{item!r}: {value!r} is not a list of plain values (BasicSR "
                                                  f"reads it as Python: e.g. [1, 2] or ['a', 'b'], strings quoted)"
                                   ) from None
+        _refuse_number_as_text(item, keys, value)
         node[names[-1]] = value
         forced[".".join(names)] = item
     for key in ("name", "num_gpu", "datasets", "path"):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import sys
 import tempfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -70,6 +71,9 @@ def split_command_flags(args: Sequence[str]) -> Tuple[List[str], List[str], bool
     return rest, overrides, auto_resume
 
 
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
 def apply_overrides(opt: Dict[str, Any], overrides: Sequence[str]) -> None:
     """Apply ``key:sub=value`` items (values read as YAML) to the options, in place."""
     import yaml
@@ -87,9 +91,12 @@ def apply_overrides(opt: Dict[str, Any], overrides: Sequence[str]) -> None:
                 node[k] = {}
             node = node[k]
         try:
-            node[keys[-1]] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise OptionError("--force_yml", f"{item!r}: the value is not valid YAML ({exc})") from None
+        if isinstance(parsed, str) and _EXPONENT_NUMBER.fullmatch(parsed.strip()):
+            parsed = float(parsed)  # YAML 1.1 reads 1e-3 (no dot) as text; it is the number meant
+        node[keys[-1]] = parsed
 
 
 def _check_fork_options(opt: Dict[str, Any]) -> None:

@@ -252,6 +252,19 @@ def test_force_yml_syntax_errors_are_one_line(fork):
     assert proc.returncode == 2 and "-opt: options file not found: 'options/missing.yml'" in proc.stderr
 
 
+def test_force_yml_numbers_in_exponent_form_are_numbers_in_a_fork():
+    """The fork path reads --force_yml values as YAML, where 1e-3 (no dot) is text under YAML 1.1: the
+    command makes it the number meant; other values keep their YAML meaning."""
+    from constyle_plugin.integrations.basicsr.fork import apply_overrides
+
+    opt = {"train": {"optim_g": {}}}
+    apply_overrides(opt, ["train:optim_g:lr=1e-3", "train:warmup_iter=-1", "train:optim_g:betas=[0.9, 0.99]",
+                          "train:note=1e-3x", "train:eta=2.5E+1"])
+    assert opt["train"]["optim_g"]["lr"] == 0.001 and isinstance(opt["train"]["optim_g"]["lr"], float)
+    assert opt["train"]["warmup_iter"] == -1 and opt["train"]["optim_g"]["betas"] == [0.9, 0.99]
+    assert opt["train"]["note"] == "1e-3x" and opt["train"]["eta"] == 25.0
+
+
 # ------------------------------------------------------------------------------ vendored registries
 class VendoredRegistry:
     """BasicSR's registry interface, as a code base that copies it under another name has it."""

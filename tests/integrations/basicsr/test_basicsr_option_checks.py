@@ -100,6 +100,19 @@ def test_a_misspelt_force_yml_key_is_refused_naming_the_item(tmp_path, photos, p
     assert not (tmp_path / "experiments").exists()
 
 
+@pytest.mark.parametrize("item, fix", [("train:optim_g:lr=1e-3", "train:optim_g:lr=0.001"),
+                                       ("train:optim_g:lr=2E-4", "train:optim_g:lr=0.0002"),
+                                       ("train:warmup_iter=-1", "'train:warmup_iter=!!float -1'")],
+                         ids=["exponent", "capital-exponent", "negative"])
+def test_a_number_force_yml_would_pass_as_text_is_refused_with_the_spelling_that_works(
+        tmp_path, photos, prompter_file, capsys, monkeypatch, item, fix):
+    """BasicSR's --force_yml reads only plain digits as numbers: `lr=1e-3` would reach AdamW as the text
+    '1e-3' and fail deep inside it. The command names the item and the spelling BasicSR reads."""
+    refused_here(capsys, tmp_path, monkeypatch, "train", "-opt", str(OPTIONS), "--force_yml",
+                 *tiny(photos, prompter_file), item, fragments=(f"--force_yml: {item!r}", f"write {fix}"))
+    assert not (tmp_path / "experiments").exists()
+
+
 ARGUMENTS = [
     ("nafnet_origin.yml", "network_g:widht=8", "network_g.widht", "width"),
     ("nafnet_constyle.yml", "train:pixel_opt:loss_wieght=1", "train.pixel_opt.loss_wieght", "loss_weight"),
