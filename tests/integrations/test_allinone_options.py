@@ -301,6 +301,9 @@ def test_basicsr_train_three_task_then_evaluate_the_checkpoint(layouts, prompter
     assert list(tasks) == [d["task"] for d in _val_tasks(opt).values()]  # the papers' columns, in order
     assert all(tasks[t]["n_images"] == 1 and 0 < tasks[t]["psnr"] < 100 and 0 < tasks[t]["ssim"] <= 1 for t in tasks)
     assert math.isclose(metrics["average"]["psnr"], sum(t["psnr"] for t in tasks.values()) / len(tasks))
+    for dataset in _val_tasks(opt).values():  # the table's numbers are the ones validation logged
+        logged = re.search(rf"Validation {re.escape(dataset['name'])}\n\s*# psnr: ([\d.]+)", log).group(1)
+        assert abs(tasks[dataset["task"]]["psnr"] - float(logged)) < 6e-5, (dataset["name"], logged)
 
 
 def test_constyle_train_five_task_mmengine(layouts, prompter_file, tmp_path):
