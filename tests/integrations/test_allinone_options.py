@@ -308,7 +308,8 @@ def test_basicsr_train_three_task_then_evaluate_the_checkpoint(layouts, prompter
 
 def test_constyle_train_five_task_mmengine(layouts, prompter_file, tmp_path):
     """``constyle train options/mmengine/allinone/nafnet_constyle_five_task.py`` on a miniature five-task layout:
-    2 iterations (tiny NAFNet, 48 px patches), one validation, a checkpoint."""
+    2 iterations (tiny NAFNet, 48 px patches), one validation of every test set (each column's PSNR / SSIM and
+    their averages logged), a checkpoint."""
     train_root, test_root = layouts["five-task"]
     options = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
                "default_hooks.logger.interval=1", "model.backbone.width=8", "model.backbone.enc_blk_nums=[1,1,1]",
@@ -326,4 +327,7 @@ def test_constyle_train_five_task_mmengine(layouts, prompter_file, tmp_path):
     assert (work / "iter_2.pth").is_file()
     logs = "\n".join(p.read_text() for p in work.rglob("*.log"))
     assert re.search(r"Iter\(train\) \[2/2\]", logs)
-    assert re.search(r"Iter\(val\) \[1/1\]\s+PSNR: [\d.]+\s+SSIM: [\d.]+", logs)
+    columns = ["SOTS", "Rain100L", "BSD68_s25", "GoPro", "LOL"]  # the papers' five-task columns, in order
+    for name in ("PSNR", "SSIM"):
+        per_task = r"\s+".join(rf"{name}/{c}: [\d.]+" for c in columns)
+        assert re.search(rf"Iter\(val\) \[5/5\]\s+.*{per_task}\s+{name}: [\d.]+", logs), name

@@ -10,7 +10,8 @@ Datasets wrap the plugin's BasicSR-style datasets (:mod:`constyle_plugin.dataset
   BaseDataElement(gt_label=int64 scalar, metainfo={'weather': bool, 'path': str})}``.
 
 Metrics use BasicSR's ``calculate_psnr`` / ``calculate_ssim`` on 8-bit-rounded images (as
-BasicSR's validation does) and the plugin's :func:`~constyle_plugin.pretrain.accuracy`.
+BasicSR's validation does) and the plugin's :func:`~constyle_plugin.pretrain.accuracy`; on samples that carry
+a ``task`` (the all-in-one datasets) they report each task and the mean over tasks.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from mmengine.structures import BaseDataElement
 from torch.utils import data
 
 from ...compat import ensure_basicsr_importable
-from ...errors import did_you_mean
+from ...errors import ConStyleError, OptionError, did_you_mean
 from ...imageio import IMAGE_EXTENSIONS
 
 __all__ = ["AllInOneTestDataset", "AllInOneTrainDataset", "ConStylePretrainDataset", "MixDegradationDataset", "PSNR",
@@ -185,29 +186,66 @@ class AllInOneTrainDataset(data.Dataset):
 
 class AllInOneTestDataset(data.Dataset):
     """:class:`constyle_plugin.benchmark_datasets.AllInOneTestDataset` for MMEngine (options as keywords):
-    one test set of a benchmark setting, whole images.
+    test sets of a benchmark setting, whole images, one after another in the papers' column order, so one
+    validation dataloader covers the whole table.
 
-    Keywords: ``setting``, ``dataroot`` (the test root), ``task`` (a test task key of the setting),
-    ``max_images``, ``phase``, ``scale``, ``io_backend``. Samples carry ``task`` in their metainfo.
+    Keywords: ``setting``, ``dataroot`` (the test root), ``task``, ``max_images``, ``phase``, ``scale``,
+    ``io_backend``.
+
+    - ``task``: one test task key of the setting (``'derain'``), a list of them (validated in that order), or
+      ``None`` [default]: every test set of the setting, in the papers' column order
+      (:data:`constyle_plugin.benchmark_layouts.TEST_TASKS`).
+    - ``max_images``: the first N images of each task (sorted by name).
+
+    Samples carry ``task`` (the task key) and ``column`` (its column name, e.g. ``'Rain100L'``) in their
+    metainfo; :class:`PSNR` / :class:`SSIM` report each task and their average from them. ``metainfo``:
+    ``{'setting', 'tasks', 'columns', 'sizes'}`` (``sizes``: images per task), plus ``'task'`` and ``'column'``
+    when there is one task.
     """
 
     OPTIONS = ("setting", "dataroot", "task", "max_images", "phase", "scale", "io_backend")
 
     def __init__(self, **opt: Any) -> None:
         super().__init__()
-        _check_options(type(self).__name__, opt, self.OPTIONS)
+        owner = type(self).__name__
+        _check_options(owner, opt, self.OPTIONS)
         from ...benchmark_datasets import AllInOneTestDataset as _Test
+        from ...benchmark_layouts import TEST_TASKS, check_setting
 
-        self.dataset = _Test(opt)
-        self.metainfo = {"setting": self.dataset.setting, "task": self.dataset.task, "column": self.dataset.column}
+        task = opt.pop("task", None)
+        if task is None:
+            try:
+                tasks = list(TEST_TASKS[check_setting(opt.get("setting"))])
+            except OptionError as exc:
+                raise OptionError(exc.key, f"{exc.message} ({owner})") from None
+        elif isinstance(task, str):
+            tasks = [task]
+        elif isinstance(task, (list, tuple)) and task:
+            tasks = list(task)
+            repeated = sorted({str(t) for t in tasks if tasks.count(t) > 1})
+            if repeated:
+                raise OptionError("task", f"{', '.join(map(repr, repeated))} listed more than once ({owner})")
+        else:
+            raise OptionError("task", f"expected a test task key, a non-empty list of them or None, got "
+                                      f"{task!r} ({owner})")
+        self.datasets = [_Test(dict(opt, task=t)) for t in tasks]
+        self.index = [(k, i) for k, ds in enumerate(self.datasets) for i in range(len(ds))]
+        first = self.datasets[0]
+        self.metainfo = {"setting": first.setting, "tasks": [ds.task for ds in self.datasets],
+                         "columns": [ds.column for ds in self.datasets],
+                         "sizes": [len(ds) for ds in self.datasets]}
+        if len(self.datasets) == 1:
+            self.metainfo.update(task=first.task, column=first.column)
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.index)
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
-        s = self.dataset[index]
+        k, i = self.index[index]
+        ds = self.datasets[k]
+        s = ds[i]
         return _restoration_sample(s["lq"], s["gt"], key=Path(s["lq_path"]).stem, lq_path=s["lq_path"],
-                                   gt_path=s["gt_path"], task=s["task"])
+                                   gt_path=s["gt_path"], task=s["task"], column=ds.column)
 
 
 class PairedFolderDataset(data.Dataset):
@@ -264,9 +302,25 @@ def _to_hwc255(img: torch.Tensor, name: str) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float64)
 
 
+def _task_label(column: str) -> str:
+    """A column name as a log key part: ``'BSD68 s15'`` -> ``'BSD68_s15'`` (MMEngine's log line separates
+    ``key: value`` items by spaces)."""
+    return "_".join(str(column).split())
+
+
 class _ImageMetric(BaseMetric):
+    """Per-image BasicSR metric, averaged over images; with task metainfo, per task and over tasks.
+
+    Where every data sample carries ``task`` metainfo (:class:`AllInOneTestDataset`,
+    :class:`AllInOneTrainDataset`), the keys are ``'<key>/<column>'`` (the mean over that task's images;
+    ``column`` from the sample's ``column`` metainfo, else the task key; spaces become ``_``, e.g.
+    ``'PSNR/BSD68_s15'``), in the order the tasks first appear, then ``'<key>'``: the mean of the task
+    means, the papers' average (not the mean over all images). Without task metainfo: ``'<key>'`` alone,
+    the mean over images.
+    """
+
     name = ""
-    default_prefix = ""  # keys are logged as they are: PSNR, SSIM_Y, ...
+    default_prefix = ""  # keys are logged as they are: PSNR, SSIM_Y, PSNR/Rain100L, ...
 
     def __init__(self, crop_border: int = 0, test_y_channel: bool = False, collect_device: str = "cpu",
                  prefix: Optional[str] = None) -> None:
@@ -288,15 +342,35 @@ class _ImageMetric(BaseMetric):
             gt = _to_hwc255(ds["gt_img"], "gt_img")
             if pred.shape != gt.shape:
                 raise ValueError(f"{self.key}: pred_img {pred.shape} and gt_img {gt.shape} differ in size")
-            self.results.append(float(self._compute(pred, gt)))
+            task = ds.get("task")
+            column = ds.get("column") if task is not None else None
+            self.results.append((float(self._compute(pred, gt)), None if task is None else str(task),
+                                 None if column is None else str(column)))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        return {self.key: float(np.mean(results))}
+        untagged = sum(r[1] is None for r in results)
+        if untagged == len(results):
+            return {self.key: float(np.mean([r[0] for r in results]))}
+        if untagged:
+            raise ConStyleError(f"{self.key}: {untagged} of {len(results)} data samples carry no 'task' metainfo; "
+                                f"validate either task-tagged samples (AllInOneTestDataset) or untagged ones")
+        values: Dict[str, List[float]] = {}
+        labels: Dict[str, str] = {}
+        for value, task, column in results:
+            values.setdefault(task, []).append(value)
+            labels.setdefault(task, _task_label(column if column is not None else task))
+        if len(set(labels.values())) < len(labels):  # two tasks under one column name: name them by key
+            labels = {task: _task_label(task) for task in labels}
+        means = {task: float(np.mean(v)) for task, v in values.items()}
+        metrics = {f"{self.key}/{labels[task]}": m for task, m in means.items()}
+        metrics[self.key] = float(np.mean(list(means.values())))
+        return metrics
 
 
 class PSNR(_ImageMetric):
-    """PSNR in dB (BasicSR's ``calculate_psnr``), RGB or Y channel (``test_y_channel``); key
-    ``'PSNR'`` or ``'PSNR_Y'``, the mean over images."""
+    """PSNR in dB (BasicSR's ``calculate_psnr`` per image), RGB or Y channel (``test_y_channel``); key
+    ``'PSNR'`` or ``'PSNR_Y'``: the mean over images, or, for task-tagged samples, ``'PSNR/<column>'`` per
+    task plus ``'PSNR'``, the mean over tasks (see :class:`_ImageMetric`)."""
 
     name = "PSNR"
 
@@ -307,7 +381,8 @@ class PSNR(_ImageMetric):
 
 
 class SSIM(_ImageMetric):
-    """SSIM (BasicSR's ``calculate_ssim``), RGB or Y channel; key ``'SSIM'`` or ``'SSIM_Y'``."""
+    """SSIM (BasicSR's ``calculate_ssim`` per image), RGB or Y channel; keys as :class:`PSNR`'s
+    (``'SSIM'`` / ``'SSIM_Y'``, and ``'SSIM/<column>'`` per task for task-tagged samples)."""
 
     name = "SSIM"
 
