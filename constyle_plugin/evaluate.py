@@ -4,10 +4,11 @@ Either one of the field's all-in-one settings laid out as its repositories lay i
 (``--benchmark {three-task,five-task,constyle-v2} --root DIR``, see
 :mod:`constyle_plugin.benchmark_layouts`: one task per column of the papers' table), or a folder pair
 (``--lq DIR --gt DIR``, files paired by stem) as one task. Every pair is checked before anything runs
-(each file has a partner, the sizes agree, each image reads); each low-quality image is restored (tiled with ``tile``) by a network :func:`~constyle_plugin.inference.load_network`
-loads, and PSNR / SSIM are BasicSR's own ``calculate_psnr`` / ``calculate_ssim`` on the 8-bit
-images (BGR, as BasicSR's validation passes them), on RGB or on the Y channel, with a border crop.
-The task's number is the mean over its images, the average the mean over tasks.
+(each file has a partner, the sizes agree, each image reads); each low-quality image is restored
+(tiled with ``tile``) by a network :func:`~constyle_plugin.inference.load_network` loads, and
+PSNR / SSIM are BasicSR's own ``calculate_psnr`` / ``calculate_ssim`` on the 8-bit images (BGR, as
+BasicSR's validation passes them), on RGB or on the Y channel, with a border crop. The task's number
+is the mean over its images, the average the mean over tasks.
 
 Outputs in the output folder: ``metrics.json`` (per task and per image), ``metrics.md`` (the papers'
 table), ``metrics.csv`` and side-by-side panels (input | output | ground truth) of the first images.
@@ -29,11 +30,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import EvaluateError, did_you_mean
+from .errors import EvaluateError, RestoreError, did_you_mean
 from .imageio import IMAGE_EXTENSIONS, read_image
 from .inference import (check_device, check_output_folder, check_tiling, load_network, size_multiple_of,
                         tiled_forward, write_image)
 from .prompter import atomic_write
+from .runs import run_reader
 
 __all__ = ["ImagePair", "TestItem", "basicsr_metrics", "benchmark_tasks", "evaluate_main", "evaluate_tasks",
            "pair_folders", "to_bgr_uint8", "write_reports"]
@@ -127,7 +129,18 @@ def basicsr_metrics() -> Tuple[Callable[..., float], Callable[..., float]]:
     except ImportError as exc:
         raise EvaluateError(f"PSNR / SSIM are BasicSR's calculate_psnr / calculate_ssim, and basicsr cannot be "
                             f"imported here ({exc}): {INSTALL_HINT}") from None
-    return calculate_psnr, calculate_ssim
+    try:  # a fork's metrics may need help on this machine (NAFNet's SSIM calls .cuda())
+        context = run_reader("basicsr").metric_context
+    except (ImportError, RestoreError, AttributeError):
+        return calculate_psnr, calculate_ssim
+
+    def in_context(metric: Callable[..., float]) -> Callable[..., float]:
+        def measure(*args: Any, **kwargs: Any) -> float:
+            with context():
+                return metric(*args, **kwargs)
+        return measure
+
+    return in_context(calculate_psnr), in_context(calculate_ssim)
 
 
 def to_bgr_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -227,8 +240,8 @@ def _csv(metrics: Mapping[str, Any]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["task", "column", "psnr", "ssim", "n_images", "channel", "crop_border"])
     for name, t in metrics["tasks"].items():
-        writer.writerow([name, t.get("column", name), f"{t['psnr']:.6f}", f"{t['ssim']:.6f}", t["n_images"], metrics["channel"],
-                         metrics["crop_border"]])
+        writer.writerow([name, t.get("column", name), f"{t['psnr']:.6f}", f"{t['ssim']:.6f}", t["n_images"],
+                         metrics["channel"], metrics["crop_border"]])
     avg = metrics["average"]
     writer.writerow(["average", "Average", f"{avg['psnr']:.6f}", f"{avg['ssim']:.6f}",
                      sum(t["n_images"] for t in metrics["tasks"].values()), metrics["channel"], metrics["crop_border"]])

@@ -1,4 +1,5 @@
-"""How ``constyle restore`` reads a training run of a trainer it does not import itself.
+"""How ``constyle restore`` reads a training run of a trainer it does not import itself (and how
+``constyle evaluate`` runs that trainer's metrics).
 
 The core knows BasicSR and MMEngine runs only through the readers the integrations register here
 (:func:`register_run_reader`), by the name of the module that provides them, so that neither this
@@ -28,6 +29,9 @@ class BasicSRRunReader(Protocol):
 
     def build_arch(self, arch_type: Any, options: Mapping[str, Any], source: str) -> nn.Module:
         """The architecture ``arch_type`` (``network_g.type``) built with ``options``; errors name ``source``."""
+
+    def metric_context(self) -> ContextManager[None]:
+        """A context in which the basicsr importable here computes its metrics on this machine."""
 
 
 class MMEngineRunReader(Protocol):

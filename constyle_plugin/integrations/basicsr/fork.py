@@ -46,7 +46,7 @@ from .patching import Patches
 from .registry import ForkHost, check_network_options, point_sample_datasets
 from ...safe_loading import safe_torch_load
 
-__all__ = ["ForkRunFixes", "apply_overrides", "prepare_fork_run", "split_command_flags"]
+__all__ = ["ForkRunFixes", "apply_overrides", "cuda_calls_on_cpu", "prepare_fork_run", "split_command_flags"]
 
 
 def split_command_flags(args: Sequence[str]) -> Tuple[List[str], List[str], bool]:
@@ -144,10 +144,7 @@ class ForkRunFixes:
                 # hard-coded .cuda() (NAFNet's SSIM metric) that then computes on the CPU.
                 self._patches.replace(torch.cuda, "current_device", (), lambda _: _device_zero,
                                       host="torch", written_for="torch 2.x")
-                self._patches.replace(torch.Tensor, "cuda", (), lambda _: _stay_on_cpu, host="torch",
-                                      written_for="torch 2.x")
-                self._patches.replace(torch.nn.Module, "cuda", ("self", "device"), lambda _: _stay_on_cpu,
-                                      host="torch", written_for="torch 2.x")
+                _leave_cuda_calls_on_cpu(self._patches)
             base = getattr(importlib.import_module("basicsr.models.base_model"), "BaseModel", None)
             if base is not None and hasattr(base, "model_ema"):
                 # The fork's EMA (Restormer's ImageCleanModel) averages the frozen prompter too, which
@@ -237,6 +234,28 @@ def _written(opt: Dict[str, Any]) -> Iterator[str]:
 
 def _stay_on_cpu(self: Any, *args: Any, **kwargs: Any) -> Any:
     return self
+
+
+def _leave_cuda_calls_on_cpu(patches: Patches) -> None:
+    patches.replace(torch.Tensor, "cuda", (), lambda _: _stay_on_cpu, host="torch", written_for="torch 2.x")
+    patches.replace(torch.nn.Module, "cuda", ("self", "device"), lambda _: _stay_on_cpu, host="torch",
+                    written_for="torch 2.x")
+
+
+@contextlib.contextmanager
+def cuda_calls_on_cpu() -> Iterator[None]:
+    """Without CUDA, the hard-coded ``.cuda()`` calls of a fork's code (NAFNet's SSIM metric moves its
+    window with one) leave tensors and modules on the CPU while the context lasts; with CUDA, nothing
+    changes."""
+    if torch.cuda.is_available():
+        yield
+        return
+    patches = Patches()
+    try:
+        _leave_cuda_calls_on_cpu(patches)
+        yield
+    finally:
+        patches.restore()
 
 
 def _device_zero(*args: Any, **kwargs: Any) -> int:

@@ -374,7 +374,7 @@ def _register_into_host(host: RegistryHost, unet_builder: Callable) -> Dict[str,
         for name, load in entries:
             try:
                 obj = load()
-            except (AttributeError, EntryUnavailable):
+            except (AttributeError, EntryUnavailable, ImportError):
                 result["unavailable"].append(name)
                 continue
             existing = _lookup(registry, name)
@@ -518,8 +518,8 @@ def registration_report() -> Dict[str, Dict[str, List[str]]]:
         for name, load in entries:
             try:
                 obj = load()
-            except (AttributeError, EntryUnavailable):
-                slot["unavailable"].append(name)
+            except (AttributeError, EntryUnavailable, ImportError):  # ImportError: a fork without a basicsr
+                slot["unavailable"].append(name)                     # utility that entry's module imports
                 continue
             found = host.find(kind, name)
             slot["registered" if found is obj else "unavailable" if found is None else "kept"].append(name)

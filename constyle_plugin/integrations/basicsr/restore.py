@@ -1,12 +1,15 @@
-"""How ``constyle restore`` builds the network of a BasicSR options file (see :mod:`constyle_plugin.runs`)."""
+"""How ``constyle restore`` builds the network of a BasicSR options file, and how ``constyle evaluate``
+runs the basicsr metrics importable here (see :mod:`constyle_plugin.runs`)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+import contextlib
+from typing import Any, ContextManager, Mapping
 
 from torch import nn
 
 from ...errors import ConStyleError
-from .registry import ARCH, current_host
+from .fork import cuda_calls_on_cpu
+from .registry import ARCH, ForkHost, current_host
 
 __all__ = ["READER", "BasicSRReader"]
 
@@ -22,6 +25,11 @@ class BasicSRReader:
         if cls is None:
             raise ConStyleError(f"--config {source}: network_g.type: {host.unknown(ARCH, arch_type)}")
         return cls(**options)
+
+    def metric_context(self) -> ContextManager[None]:
+        """Where the basicsr here is a 1.2-era fork and there is no CUDA, its metric functions run with
+        their hard-coded ``.cuda()`` calls left on the CPU (NAFNet's SSIM); otherwise nothing changes."""
+        return cuda_calls_on_cpu() if isinstance(current_host(), ForkHost) else contextlib.nullcontext()
 
 
 READER = BasicSRReader()

@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from constyle_plugin import ConStyleUNet, ConStyleV2
+from constyle_plugin import ConStyleUNet, ConStyleV2, wrap_unet
 
 FORK = Path(__file__).resolve().parents[2] / "forks" / "mini_fork"
 TINY = {"type": "NAFNet", "width": 8, "enc_blk_nums": [1, 1, 1], "dec_blk_nums": [1, 1, 1]}
@@ -250,6 +250,39 @@ def test_force_yml_syntax_errors_are_one_line(fork):
     assert proc.returncode == 2 and "--force_yml: 'train:total_iter' is not key:sub=value" in proc.stderr
     proc = python(CLI, fork, "train", "-opt", "options/missing.yml")
     assert proc.returncode == 2 and "-opt: options file not found: 'options/missing.yml'" in proc.stderr
+
+
+def test_constyle_evaluate_in_a_fork_without_cuda_runs_the_forks_metrics(fork, tmp_path):
+    """In a fork, `constyle evaluate` measures with the fork's own calculate_psnr / calculate_ssim; on a
+    machine without CUDA their hard-coded .cuda() (NAFNet's SSIM window; the miniature fork's too) stays on
+    the CPU, and the numbers are BasicSR's definitions (PyPI's functions agree on the restored images)."""
+    import json
+
+    from constyle_plugin.archs import NAFNet
+    from constyle_plugin.compat import ensure_basicsr_importable
+    from constyle_plugin.imageio import read_image
+
+    torch.manual_seed(0)
+    net = wrap_unet(NAFNet(**{k: v for k, v in TINY.items() if k != "type"}))
+    net.save_pretrained(tmp_path / "run")
+    out = tmp_path / "eval"
+    code = BOOT + "from constyle_plugin.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    proc = python(code, fork, "evaluate", "--checkpoint", str(tmp_path / "run"), "--lq", "datasets/val/lq",
+                  "--gt", "datasets/val/gt", "--output", str(out), "--device", "cpu", "--save-images",
+                  CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "metrics.json").read_text())["tasks"]["val"]["images"]
+    assert len(rows) == 2
+
+    ensure_basicsr_importable()
+    from basicsr.metrics import calculate_psnr, calculate_ssim  # PyPI BasicSR's, in this process
+
+    for row in rows:
+        restored = (read_image(out / "restored" / "val" / f"{row['name']}.png") * 255).round().astype(np.uint8)
+        gt = (read_image(fork / "datasets" / "val" / "gt" / f"{row['name']}.png") * 255).round().astype(np.uint8)
+        restored, gt = restored[..., ::-1], gt[..., ::-1]
+        assert abs(row["psnr"] - calculate_psnr(restored, gt, 0)) < 1e-6
+        assert abs(row["ssim"] - calculate_ssim(restored, gt, 0)) < 1e-6
 
 
 def test_force_yml_numbers_in_exponent_form_are_numbers_in_a_fork():

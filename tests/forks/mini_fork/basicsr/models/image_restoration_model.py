@@ -3,13 +3,19 @@ with torch.distributed (so it needs a process group), optimiser over parameters 
 import importlib
 from copy import deepcopy
 
+import numpy as np
 import torch
 
 from basicsr.models.archs import define_network
+from basicsr.metrics import calculate_ssim
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
 
 loss_module = importlib.import_module('basicsr.models.losses')
+
+
+def _bgr8(img):
+    return (img[0].permute(1, 2, 0).cpu().numpy()[..., ::-1] * 255).round().astype(np.uint8)
 
 
 class ImageRestorationModel(BaseModel):
@@ -44,17 +50,20 @@ class ImageRestorationModel(BaseModel):
 
     def dist_validation(self, dataloader, current_iter, save_img=False):
         self.net_g.eval()
-        total = torch.zeros(2, device=self.device)
+        total = torch.zeros(3, device=self.device)
         with torch.no_grad():
             for data in dataloader:
                 self.feed_data(data)
                 out = self.net_g(self.lq).clamp(0, 1)
                 mse = ((out - self.gt) ** 2).mean()
-                total += torch.stack([10 * torch.log10(1 / mse), torch.ones((), device=self.device)])
+                ssim = calculate_ssim(_bgr8(out), _bgr8(self.gt), 0)  # its window calls .cuda()
+                total += torch.stack([10 * torch.log10(1 / mse), torch.tensor(ssim, device=self.device),
+                                      torch.ones((), device=self.device)])
         torch.distributed.reduce(total, dst=0)
         self.net_g.train()
-        self.metric_results = {'psnr': (total[0] / total[1]).item()}
-        get_root_logger().info(f"Validation psnr: {self.metric_results['psnr']:.4f}")
+        self.metric_results = {'psnr': (total[0] / total[2]).item(), 'ssim': (total[1] / total[2]).item()}
+        get_root_logger().info(f"Validation psnr: {self.metric_results['psnr']:.4f} "
+                               f"ssim: {self.metric_results['ssim']:.4f}")
         return self.metric_results['psnr']
 
     def nondist_validation(self, *args, **kwargs):
