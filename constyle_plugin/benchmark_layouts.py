@@ -66,7 +66,7 @@ __all__ = [
     "GOPRO", "SOTS", "RAIN", "CBSD68_25", "LIVE1_20", "LOL", "DEFOCUS", "SNOW",
     "TRAIN_TASKS", "THREE_TASK_TRAIN", "FIVE_TASK_TRAIN", "DEFAULT_TRAIN_TASKS", "DEFAULT_REPEAT", "TEST_TASKS",
     "COLUMNS", "NOISE_SIGMA", "CROP", "LIST_FILES", "task_group", "crop_to_multiple", "synthetic_noise",
-    "check_setting",
+    "check_setting", "check_dataset_layout",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -607,3 +607,32 @@ def benchmark_train_pairs(setting: str, root: PathLike, tasks: Optional[Union[st
         pairs = _pairs(path, lq_dir, gt_dir, pairing, lqs, gts, what)
         by_group[group] = [TrainPair(gt=g, lq=q) for q, g in pairs]
     return {t: list(by_group[task_group(t)]) for t in task_keys}
+
+
+# --------------------------------------------------------------------------------------------
+# Option checks of the trainers
+# --------------------------------------------------------------------------------------------
+def check_dataset_layout(kind: str, options: Mapping) -> None:
+    """The layout an ``AllInOneTrainDataset`` (``kind='train'``) or ``AllInOneTestDataset``
+    (``kind='test'``) options dict names, checked as the dataset will check it when built, without
+    reading an image: the trainers' option checks call this before a run creates its folders.
+    Options missing or of the wrong type are left to the dataset, which names them.
+
+    Raises:
+        OptionError: ``setting`` / ``tasks`` / ``task`` (key relative to the dataset's options).
+        LayoutError: a missing folder or list file, an unpaired file, another setting's layout.
+    """
+    setting, root = options.get("setting"), options.get("dataroot")
+    if not isinstance(setting, str) or not isinstance(root, (str, os.PathLike)) or not str(root):
+        return
+    if kind == "train":
+        benchmark_train_pairs(check_setting(setting, ("three-task", "five-task")), root, options.get("tasks"),
+                              options.get("lists"))
+        return
+    keys = [t.key for t in benchmark_test_sets(check_setting(setting), root)]
+    task = options.get("task")
+    for one in ([task] if isinstance(task, str) else list(task) if isinstance(task, (list, tuple)) else []):
+        if one not in keys:
+            hint = did_you_mean(one, keys)
+            raise OptionError("task", f"{one!r} is not a {setting} test task{'; ' + hint if hint else ''} "
+                                      f"(known: {', '.join(keys)})")

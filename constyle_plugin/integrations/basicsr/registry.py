@@ -743,6 +743,7 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optio
             if not isinstance(value, (str, os.PathLike)) or not os.path.exists(os.path.expanduser(str(value))):
                 raise OptionError(_join(key, name), f"not found: {value!r} (relative paths are "
                                                     f"relative to the current folder, {os.getcwd()})")
+        _check_layout(host.find(DATASET, dataset["type"]), dataset, key)
 
     if not resuming:
         for name, value in (opt.get("path") or {}).items():
@@ -768,6 +769,23 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optio
                 if found is None:
                     raise OptionError(_join("train", name, "type"), host.unknown(LOSS, loss.get("type")))
                 check_call_options(found, loss, _join("train", name), str(loss["type"]))
+
+
+def _check_layout(cls: Any, dataset: Mapping[str, Any], key: str) -> None:
+    """The all-in-one benchmark datasets' layouts (folders, pairs, list files), checked before BasicSR
+    makes the run's folders: the datasets themselves are built after them."""
+    kind = {"AllInOneTrainDataset": "train", "AllInOneTestDataset": "test"}.get(getattr(cls, "__name__", ""))
+    if kind is None or getattr(cls, "__module__", "") != "constyle_plugin.benchmark_datasets":
+        return
+    from ...benchmark_layouts import check_dataset_layout
+    from ...errors import LayoutError
+
+    try:
+        check_dataset_layout(kind, dataset)
+    except OptionError as exc:
+        raise OptionError(_join(key, exc.key), exc.message) from None
+    except LayoutError as exc:
+        raise OptionError(_join(key, "dataroot"), str(exc)) from None
 
 
 def _check_dataset_values(dataset: Mapping[str, Any], key: str) -> None:

@@ -312,14 +312,14 @@ class _Checker:
         self.scope = scope
         self.errors: List[str] = []
 
-    def type_(self, registry: Registry, node: Any, key: str, check_args: bool = False) -> None:
+    def type_(self, registry: Registry, node: Any, key: str, check_args: bool = False) -> Any:
         """``node['type']`` must resolve in ``registry``; with ``check_args``, the other keys must be
-        arguments of the class (unless it takes ``**kwargs``)."""
+        arguments of the class (unless it takes ``**kwargs``). Returns the class found, or None."""
         if not isinstance(node, Mapping):
-            return
+            return None
         t = node.get("type")
         if t is None or not isinstance(t, str):
-            return  # no type (defaults apply) or a class given directly
+            return None  # no type (defaults apply) or a class given directly
         reg = registry
         try:
             with registry.switch_scope_and_registry(self.scope) as reg:
@@ -337,6 +337,7 @@ class _Checker:
                                f"{hint} (is the package that defines it in custom_imports?)")
         elif check_args:
             self.arguments(found, node, key)
+        return found
 
     def arguments(self, cls: Any, node: Mapping, key: str) -> None:
         options = getattr(cls, "OPTIONS", None)  # wrappers taking **opt declare what they accept
@@ -409,7 +410,7 @@ class _Checker:
     def dataset(self, node: Any, key: str) -> None:
         if not isinstance(node, Mapping):
             return
-        self.type_(DATASETS, node, key, check_args=True)
+        self.layout(self.type_(DATASETS, node, key, check_args=True), node, key)
         for k, v in node.items():
             if k == "pipeline" and isinstance(v, (list, tuple)):
                 for i, t in enumerate(v):
@@ -417,6 +418,22 @@ class _Checker:
             elif k in ("dataset", "datasets"):
                 for i, d in enumerate(v if isinstance(v, (list, tuple)) else [v]):
                     self.dataset(d, f"{key}.{k}" + (f"[{i}]" if isinstance(v, (list, tuple)) else ""))
+
+    def layout(self, cls: Any, node: Mapping, key: str) -> None:
+        """The all-in-one benchmark datasets' layouts (folders, pairs, list files), checked before the
+        runner makes its work dir: MMEngine builds the datasets only when training starts."""
+        kind = {"AllInOneTrainDataset": "train", "AllInOneTestDataset": "test"}.get(getattr(cls, "__name__", ""))
+        if kind is None or not getattr(cls, "__module__", "").startswith("constyle_plugin."):
+            return
+        from ...benchmark_layouts import check_dataset_layout
+        from ...errors import LayoutError
+
+        try:
+            check_dataset_layout(kind, node)
+        except OptionError as exc:
+            self.errors.append(f"{key}.{exc.key}: {exc.message}")
+        except LayoutError as exc:
+            self.errors.append(f"{key}.dataroot: {exc}")
 
     def loop(self, node: Any, key: str) -> None:
         """A loop config names its type (or, for ``train_cfg``, ``by_epoch``, as MMEngine allows) and
