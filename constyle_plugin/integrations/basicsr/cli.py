@@ -691,21 +691,16 @@ def prepare_options(opt: Dict[str, Any], warn: Optional[Callable[[str], None]] =
             check_train(opt)
 
 
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_EXPONENT_NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _refuse_number_as_text(item: str, keys: str, value: str) -> None:
-    """BasicSR's ``--force_yml`` makes numbers only of plain digits (``2000``, ``0.001``): ``1e-3`` or
-    ``-1`` would reach the options as text and fail far away (``lr='1e-3'`` deep inside the optimiser)."""
-    if not _NUMBER.fullmatch(value) or value.isdigit() or (value.replace(".", "", 1).isdigit()
-                                                            and value.count(".") < 2):
-        return
-    if value[0] in "+-":
-        fix = f"'{keys}=!!float {value}'"
-    else:
-        fix = f"{keys}={format(Decimal(value), 'f')}"
-    raise OptionError("--force_yml", f"{item!r}: BasicSR's --force_yml reads only plain digits as numbers, so "
-                                     f"{value!r} would reach the options as text; write {fix}")
+    """BasicSR's ``--force_yml`` makes numbers only of plain digits (``2000``, ``0.001``): ``1e-3`` would
+    reach the options as text and fail far away (``lr='1e-3'`` deep inside the optimiser)."""
+    if _EXPONENT_NUMBER.fullmatch(value):
+        raise OptionError("--force_yml", f"{item!r}: BasicSR's --force_yml reads only plain digits as numbers, "
+                                         f"so {value!r} would reach the options as text; write "
+                                         f"{keys}={format(Decimal(value), 'f')}")
 
 
 def check_command_line(args: Sequence[str]) -> Dict[str, str]:

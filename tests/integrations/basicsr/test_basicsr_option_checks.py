@@ -102,8 +102,8 @@ def test_a_misspelt_force_yml_key_is_refused_naming_the_item(tmp_path, photos, p
 
 @pytest.mark.parametrize("item, fix", [("train:optim_g:lr=1e-3", "train:optim_g:lr=0.001"),
                                        ("train:optim_g:lr=2E-4", "train:optim_g:lr=0.0002"),
-                                       ("train:warmup_iter=-1", "'train:warmup_iter=!!float -1'")],
-                         ids=["exponent", "capital-exponent", "negative"])
+                                       ("train:total_iter=2e3", "train:total_iter=2000")],
+                         ids=["exponent", "capital-exponent", "whole-number"])
 def test_a_number_force_yml_would_pass_as_text_is_refused_with_the_spelling_that_works(
         tmp_path, photos, prompter_file, capsys, monkeypatch, item, fix):
     """BasicSR's --force_yml reads only plain digits as numbers: `lr=1e-3` would reach AdamW as the text
