@@ -223,6 +223,8 @@ def _markdown(metrics: Mapping[str, Any]) -> str:
     cells.append(f"{metrics['average']['psnr']:.2f} / {metrics['average']['ssim']:.4f}")
     counts = ", ".join(f"{t.get('column', name)}: {t['n_images']}" for name, t in tasks.items())
     setting = f"{metrics['benchmark']} setting ({metrics['root']}); " if metrics.get("benchmark") else ""
+    if metrics.get("max_images"):
+        setting += f"only the first {metrics['max_images']} image(s) of each task (--max-images); "
     return "\n".join([
         setting + f"PSNR (dB) / SSIM on {metrics['channel']}"
         + (" (Y of YCbCr, BasicSR's test_y_channel)" if metrics["channel"] == "Y" else "")

@@ -97,6 +97,7 @@ def test_max_images_and_tiling(bench, tmp_path):
     assert _evaluate(bench, "five-task", out, "--max-images", "1", "--tile", "64", "--tile-overlap", "16") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["max_images"] == 1 and all(t["n_images"] == 1 for t in metrics["tasks"].values())
+    assert "only the first 1 image(s) of each task (--max-images)" in (out / "metrics.md").read_text()
     assert all(np.isfinite(t["psnr"]) for t in metrics["tasks"].values())
 
 
