@@ -1,0 +1,171 @@
+"""benchmarks/threetask_miniature.py: its layout builder writes the PromptIR / AdaIR three-task layout that the
+plugin's own readers accept, with test photos disjoint from the training photos (and from what the packaged
+prompter was pre-trained on); its schedule keeps the papers' shape; and the whole script (``basicsr train`` and
+``constyle evaluate`` for both variants) runs end to end in its seconds-long ``--smoke`` mode. No quality is
+asserted."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from constyle_plugin.benchmark_layouts import benchmark_test_sets, benchmark_train_pairs
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "threetask_miniature.py"
+TRAIN_PHOTOS = ("astronaut", "brick", "rocket")
+TEST_PHOTOS = ("camera", "text")
+COLUMNS = ["SOTS", "Rain100L", "BSD68 s15", "BSD68 s25", "BSD68 s50"]  # the papers' three-task order
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("threetask_miniature", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def layout(script, tmp_path_factory):
+    root = tmp_path_factory.mktemp("threetask")
+    manifest = script.build_layout(root, TRAIN_PHOTOS, TEST_PHOTOS, train_crops=2, test_crops=2, hazy_per_clear=2,
+                                   train_sides=(48, 80), test_sides=(40, 72))
+    return root, manifest
+
+
+def _photo(manifest, root: Path, path: Path) -> str:
+    return manifest["sources"][path.relative_to(root).as_posix()]["photo"]
+
+
+def test_the_layout_is_the_promptir_layout_the_readers_accept(layout):
+    root, manifest = layout
+    pairs = benchmark_train_pairs("three-task", root / "Train")
+    assert list(pairs) == ["denoise_15", "denoise_25", "denoise_50", "derain", "dehaze"]
+    crops = 2 * len(TRAIN_PHOTOS)
+    assert [len(pairs[t]) for t in ("denoise_15", "derain")] == [crops, crops]
+    assert crops < len(pairs["dehaze"]) <= 2 * crops  # two hazy images per clear crop (one when both round alike)
+    assert all(p.lq is None for p in pairs["denoise_25"])
+    for pair in pairs["derain"]:  # Rain100L train names
+        assert re.fullmatch(r"rain-\d+\.png", pair.lq.name) and pair.gt.name == "no" + pair.lq.name
+    for pair in pairs["dehaze"]:  # RESIDE OTS: synthetic/part1/XXXX_A_B.jpg -> original/XXXX.jpg
+        assert pair.lq.parent.name == "part1" and pair.lq.parent.parent.name == "synthetic"
+        stem, a, beta = pair.lq.stem.split("_")
+        assert pair.gt.name == f"{stem}.jpg" and 0.7 <= float(a) <= 1.0 and 0.8 <= float(beta) <= 2.5
+
+    tasks = benchmark_test_sets("three-task", root / "test")
+    assert [t.column for t in tasks] == COLUMNS
+    for task in tasks:
+        assert len(task.images) == 2 * len(TEST_PHOTOS), task.key
+        lq, gt = task.images[0].load()
+        assert lq.shape == gt.shape and lq.shape[0] % 16 == 0 and lq.shape[1] % 16 == 0
+        assert np.abs(lq - gt).mean() > 0.005, task.key  # degraded: haze, rain or noise
+
+
+def test_rain_and_haze_are_the_plugins_degradations_of_the_clean_crop(layout):
+    root, manifest = layout
+    pair = benchmark_train_pairs("three-task", root / "Train")["derain"][0]
+    clean, rainy = (cv2.imread(str(p)).astype(np.int16) for p in (pair.gt, pair.lq))
+    assert clean.shape == rainy.shape
+    assert (rainy >= clean - 1).all() and (rainy > clean + 20).mean() > 0.002  # streaks only brighten
+    info = manifest["sources"][pair.gt.relative_to(root).as_posix()]
+    assert info == manifest["sources"][pair.lq.relative_to(root).as_posix()]
+    assert (info["height"], info["width"]) == clean.shape[:2]
+
+
+def test_test_photos_are_disjoint_from_training_photos(layout, script):
+    root, manifest = layout
+    files = [p for sub in ("Train", "test") for p in (root / sub).rglob("*") if p.is_file()]
+    assert {f.relative_to(root).as_posix() for f in files} == set(manifest["sources"])  # every file traced
+    train = {_photo(manifest, root, p) for task in benchmark_train_pairs("three-task", root / "Train").values()
+             for pair in task for p in (pair.gt, pair.lq) if p is not None}
+    test = {_photo(manifest, root, p) for task in benchmark_test_sets("three-task", root / "test")
+            for im in task.images for p in (im.gt, im.lq) if p is not None}
+    assert train == set(TRAIN_PHOTOS) and test == set(TEST_PHOTOS)
+    with pytest.raises(ValueError, match="camera"):
+        script.build_layout(root / "again", ["camera", "brick"], ["camera"], train_crops=1, test_crops=1)
+
+
+def test_the_benchmarks_held_out_photos_were_never_read_by_the_packaged_prompter(script):
+    from constyle_plugin.samples import SAMPLE_NAMES
+
+    record = json.loads((ROOT / "constyle_plugin" / "weights" / "constyle_v2_prompter.json").read_text())
+    read = record["data"].split("Held out")[0]  # the sentence naming the photos its pre-training read
+    listed = {name for name in SAMPLE_NAMES if re.search(rf"\b{name}\b", read)}
+    assert listed and not listed & set(script.HOLDOUT)
+    assert set(script.HOLDOUT) <= set(SAMPLE_NAMES)
+
+
+def test_the_same_arguments_write_the_same_layout(script, layout, tmp_path):
+    root, _ = layout
+    script.build_layout(tmp_path, TRAIN_PHOTOS, TEST_PHOTOS, train_crops=2, test_crops=2, hazy_per_clear=2,
+                        train_sides=(48, 80), test_sides=(40, 72))
+    assert script.layout_sha256(tmp_path) == script.layout_sha256(root)
+
+
+@pytest.mark.parametrize("iters", [40, 1000, 1200])
+def test_schedule_keeps_the_papers_shape(script, iters):
+    s = script.schedule(iters)
+    # PromptIR: warm-up 15 of 120 epochs, cosine to 0 at epoch 150; the options' BasicSR spelling
+    assert s["warmup_iter"] == round(iters * 15 / 120)
+    assert s["periods"][0] == s["warmup_iter"] - 2
+    assert s["warmup_iter"] + s["periods"][1] - 1 == s["cosine_end"] == round(iters * 150 / 120)
+
+
+def test_mixture_gives_the_papers_shares(script):
+    counts = {"denoise": 96, "derain": 96, "dehaze_hazy": 190}
+    repeat = script.mixture(counts)
+    epoch = {t: {"derain": 96, "dehaze": 190}.get(t, 96) * r for t, r in repeat.items()}
+    total = sum(epoch.values())
+    papers = {"denoise_15": 15432, "derain": 24000, "dehaze": 72135}  # PromptIR's epoch: 142 431 samples
+    for task, n in papers.items():
+        assert abs(epoch[task] / total - n / 142431) < 0.03, (task, repeat)
+
+
+def test_smoke_run_trains_and_evaluates_both_variants(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--parallel", "2", "--work", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "threetask_miniature.json").read_text())
+    assert report["command"].startswith("python benchmarks/threetask_miniature.py --smoke")
+    assert report["layout"]["disjoint"] and not set(report["layout"]["train_photos"]) & set(report["layout"]["test_photos"])
+    runs = {r["variant"]: r for r in report["runs"]}
+    assert sorted(runs) == ["constyle", "origin"]
+    for variant, run in runs.items():
+        assert run["train_command"].startswith("basicsr train -opt ") and "--force_yml" in run["train_command"]
+        assert f"nafnet_{variant}_three_task.yml" in run["train_command"]
+        assert run["evaluate_command"].startswith("constyle evaluate --checkpoint ")
+        assert Path(run["checkpoint"]).is_file()
+        columns = [t["column"] for t in run["metrics"]["tasks"].values()]
+        assert columns == COLUMNS
+        psnrs = [t["psnr"] for t in run["metrics"]["tasks"].values()]
+        assert all(math.isfinite(v) and 0 < v < 100 for v in psnrs)
+        assert math.isclose(run["metrics"]["average"]["psnr"], sum(psnrs) / len(psnrs))
+    paired = report["summary"]["paired"]["average"]["psnr"]["mean"]
+    assert math.isclose(paired, runs["constyle"]["metrics"]["average"]["psnr"] - runs["origin"]["metrics"]["average"]["psnr"])
+    md = (tmp_path / "threetask_miniature.md").read_text()
+    assert "SMOKE RUN" in md and "| Method | " + " | ".join(COLUMNS) + " | Average |" in md
+    assert "| NAFNet + ConStyle v2 |" in md and "| NAFNet (origin) |" in md and "**constyle - origin**" in md
+
+
+def test_another_seed_runs_a_copy_of_the_ready_options_with_only_the_seed_changed(script, tmp_path):
+    """BasicSR seeds before it applies --force_yml, so the seed goes into the options file itself."""
+    import yaml
+
+    ready = script.OPTIONS["constyle"]
+    seed = yaml.safe_load(ready.read_text())["manual_seed"]
+    assert script.options_for_seed(ready, seed, tmp_path) == ready
+    copy = script.options_for_seed(ready, seed + 1, tmp_path)
+    assert copy.parent == tmp_path and copy.name == ready.name
+    original, changed = ready.read_text().splitlines(), copy.read_text().splitlines()
+    assert len(original) == len(changed)
+    assert [(a, b) for a, b in zip(original, changed) if a != b] == [(f"manual_seed: {seed}", f"manual_seed: {seed + 1}")]
+    assert yaml.safe_load(copy.read_text())["manual_seed"] == seed + 1
