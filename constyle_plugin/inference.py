@@ -160,6 +160,24 @@ def write_image(path: Union[str, os.PathLike], img: np.ndarray, bits: int = 8,
 
 
 # ------------------------------------------------------------------------------------------ networks
+def _force_yml_value(value: str) -> Any:
+    """A ``--force_yml`` value as BasicSR's option parser reads it: ``~`` / ``none``, ``true`` / ``false``,
+    ``!!float X``, plain digits as numbers, ``[...]`` as a Python literal, anything else as text."""
+    if value == "~" or value.lower() == "none":
+        return None
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if value.startswith("!!float"):
+        return float(value[len("!!float"):])
+    if value.isdigit():
+        return int(value)
+    if value.replace(".", "", 1).isdigit() and value.count(".") < 2:
+        return float(value)
+    if value.startswith("["):
+        return ast.literal_eval(value)
+    return value
+
+
 def _apply_force_yml(opt: Dict[str, Any], entries: Sequence[str]) -> None:
     """BasicSR's ``--force_yml a:b:c=value`` overrides, applied to a parsed options dict."""
     for entry in entries:
@@ -168,7 +186,22 @@ def _apply_force_yml(opt: Dict[str, Any], entries: Sequence[str]) -> None:
         parts = [k.strip() for k in keys.split(":")]
         for key in parts[:-1]:
             node = node.setdefault(key, {})
-        node[parts[-1]] = yaml.safe_load(value.strip()) if value.strip() not in ("~", "None") else None
+        node[parts[-1]] = _force_yml_value(value.strip())
+
+
+def _recorded_force_yml(line: str) -> List[str]:
+    """The ``--force_yml`` items of a command BasicSR recorded as ``# CMD: ...`` (the arguments joined
+    by spaces, quotes gone): a word without ``=`` belongs to the item before it (``lr=!!float 1e-3``,
+    ``periods=[1, 2]``); the items end at the next ``--flag``."""
+    items: List[str] = []
+    for word in re.split(r"\s+", line.split("--force_yml", 1)[1].strip()):
+        if word.startswith("--"):
+            break
+        if "=" in word or not items:
+            items.append(word)
+        else:
+            items[-1] += " " + word
+    return [item for item in items if "=" in item]
 
 
 def _basicsr_options(config: Path) -> Dict[str, Any]:
@@ -181,9 +214,12 @@ def _basicsr_options(config: Path) -> Dict[str, Any]:
     forced: List[str] = []
     for line in text.splitlines():
         if line.startswith("#") and "--force_yml" in line:
-            tail = line.split("--force_yml", 1)[1]
-            forced += [tok for tok in re.split(r"\s+", tail.strip()) if "=" in tok and not tok.startswith("-")]
-    _apply_force_yml(opt, forced)
+            forced += _recorded_force_yml(line)
+    try:
+        _apply_force_yml(opt, forced)
+    except (ValueError, SyntaxError) as exc:
+        raise RestoreError(f"--config {config}: a recorded --force_yml value does not read as BasicSR reads it "
+                           f"({exc}); give the run's options with --config") from None
     return opt
 
 

@@ -280,6 +280,11 @@ class RunFixes:
                 sys.argv = argv
             if launcher:
                 opt["dist"], args.launcher = True, launcher
+            if "manual_seed" in self._forced and self.command == "train" and isinstance(opt.get("manual_seed"), int):
+                # BasicSR seeds the generators before it applies --force_yml: seed them with the value asked for
+                from basicsr.utils import set_random_seed
+
+                set_random_seed(opt["manual_seed"] + opt.get("rank", 0))
             self._watch_folders(opt)
             try:
                 prepare_options(opt, warn=self.warn)

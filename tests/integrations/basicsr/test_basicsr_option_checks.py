@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from constyle_plugin.compat import ensure_basicsr_importable
 
-from basicsr_runs import NAME, OPTIONS, ROOT, OPTIONS_DIR, basicsr, options_file, refused, refused_here, tiny
+from basicsr_runs import (NAME, OPTIONS, ROOT, OPTIONS_DIR, basicsr, logs, losses_by_iter, ok, options_file, refused,
+                          refused_here, tiny)
 
 ensure_basicsr_importable()
 
@@ -111,6 +112,23 @@ def test_a_number_force_yml_would_pass_as_text_is_refused_with_the_spelling_that
     refused_here(capsys, tmp_path, monkeypatch, "train", "-opt", str(OPTIONS), "--force_yml",
                  *tiny(photos, prompter_file), item, fragments=(f"--force_yml: {item!r}", f"write {fix}"))
     assert not (tmp_path / "experiments").exists()
+
+
+def test_manual_seed_set_by_force_yml_seeds_the_run(tmp_path, photos, prompter_file):
+    """BasicSR seeds its generators before it applies --force_yml, so `manual_seed=N` there was recorded but
+    not used; the command seeds with it: the run equals one whose options file says N, and differs from
+    the file's own seed."""
+    def run(name: str, options: Path, *extra: str) -> dict:
+        folder = tmp_path / name
+        folder.mkdir()
+        ok(basicsr(folder, "train", "-opt", str(options), "--force_yml", *tiny(photos, prompter_file, total_iter=2),
+                   *extra))
+        return losses_by_iter(logs(folder)[0])
+
+    seeded_file = options_file(tmp_path, lambda opt: opt.update(manual_seed=5))
+    forced = run("forced", OPTIONS, "manual_seed=5")
+    assert forced and forced == run("file", seeded_file)
+    assert forced != run("default", OPTIONS)  # the options file's own seed (10)
 
 
 ARGUMENTS = [
