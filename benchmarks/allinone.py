@@ -58,6 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from _runs import RunsFromError, runs_from  # benchmarks/_runs.py
 from constyle_plugin.pretrained import file_sha256 as sha256_file
 
 VARIANTS = ("origin", "constyle", "constyle_untrained", "learned")
@@ -157,30 +158,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--compare {item!r}: no such file {path}")
         compare[name] = Path(path).expanduser()
     args.compare = compare
-    args.reused, args.runs_from_reports = [], []
-    for source in args.runs_from:
-        try:
-            earlier = json.loads(Path(source).read_text())
-        except (OSError, ValueError) as exc:
-            p.error(f"--runs-from {source}: cannot read an allinone.json report ({exc})")
-        differ = [k for k in REUSE_MUST_MATCH if earlier.get("config", {}).get(k) != getattr(args, k)]
-        if differ:
-            p.error(f"--runs-from {source}: made with other settings ("
-                    + ", ".join(f"{k}: {earlier['config'].get(k)!r} there, {getattr(args, k)!r} here" for k in differ)
-                    + ")")
-        taken = {r["variant"] for r in args.reused}
-        runs = [r for r in earlier.get("runs", []) if r["variant"] not in args.variants
-                and r["variant"] not in taken and r["seed"] in args.seeds]
-        missing = {(v, sd) for v in {r["variant"] for r in runs} for sd in args.seeds} - \
-            {(r["variant"], r["seed"]) for r in runs}
-        if missing:
-            p.error(f"--runs-from {source}: lacks runs {sorted(missing)}")
-        args.reused += runs
-        args.runs_from_reports.append({"file": source, "command": earlier.get("command"), "date": earlier.get("date"),
-                                       "variants": sorted({r["variant"] for r in runs}),
-                                       "test_set": earlier.get("test_set", {}).get("images")})
-    if not args.variants and not args.reused:
-        p.error("--variants: nothing to train and no --runs-from to report on")
+    try:
+        args.reused, args.runs_from_reports = runs_from(
+            args.runs_from, vars(args), REUSE_MUST_MATCH, args.variants, args.seeds, "an allinone.json report",
+            lambda earlier: {"test_set": earlier.get("test_set", {}).get("images")})
+    except RunsFromError as exc:
+        p.error(str(exc))
     args.variants = [v for v in VARIANTS if v in args.variants]
     return args
 

@@ -48,6 +48,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _host import device_name, load_average  # noqa: E402  (benchmarks/_host.py)
+from _runs import RunsFromError, runs_from  # noqa: E402  (benchmarks/_runs.py)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = "benchmarks/threetask_miniature.py"
@@ -82,8 +87,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--iters", type=int, default=1500, help="training iterations per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[10],
-                   help="training seeds (BasicSR's manual_seed; 10 is the ready options'; another seed runs a copy of "
-                        "the options file with that line changed)")
+                   help="training seeds (BasicSR's manual_seed, set with --force_yml manual_seed=N; the ready "
+                        "options' is 10)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS,
                    help="the variants to train: constyle (nafnet_constyle_three_task.yml), origin "
                         "(nafnet_origin_three_task.yml)")
@@ -125,30 +130,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--lr must be > 0, got {args.lr}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has duplicates: {args.seeds}")
-    args.reused, args.runs_from_reports = [], []
-    for source in args.runs_from:
-        try:
-            earlier = json.loads(Path(source).read_text())
-        except (OSError, ValueError) as exc:
-            p.error(f"--runs-from {source}: cannot read a threetask_miniature.json report ({exc})")
-        config = earlier.get("config", {})
-        differ = [k for k in REUSE_MUST_MATCH if config.get(k) != getattr(args, k)]
-        if differ:
-            p.error(f"--runs-from {source}: made with other settings ("
-                    + ", ".join(f"{k}: {config.get(k)!r} there, {getattr(args, k)!r} here" for k in differ) + ")")
-        taken = {r["variant"] for r in args.reused}
-        runs = [r for r in earlier.get("runs", []) if r["variant"] not in args.variants
-                and r["variant"] not in taken and r["seed"] in args.seeds]
-        missing = {(v, s) for v in {r["variant"] for r in runs} for s in args.seeds} - \
-            {(r["variant"], r["seed"]) for r in runs}
-        if missing:
-            p.error(f"--runs-from {source}: lacks runs {sorted(missing)}")
-        args.reused += runs
-        args.runs_from_reports.append({"file": source, "command": earlier.get("command"), "date": earlier.get("date"),
-                                       "variants": sorted({r["variant"] for r in runs}),
-                                       "layout_sha256": earlier.get("layout", {}).get("sha256")})
-    if not args.variants and not args.reused:
-        p.error("--variants: nothing to train and no --runs-from to report on")
+    try:
+        args.reused, args.runs_from_reports = runs_from(
+            args.runs_from, vars(args), REUSE_MUST_MATCH, args.variants, args.seeds,
+            "a threetask_miniature.json report",
+            lambda earlier: {"layout_sha256": earlier.get("layout", {}).get("sha256")})
+    except RunsFromError as exc:
+        p.error(str(exc))
     args.variants = [v for v in VARIANTS if v in args.variants]
     return args
 
@@ -345,14 +333,13 @@ def decimal(x: float) -> str:
     return np.format_float_positional(x, trim="-")
 
 
-def force_options(variant: str, args: argparse.Namespace, train_root: Path, test_root: Path,
+def force_options(variant: str, seed: int, args: argparse.Namespace, train_root: Path, test_root: Path,
                   repeat: Dict[str, int]) -> List[str]:
-    """The ``--force_yml`` entries of one run. BasicSR reads only plain digits (with at most one '.') as numbers,
-    so floats are written in decimal; ``!!float 1e-3`` would also do for BasicSR, but the copy of the command it
-    records beside the experiment splits at the space."""
+    """The ``--force_yml`` entries of one run (``manual_seed`` among them). BasicSR reads only plain digits (with
+    at most one '.') as numbers, so floats are written in decimal."""
     sched = schedule(args.iters)
     prefix = "network_g:backbone:" if variant == "constyle" else "network_g:"
-    force = [f"num_gpu={1 if args.device == 'cuda' else 0}",
+    force = [f"manual_seed={seed}", f"num_gpu={1 if args.device == 'cuda' else 0}",
              f"datasets:train:dataroot={train_root}", "datasets:train:num_worker_per_gpu=0",
              f"datasets:train:batch_size_per_gpu={args.batch}", f"datasets:train:gt_size={args.patch}",
              *(f"datasets:train:repeat:{t}={r}" for t, r in repeat.items()),
@@ -382,13 +369,6 @@ def console_script(name: str) -> str:
     if found is None:
         raise SystemExit(f"the `{name}` command is not installed here (pip install -e \".[basicsr]\")")
     return found
-
-
-def load_average() -> Optional[List[float]]:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 class LoadSampler:
@@ -444,21 +424,6 @@ def _final_loss(log_text: str) -> Optional[float]:
     return float(found[-1]) if found else None
 
 
-def options_for_seed(path: Path, seed: int, folder: Path) -> Path:
-    """The ready options file when its ``manual_seed`` is ``seed``, else a copy in ``folder`` with only that line
-    changed: BasicSR seeds its generators before it applies ``--force_yml``, so ``--force_yml manual_seed=N``
-    would be recorded but not used."""
-    text = path.read_text()
-    lines = re.findall(r"(?m)^manual_seed: *(\d+) *$", text)
-    if len(lines) != 1:
-        raise SystemExit(f"{path}: expected one top-level `manual_seed: N` line, found {len(lines)}")
-    if int(lines[0]) == seed:
-        return path
-    copy = folder / path.name
-    copy.write_text(re.sub(r"(?m)^manual_seed: *\d+ *$", f"manual_seed: {seed}", text))
-    return copy
-
-
 def run_one(variant: str, seed: int, args: argparse.Namespace, work: Path, train_root: Path, test_root: Path,
             repeat: Dict[str, int]) -> Dict:
     """``basicsr train`` then ``constyle evaluate`` for one variant and seed, in ``work/<variant>_seed<seed>``."""
@@ -468,10 +433,9 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, work: Path, train
     run_dir.mkdir(parents=True)
     threads = str(args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONWARNINGS": "ignore"}
-    options = options_for_seed(OPTIONS[variant], seed, run_dir)
     # run in run_dir, where BasicSR writes experiments/<name>/
-    train_cmd = [console_script("basicsr"), "train", "-opt", str(options),
-                 "--force_yml", *force_options(variant, args, train_root, test_root, repeat)]
+    train_cmd = [console_script("basicsr"), "train", "-opt", str(OPTIONS[variant]),
+                 "--force_yml", *force_options(variant, seed, args, train_root, test_root, repeat)]
     load_start = load_average()
     with LoadSampler() as sampler:
         train_s = _run(train_cmd, run_dir, env, run_dir / "train.log")
@@ -487,8 +451,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, work: Path, train
     table = [line for line in (eval_dir / "metrics.md").read_text().splitlines() if line.startswith("|")]
     logs = sorted((checkpoint.parent.parent).glob("train_*.log"))
     loss = _final_loss(logs[-1].read_text()) if logs else None
-    return {"variant": variant, "seed": seed, "options": str(options), "options_copy_of": str(OPTIONS[variant])
-            if options != OPTIONS[variant] else None,
+    return {"variant": variant, "seed": seed, "options": str(OPTIONS[variant]),
             "train_command": _shown(train_cmd), "evaluate_command": _shown(eval_cmd),
             "cwd": str(run_dir), "checkpoint": str(checkpoint), "train_s": round(train_s, 1),
             "evaluate_s": round(eval_s, 1), "final_l_pix": loss, "load_average_start": load_start,
@@ -521,16 +484,6 @@ def versions() -> Dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def input_row(test_root: Path) -> Dict:
@@ -593,7 +546,8 @@ def markdown(report: Dict) -> str:
         f"Software: torch {report['versions']['torch']}, basicsr {report['versions']['basicsr']}, constyle-plugin "
         f"{report['versions']['constyle-plugin']}, Python {report['versions']['python']}, git "
         f"`{report['versions'].get('git_commit', '?')}`.  ",
-        f"Machine: {host['cpu']} ({host['cpu_count']} cores, shared with other jobs), {cfg['device']}; each process "
+        f"Machine: {host['cpu']} ({host['cpu_count']} cores, shared with other jobs), "
+        f"{host['gpu'] if 'gpu' in host else cfg['device']}; each process "
         f"{cfg['threads']} thread(s) (OMP_NUM_THREADS), {cfg['parallel']} run(s) at a time; load average at start "
         f"{host['load_average_start']}, at end {host['load_average_end']}.",
         "",
@@ -625,8 +579,7 @@ def markdown(report: Dict) -> str:
            else "no warm-up (too short a run), ")
         + f"cosine periods {report['schedule']['periods']} reaching 0 at iteration "
         f"{report['schedule']['cosine_end']} (1.25x the run); no periodic validation (BasicSR's final one: 2 images "
-        f"per test set); seeds {cfg['seeds']} (BasicSR's `manual_seed`: a seed other than the options' 10 runs a copy of "
-        f"the options file with only that line changed, because BasicSR seeds before it applies `--force_yml`). "
+        f"per test set); seeds {cfg['seeds']} (BasicSR's `manual_seed`, set with `--force_yml manual_seed=N`). "
         f"Everything else is the options file's. The constyle variant uses "
         f"the packaged prompter (frozen).",
         f"- Evaluation: `constyle evaluate --checkpoint <experiment>/models/net_g_latest.pth --benchmark three-task "
@@ -754,8 +707,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = {
         "command": shlex.join(["python", SCRIPT, *argv]), "argv": argv, "date": date,
         "wall_time_s": round(time.perf_counter() - start, 1), "versions": versions(),
-        "host": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                 "load_average_start": load_start, "load_average_end": load_average()},
+        "host": {"cpu": device_name(torch.device("cpu")), "cpu_count": os.cpu_count(),
+                 **({"gpu": device_name(torch.device("cuda"))} if args.device == "cuda" else {}),
+                 "platform": platform.platform(), "load_average_start": load_start,
+                 "load_average_end": load_average()},
         "config": {"iters": args.iters, "seeds": args.seeds, "variants_trained": args.variants,
                    "width": args.width, "enc_blk_nums": args.enc_blk_nums, "batch": args.batch, "patch": args.patch,
                    "lr": args.lr, "train_crops": args.train_crops, "test_crops": args.test_crops,

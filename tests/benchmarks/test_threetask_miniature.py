@@ -141,7 +141,9 @@ def test_smoke_run_trains_and_evaluates_both_variants(tmp_path):
     assert sorted(runs) == ["constyle", "origin"]
     for variant, run in runs.items():
         assert run["train_command"].startswith("basicsr train -opt ") and "--force_yml" in run["train_command"]
-        assert f"nafnet_{variant}_three_task.yml" in run["train_command"]
+        assert run["options"] == str(ROOT / "options" / "allinone" / f"nafnet_{variant}_three_task.yml")
+        assert f"-opt {run['options']} " in run["train_command"]
+        assert f" manual_seed={run['seed']} " in run["train_command"]  # the seed goes in by --force_yml
         assert run["evaluate_command"].startswith("constyle evaluate --checkpoint ")
         assert Path(run["checkpoint"]).is_file()
         columns = [t["column"] for t in run["metrics"]["tasks"].values()]
@@ -156,16 +158,29 @@ def test_smoke_run_trains_and_evaluates_both_variants(tmp_path):
     assert "| NAFNet + ConStyle v2 |" in md and "| NAFNet (origin) |" in md and "**constyle - origin**" in md
 
 
-def test_another_seed_runs_a_copy_of_the_ready_options_with_only_the_seed_changed(script, tmp_path):
-    """BasicSR seeds before it applies --force_yml, so the seed goes into the options file itself."""
-    import yaml
+def test_runs_from_takes_the_other_variants_runs_of_a_report_with_the_same_settings(script, tmp_path, capsys):
+    """--runs-from: the runs of the variants not trained here come from the report; a report made with other
+    settings, or lacking a seed, is refused with a one-line error naming it."""
+    args = script.parse_args(["--variants", "constyle", "--seeds", "10", "11"])
+    config = {k: getattr(args, k) for k in script.REUSE_MUST_MATCH}
+    runs = [{"variant": v, "seed": s, "metrics": {}} for v in ("origin", "constyle") for s in (10, 11, 12)]
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"config": config, "runs": runs, "command": "c", "date": "d",
+                                   "layout": {"sha256": "abc"}}))
+    args = script.parse_args(["--variants", "constyle", "--seeds", "10", "11", "--runs-from", str(earlier)])
+    assert args.reused == [r for r in runs if r["variant"] == "origin" and r["seed"] in (10, 11)]
+    assert args.runs_from_reports == [{"file": str(earlier), "command": "c", "date": "d", "variants": ["origin"],
+                                       "layout_sha256": "abc"}]
 
-    ready = script.OPTIONS["constyle"]
-    seed = yaml.safe_load(ready.read_text())["manual_seed"]
-    assert script.options_for_seed(ready, seed, tmp_path) == ready
-    copy = script.options_for_seed(ready, seed + 1, tmp_path)
-    assert copy.parent == tmp_path and copy.name == ready.name
-    original, changed = ready.read_text().splitlines(), copy.read_text().splitlines()
-    assert len(original) == len(changed)
-    assert [(a, b) for a, b in zip(original, changed) if a != b] == [(f"manual_seed: {seed}", f"manual_seed: {seed + 1}")]
-    assert yaml.safe_load(copy.read_text())["manual_seed"] == seed + 1
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"config": {**config, "iters": 7}, "runs": runs}))
+    lacking = tmp_path / "lacking.json"
+    lacking.write_text(json.dumps({"config": config, "runs": [r for r in runs if r["seed"] != 11]}))
+    for source, message in ((other, f"made with other settings (iters: 7 there, {args.iters} here)"),
+                            (lacking, "lacks runs [('origin', 11)]"),
+                            (tmp_path / "absent.json", "cannot read a threetask_miniature.json report")):
+        with pytest.raises(SystemExit) as exc:
+            script.parse_args(["--variants", "constyle", "--seeds", "10", "11", "--runs-from", str(source)])
+        assert exc.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"--runs-from {source}: {message}" in error
