@@ -12,7 +12,7 @@ Test roots (:func:`benchmark_test_sets`)::
 
     three-task / five-task (PromptIR / AdaIR ``test/``; a root holding ``test/`` is accepted too)
       denoise/bsd68/*                                  clean; noise added at load time
-      derain/Rain100L/{input,target}/X.png             paired by name
+      derain/Rain100L/{input,target}/X.png             paired by name (or rain-N.png with norain-N.png)
       dehaze/{input/0001_0.8_0.2.jpg, target/0001.png} the clear image is the hazy stem before '_'
       deblur/gopro/{input,target}/X.png                five-task
       enhance/lol/{input,target}/X.png                 five-task
@@ -292,7 +292,7 @@ def _resolve_root(root: PathLike, expected: str, what: str, hint: str) -> Path:
 # image is the degraded stem before the first '_'), "sorted" (i-th with i-th), "noise" (gt only).
 _PROMPTIR_TEST_SETS = {
     DEHAZE: ("dehaze/input", "dehaze/target", "haze"),
-    DERAIN: ("derain/Rain100L/input", "derain/Rain100L/target", "name"),
+    DERAIN: ("derain/Rain100L/input", "derain/Rain100L/target", "rain-test"),
     DENOISE_15: (None, "denoise/bsd68", "noise"),
     DENOISE_25: (None, "denoise/bsd68", "noise"),
     DENOISE_50: (None, "denoise/bsd68", "noise"),
@@ -377,9 +377,11 @@ def _partner(lq: Path, pairing: str, gts: Dict[str, List[Path]]) -> Tuple[Option
     if pairing == "haze":
         stem = lq.stem.split("_")[0]
         wanted = f"{stem}.*"
-    elif pairing == "rain":
+    elif pairing in ("rain", "rain-test"):  # rain-N <-> norain-N (as Rain100L's authors name it), else the same name
         stem = "norain-" + lq.stem[len("rain-"):] if lq.stem.startswith("rain-") else lq.stem
         wanted = stem + lq.suffix
+        if stem not in gts and lq.stem in gts:
+            stem = lq.stem
     else:
         stem = lq.stem
         wanted = lq.name
@@ -399,7 +401,9 @@ def _rel(path: Path, root: Path) -> str:
 
 _RULES = {"name": "paired by file name", "subset": "paired by file name",
           "haze": "the clear image is named by the hazy file's name before the first '_'",
-          "rain": "rain-N.png pairs with norain-N.png", "sorted": "paired in sorted order"}
+          "rain": "rain-N.png pairs with norain-N.png, other names with the same name",
+          "rain-test": "paired by file name, or rain-N.png with norain-N.png",
+          "sorted": "paired in sorted order"}
 
 
 def _pairs(root: Path, lq_dir: Path, gt_dir: Path, pairing: str, lqs: Sequence[Path], gts: Sequence[Path],
@@ -422,11 +426,12 @@ def _pairs(root: Path, lq_dir: Path, gt_dir: Path, pairing: str, lqs: Sequence[P
             raise LayoutError(f"{what} {root}: {_rel(lq, root)} has no partner {_rel(gt_dir, root)}/{wanted} "
                               f"({rule})")
         pairs.append((lq, gt))
-    if pairing == "name":  # one-to-one: a clean file without its degraded twin is a broken pair too
+    if pairing in ("name", "rain-test"):  # one-to-one: a clean file without its degraded twin is a broken pair too
         used = {gt for _, gt in pairs}
         for gt in gts:
             if gt not in used:
-                raise LayoutError(f"{what} {root}: {_rel(gt, root)} has no partner {_rel(lq_dir, root)}/{gt.name} "
+                twin = "rain-" + gt.name[len("norain-"):] if gt.name.startswith("norain-") else gt.name
+                raise LayoutError(f"{what} {root}: {_rel(gt, root)} has no partner {_rel(lq_dir, root)}/{twin} "
                                   f"({rule})")
     return pairs
 

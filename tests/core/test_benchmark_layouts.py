@@ -223,6 +223,23 @@ def test_unpaired_test_file_is_named(tmp_path):
     assert f"derain/Rain100L/input/{gone.name}" in message and "no partner" in message
 
 
+def test_rain100l_named_rain_and_norain_pairs_too(tmp_path):
+    """Rain100L as its authors name it (input/rain-N.png, target/norain-N.png) pairs like PromptIR's copy
+    (the same names); a clean image left without its rainy twin is named with the twin it needs."""
+    _, test = make_three_task(tmp_path, n=2)
+    rain = test / "derain" / "Rain100L"
+    same = [(p.name, (rain / "target" / p.name).read_bytes()) for p in sorted((rain / "input").iterdir())]
+    for folder, prefix in (("input", "rain-"), ("target", "norain-")):
+        for name, _ in same:
+            (rain / folder / name).rename(rain / folder / f"{prefix}{name}")
+    task = {t.key: t for t in bl.benchmark_test_sets("three-task", test)}["derain"]
+    assert [(i.lq.name, i.gt.name) for i in task.images] == [(f"rain-{n}", f"norain-{n}") for n, _ in same]
+    assert [i.gt.read_bytes() for i in task.images] == [data for _, data in same]
+    (rain / "input" / f"rain-{same[0][0]}").unlink()
+    message = _error(bl.benchmark_test_sets, "three-task", test)
+    assert f"derain/Rain100L/target/norain-{same[0][0]}" in message and f"input/rain-{same[0][0]}" in message
+
+
 def test_unpaired_clean_file_is_named(tmp_path):
     _, test = make_three_task(tmp_path, n=2)
     write(test / "derain" / "Rain100L" / "target" / "extra.png", np.zeros((40, 40, 3), np.float32))
