@@ -77,11 +77,13 @@ def to_trainer_checkpoint(directory: PathLike, output: PathLike, trainer: str = 
         if "ema" in states:
             payload["params_ema"] = states["ema"]
     else:
+        # As MMEngine's EMAHook saves: the average in state_dict (what load_from and deployment read), the
+        # trained model's own weights in ema_state_dict (module.* around `steps`), swapped back on resume.
+        saved, other = (states["ema"], states["model"]) if "ema" in states else (states["model"], None)
         payload = {"meta": {"converted_from": str(directory), "format": FORMAT},
-                   "state_dict": {f"net.{k}": v for k, v in states["model"].items()}}
-        if "ema" in states:  # as MMEngine's EMAHook keeps it (an ExponentialMovingAverage around the model)
-            payload["ema_state_dict"] = {"steps": torch.tensor(0),
-                                         **{f"module.net.{k}": v for k, v in states["ema"].items()}}
+                   "state_dict": {f"net.{k}": v for k, v in saved.items()}}
+        if other is not None:
+            payload["ema_state_dict"] = {"steps": torch.tensor(0), **{f"module.net.{k}": v for k, v in other.items()}}
     output = Path(output)
     atomic_write(output, lambda tmp: torch.save(payload, tmp))
     return output

@@ -493,7 +493,11 @@ def _build_mmengine(cfg: Any, source: str) -> nn.Module:
 
 
 def _mmengine_states(checkpoint: Path, raw: Any) -> Dict[str, Dict[str, Tensor]]:
-    """The restorer's weights from a Runner checkpoint: "model", and "ema" when the run kept one."""
+    """The restorer's weights from a Runner checkpoint: "model", and "ema" when the run kept one.
+
+    MMEngine's ``EMAHook`` swaps the two when it saves (so that ``state_dict`` loads the average for
+    deployment): ``state_dict`` holds the EMA weights and ``ema_state_dict`` (``module.*`` keys around
+    ``steps``) the trained model's own."""
     if not isinstance(raw, dict):
         raise CheckpointError(f"{checkpoint}: expected an MMEngine checkpoint dict")
 
@@ -502,10 +506,10 @@ def _mmengine_states(checkpoint: Path, raw: Any) -> Dict[str, Dict[str, Tensor]]
                  if isinstance(v, Tensor) and k != "steps"}
         return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
 
-    states = {"model": net_weights(raw.get("state_dict") or raw)}
+    saved = net_weights(raw.get("state_dict") or raw)
     if raw.get("ema_state_dict"):
-        states["ema"] = net_weights(raw["ema_state_dict"])
-    return states
+        return {"model": net_weights(raw["ema_state_dict"]), "ema": saved}
+    return {"model": saved}
 
 
 # ------------------------------------------------------------------------------------------ the job

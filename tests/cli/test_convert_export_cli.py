@@ -62,24 +62,31 @@ def test_basicsr_checkpoint_to_folder_and_back(basicsr_checkpoint, tmp_path, cap
 
 
 def test_mmengine_checkpoint_to_folder_and_back(mmengine_checkpoint, tmp_path, capsys):
+    """MMEngine's EMAHook saves the average in ``state_dict`` and the trained weights in ``ema_state_dict``
+    (``module.net.*``): the folder's EMA is the former, its model the latter, and back the same way."""
     from constyle_plugin.runs import run_reader
 
     with run_reader("mmengine").checkpoint_globals():
         raw = torch.load(mmengine_checkpoint, map_location="cpu", weights_only=True)
-    net_state = {k: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+    average = {k: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+    trained = {k[len("module."):]: v for k, v in raw["ema_state_dict"].items() if k.startswith("module.net.")}
+    assert any(not torch.equal(average[k], trained[k]) for k in average)  # the run's EMA moved apart
     code, out, err = run_cli(capsys, "convert", "--checkpoint", str(mmengine_checkpoint), "--output",
                              str(tmp_path / "run"))
     assert code == 0, err
     files = json.loads((tmp_path / "run" / "config.json").read_text())["weights"]
-    loaded = ConStyleUNet.from_pretrained(tmp_path / "run", ema=False)
-    _equal_states({f"net.{k}": v for k, v in loaded.state_dict().items()}, net_state)
+    assert set(files) == {"model", "ema"}
+    for ema, expected in ((False, trained), (True, average)):
+        loaded = ConStyleUNet.from_pretrained(tmp_path / "run", ema=ema)
+        _equal_states({f"net.{k}": v for k, v in loaded.state_dict().items()}, expected)
 
     code, out, err = run_cli(capsys, "convert", "--checkpoint", str(tmp_path / "run"), "--to", "mmengine",
                              "--output", str(tmp_path / "iter_0.pth"))
     assert code == 0, err
     back = torch.load(tmp_path / "iter_0.pth", map_location="cpu", weights_only=True)
-    _equal_states(back["state_dict"], net_state)
-    assert ("ema_state_dict" in back) == ("ema" in files)
+    _equal_states(back["state_dict"], average)
+    _equal_states({k[len("module."):]: v for k, v in back["ema_state_dict"].items() if k.startswith("module.")},
+                  trained)
 
 
 def test_basicsr_checkpoint_to_onnx_and_restore_gives_the_same_images(basicsr_checkpoint, images, tmp_path,

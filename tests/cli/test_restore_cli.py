@@ -77,14 +77,15 @@ def test_restore_mmengine_checkpoint(mmengine_checkpoint, images, tmp_path):
     restore("--checkpoint", str(checkpoint), "--input", str(images), "--output", str(out), "--compare",
             "--device", "cpu")
     check_outputs(images, out)
-    # the command's output is the run's EMA network (MMEngine's EMAHook keeps it as module.net.*)
+    # the command's output is the run's EMA network: MMEngine's EMAHook saves the average in state_dict and
+    # the trained model's own weights in ema_state_dict (module.net.*), swapped back when it resumes
     net = load_network(checkpoint)
     from constyle_plugin.integrations.mmengine.runner import mmengine_checkpoint_globals  # after mmengine
 
     with mmengine_checkpoint_globals():
         raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    ema = {k[len("module.net."):]: v for k, v in raw["ema_state_dict"].items() if k.startswith("module.net.")}
-    live = {k[len("net."):]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
+    live = {k[len("module.net."):]: v for k, v in raw["ema_state_dict"].items() if k.startswith("module.net.")}
+    ema = {k[len("net."):]: v for k, v in raw["state_dict"].items() if k.startswith("net.")}
     assert any(not torch.equal(ema[k], live[k]) for k in ema)  # the EMA copy is not the trained weights
     assert net.backbone.intro.out_channels == 8  # the run's --cfg-options width, read from the work dir's config
     assert net.backbone.size_multiple == 8

@@ -430,10 +430,6 @@ def test_constyle_train_constyle_v2_suite_validates_every_task(mmengine_suite_ru
     assert [p.name for p in work.glob("best_PSNR_iter_*.pth")] == ["best_PSNR_iter_2.pth"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="constyle evaluate reads an MMEngine checkpoint's ema_state_dict as the EMA weights, but "
-                          "MMEngine's EMAHook saves the average in state_dict and the live weights in ema_state_dict "
-                          "(constyle_plugin/inference.py _mmengine_states)")
 def test_constyle_evaluate_on_the_suite_run_gives_the_numbers_validation_logged(mmengine_suite_run, suite, tmp_path):
     """``constyle evaluate --benchmark constyle-v2 --max-images 1`` on the run's checkpoint: the eight columns in
     the table's order, each the PSNR and SSIM validation logged (both ran the averaged weights)."""
