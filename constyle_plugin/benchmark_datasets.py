@@ -29,7 +29,7 @@ from torch.utils import data
 from .benchmark_layouts import (DEFAULT_REPEAT, NOISE_SIGMA, TEST_TASKS, TRAIN_TASKS, TestImage, TrainPair,
                                 benchmark_test_sets, benchmark_train_pairs, check_setting, synthetic_noise)
 from .compat import ensure_basicsr_importable
-from .datasets import BadImageWarning
+from .datasets import BadImageWarning, pad_to_size
 from .errors import LayoutError, OptionError, did_you_mean
 from .imageio import read_image
 
@@ -50,15 +50,6 @@ def _disk_only(opt: Mapping, owner: str) -> None:
         raise _option_error(owner, "io_backend.type", f"{backend!r} is not supported (only 'disk')")
     if int(opt.get("scale", 1) or 1) != 1:
         raise _option_error(owner, "scale", f"must be 1 (lq and gt have the same size), got {opt.get('scale')!r}")
-
-
-def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
-    """Reflect-pad (bottom / right) so both sides are at least ``size``."""
-    h, w = img.shape[:2]
-    ph, pw = max(0, size - h), max(0, size - w)
-    if ph or pw:
-        img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
-    return img
 
 
 def _readable(path: Path) -> bool:
@@ -184,7 +175,7 @@ class AllInOneTrainDataset(data.Dataset):
             raise LayoutError(f"{pair.lq} ({lq.shape[0]} x {lq.shape[1]}) and {pair.gt} ({gt.shape[0]} x "
                               f"{gt.shape[1]}) differ in size")
         s = self.gt_size
-        gt, lq = _pad_to(gt, s), _pad_to(lq, s)
+        gt, lq = pad_to_size(gt, s), pad_to_size(lq, s)
         if self.phase == "train":
             gt, lq = paired_random_crop(gt, lq, s, 1, str(pair.gt))
             gt, lq = augment([gt, lq], self.use_hflip, self.use_rot)

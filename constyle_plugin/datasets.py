@@ -37,7 +37,7 @@ from basicsr.data.transforms import augment  # noqa: E402
 from basicsr.utils import img2tensor  # noqa: E402
 
 __all__ = ["MixDegradationDataset", "ConStylePretrainDataset", "BadImageWarning",
-           "IMAGE_EXTENSIONS", "read_image"]
+           "IMAGE_EXTENSIONS", "pad_to_size", "read_image"]
 
 SAMPLE_PHOTOS = "sample_photos"
 SAMPLE_CLASSES = "sample_classes"
@@ -106,8 +106,8 @@ class _ImageSource:
         raise RuntimeError(f"{self.owner}: none of the {n} image files can be decoded")
 
 
-def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
-    """Reflect-pad (bottom / right) so both sides are at least ``size``."""
+def pad_to_size(img: np.ndarray, size: int) -> np.ndarray:
+    """``H x W x C`` reflect-padded (bottom / right) so both sides are at least ``size``; never resized."""
     h, w = img.shape[:2]
     ph, pw = max(0, size - h), max(0, size - w)
     if ph or pw:
@@ -250,7 +250,7 @@ class MixDegradationDataset(data.Dataset):
         j, img = self.source.load(index % len(self.paths))
         s = self.gt_size
         if train or self.val_crop == "center":
-            img = _pad_to(img, s)
+            img = pad_to_size(img, s)
             h, w = img.shape[:2]
             if train:
                 top, left = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
