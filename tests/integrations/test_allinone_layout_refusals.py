@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
+from allinone_runs import load_options, val_tasks
 from basicsr_runs import ROOT, refused_here
 from layouts import make_five_task, make_three_task
 
@@ -17,8 +17,7 @@ MMENGINE_FILE = ROOT / "options" / "mmengine" / "allinone" / "nafnet_constyle_fi
 
 
 def _val_phases() -> list:
-    opt = yaml.safe_load(BASICSR_FILE.read_text())
-    return [p for p in opt["datasets"] if p.startswith("val")]
+    return list(val_tasks(load_options(BASICSR_FILE)))
 
 
 def _basicsr_args(train_root: Path, test_root: Path, *extra: str) -> list:

@@ -11,23 +11,19 @@ task validated, a checkpoint written) and ``constyle evaluate --benchmark three-
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-import shlex
-import subprocess
-import sys
 import types
 import warnings
 from pathlib import Path
 
 import pytest
-import yaml
 
 from constyle_plugin.compat import ensure_basicsr_importable
 
-from basicsr_runs import ENV, ROOT
-from basicsr_runs import COMMAND as BASICSR
+from allinone_runs import (basicsr_train_tiny, constyle_train_tiny, evaluate_benchmark, header_command,
+                           load_options, logged_validation_psnr, option_check_warnings, parsed_options, val_tasks)
+from basicsr_runs import ROOT
 from layouts import make_five_task, make_three_task
 
 ensure_basicsr_importable()
@@ -69,10 +65,6 @@ def _setting(path: Path) -> str:
     return SETTINGS[re.search(r"(three_task|five_task)", path.stem).group(1)]
 
 
-def _load(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
     """{setting: (train root, test root)}: miniature PromptIR / AdaIR layouts."""
@@ -92,54 +84,34 @@ def test_every_allinone_options_file_passes_the_basicsr_option_check(path, layou
     """The command's own checks: the command lines in the header (``check_command_line``: the -opt file,
     each --force_yml key exists), then the parsed options (``prepare_options``: types, option keys that
     nothing reads, the data roots, the network) with the data roots on a miniature layout. Nothing warned."""
-    from basicsr.utils.options import ordered_yaml
+    from constyle_plugin.integrations.basicsr.cli import check_command_line
 
-    from constyle_plugin.integrations.basicsr import register
-    from constyle_plugin.integrations.basicsr.cli import check_command_line, prepare_options
-
-    register()
     monkeypatch.chdir(ROOT)
-    header = re.sub(r"\\\n#\s*", " ", path.read_text())
-    lines = [line.lstrip("# ").strip() for line in header.splitlines() if line.startswith("#   basicsr train")]
-    assert len(lines) == 1, lines
-    args = shlex.split(lines[0])[2:]
-    forced = check_command_line(args)
+    forced = check_command_line(header_command(path, "basicsr train")[2:])
     assert forced == {"datasets.train.dataroot": "datasets:train:dataroot=/data/allinone/Train"}
 
-    opt = yaml.load(path.read_text(), Loader=ordered_yaml()[0])
+    opt = parsed_options(path)
     train_root, test_root = layouts[_setting(path)]
     opt["datasets"]["train"]["dataroot"] = str(train_root)
-    for phase, dataset in opt["datasets"].items():
-        if phase.startswith("val_"):
-            dataset["dataroot"] = str(test_root)
-    opt.update(is_train=True, num_gpu=0)  # what parse_options sets; the CPU here
-    if opt["network_g"]["type"] == "ConStyleUNet":  # a prompter file of the right format, built quickly
-        opt["network_g"]["prompter"]["pretrained"] = None
-    warned = []
-    prepare_options(opt, warn=warned.append)
-    assert warned == []
+    for dataset in val_tasks(opt).values():
+        dataset["dataroot"] = str(test_root)
+    assert option_check_warnings(opt) == []
 
 
 def test_the_option_check_refuses_a_missing_data_root(layouts, monkeypatch):
     """The control of the check above: the shipped placeholder roots do not exist here, and the check says so."""
-    from basicsr.utils.options import ordered_yaml
+    from constyle_plugin.integrations.basicsr import OptionError
 
-    from constyle_plugin.integrations.basicsr import OptionError, register
-    from constyle_plugin.integrations.basicsr.cli import prepare_options
-
-    register()
     monkeypatch.chdir(ROOT)
-    opt = yaml.load((BASICSR_DIR / "nafnet_origin_three_task.yml").read_text(), Loader=ordered_yaml()[0])
-    opt.update(is_train=True, num_gpu=0)
     with pytest.raises(OptionError, match=r"datasets\.train\.dataroot.*datasets/allinone/Train"):
-        prepare_options(opt)
+        option_check_warnings(parsed_options(BASICSR_DIR / "nafnet_origin_three_task.yml"))
 
 
 @pytest.mark.parametrize("path", BASICSR_FILES, ids=lambda p: p.stem)
 def test_basicsr_recipe_numbers_follow_from_the_dataset_sizes(path):
     from constyle_plugin.benchmark_layouts import DEFAULT_REPEAT, DEFAULT_TRAIN_TASKS, TEST_TASKS
 
-    setting, opt = _setting(path), _load(path)
+    setting, opt = _setting(path), load_options(path)
     recipe = _recipe(setting)
     train, data = opt["train"], opt["datasets"]["train"]
     assert (data["type"], data["setting"]) == ("AllInOneTrainDataset", setting)
@@ -174,7 +146,7 @@ def test_basicsr_learning_rate_follows_the_papers_schedule(setting):
     from basicsr.models.base_model import BaseModel
     from basicsr.models.lr_scheduler import CosineAnnealingRestartLR
 
-    opt = _load(BASICSR_DIR / f"nafnet_constyle_{setting.replace('-', '_')}.yml")["train"]
+    opt = load_options(BASICSR_DIR / f"nafnet_constyle_{setting.replace('-', '_')}.yml")["train"]
     warmup, end = opt["warmup_iter"], _recipe(setting)["cosine_end"]
     options = {k: v for k, v in opt["scheduler"].items() if k != "type"}
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=float(opt["optim_g"]["lr"]))
@@ -204,7 +176,7 @@ def test_basicsr_learning_rate_follows_the_papers_schedule(setting):
 
 @pytest.mark.parametrize("path", [p for p in BASICSR_FILES if "_origin_" in p.stem], ids=lambda p: p.stem)
 def test_origin_twins_differ_only_in_the_network(path):
-    origin, constyle = _load(path), _load(path.with_name(path.name.replace("_origin_", "_constyle_")))
+    origin, constyle = load_options(path), load_options(path.with_name(path.name.replace("_origin_", "_constyle_")))
     assert origin["network_g"] == constyle["network_g"]["backbone"]
     assert origin["name"] == constyle["name"].replace("ConStyle_v2", "origin")
     for opt in (origin, constyle):
@@ -214,7 +186,8 @@ def test_origin_twins_differ_only_in_the_network(path):
 
 def test_restormer_and_nafnet_files_share_the_recipe():
     for setting in SETTINGS:
-        nafnet, restormer = (_load(BASICSR_DIR / f"{net}_constyle_{setting}.yml") for net in ("nafnet", "restormer"))
+        nafnet, restormer = (load_options(BASICSR_DIR / f"{net}_constyle_{setting}.yml")
+                             for net in ("nafnet", "restormer"))
         assert nafnet["network_g"]["backbone"]["type"] == "NAFNet"
         assert restormer["network_g"]["backbone"]["type"] == "Restormer"
         for opt in (nafnet, restormer):
@@ -230,7 +203,7 @@ def test_every_mmengine_allinone_config_loads_with_the_recipe(path):
     cfg = Config.fromfile(str(path))
     setting = _setting(path)
     recipe = _recipe(setting)
-    twin = _load(BASICSR_DIR / f"{path.stem}.yml")
+    twin = load_options(BASICSR_DIR / f"{path.stem}.yml")
     assert cfg.default_scope == "constyle"
     assert cfg.train_cfg.max_iters == recipe["total"] == twin["train"]["total_iter"]
     assert cfg.train_cfg.val_interval == twin["val"]["val_freq"]
@@ -259,50 +232,31 @@ def test_every_mmengine_allinone_config_loads_with_the_recipe(path):
 
 
 # ------------------------------------------------------------------------------------------------ real runs
-def _val_tasks(opt: dict) -> dict:
-    return {phase: d for phase, d in opt["datasets"].items() if phase.startswith("val")}
-
-
 def test_basicsr_train_three_task_then_evaluate_the_checkpoint(layouts, prompter_file, tmp_path):
     """``basicsr train -opt options/allinone/nafnet_constyle_three_task.yml`` on a miniature three-task layout
     (tiny NAFNet, 2 iterations of 48 px patches), validating every task once; then ``constyle evaluate
     --checkpoint`` its checkpoint ``--benchmark three-task`` on the test root: every column measured."""
     path = BASICSR_DIR / "nafnet_constyle_three_task.yml"
-    opt = _load(path)
+    opt = load_options(path)
     train_root, test_root = layouts["three-task"]
-    force = ["num_gpu=auto", "train:total_iter=2", "train:warmup_iter=1", "val:val_freq=2", "logger:print_freq=1",
-             "logger:save_checkpoint_freq=2", f"datasets:train:dataroot={train_root}",
-             "datasets:train:batch_size_per_gpu=2", "datasets:train:gt_size=48", "datasets:train:num_worker_per_gpu=0",
-             "network_g:backbone:width=8", "network_g:backbone:enc_blk_nums=[1,1,1,1]",
-             f"network_g:prompter:pretrained={prompter_file}"]
-    for phase in _val_tasks(opt):
-        force += [f"datasets:{phase}:dataroot={test_root}", f"datasets:{phase}:max_images=1"]
-    proc = subprocess.run(BASICSR + ["train", "-opt", str(path), "--force_yml", *force], cwd=tmp_path,
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    proc = basicsr_train_tiny(path, tmp_path, prompter_file, test_root,
+                              ["train:warmup_iter=1", f"datasets:train:dataroot={train_root}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     experiment = tmp_path / "experiments" / opt["name"]
     log = next(experiment.glob("train_*.log")).read_text()
     assert re.search(r"iter:\s*2, lr:", log)
-    for phase, dataset in _val_tasks(opt).items():  # each task validated, with its name in the log
-        assert re.search(rf"Validation {re.escape(dataset['name'])}\n\s*# psnr: [\d.]+", log), dataset["name"]
+    logged = logged_validation_psnr(log, opt)  # each task validated, with its name in the log
     checkpoint = experiment / "models" / "net_g_latest.pth"
     assert checkpoint.is_file() and (experiment / "models" / "net_g_2.pth").is_file()
 
-    out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "evaluate", "--checkpoint", str(checkpoint),
-                           "--benchmark", "three-task", "--root", str(test_root), "--output", str(out),
-                           "--max-images", "1", "--samples", "0", "--device", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate_benchmark(checkpoint, "three-task", test_root, tmp_path / "eval", tmp_path)
     assert (metrics["benchmark"], metrics["channel"]) == ("three-task", "RGB")
     tasks = metrics["tasks"]
-    assert list(tasks) == [d["task"] for d in _val_tasks(opt).values()]  # the papers' columns, in order
+    assert list(tasks) == [d["task"] for d in val_tasks(opt).values()]  # the papers' columns, in order
     assert all(tasks[t]["n_images"] == 1 and 0 < tasks[t]["psnr"] < 100 and 0 < tasks[t]["ssim"] <= 1 for t in tasks)
     assert math.isclose(metrics["average"]["psnr"], sum(t["psnr"] for t in tasks.values()) / len(tasks))
-    for dataset in _val_tasks(opt).values():  # the table's numbers are the ones validation logged
-        logged = re.search(rf"Validation {re.escape(dataset['name'])}\n\s*# psnr: ([\d.]+)", log).group(1)
-        assert abs(tasks[dataset["task"]]["psnr"] - float(logged)) < 6e-5, (dataset["name"], logged)
+    for task, psnr in logged.items():  # the table's numbers are the ones validation logged
+        assert abs(tasks[task]["psnr"] - psnr) < 6e-5, (task, psnr)
 
 
 def test_constyle_train_five_task_mmengine(layouts, prompter_file, tmp_path):
@@ -310,18 +264,10 @@ def test_constyle_train_five_task_mmengine(layouts, prompter_file, tmp_path):
     2 iterations (tiny NAFNet, 48 px patches), one validation of every test set (each column's PSNR / SSIM and
     their averages logged), a checkpoint."""
     train_root, test_root = layouts["five-task"]
-    options = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
-               "default_hooks.logger.interval=1", "model.backbone.width=8", "model.backbone.enc_blk_nums=[1,1,1]",
-               "model.backbone.dec_blk_nums=[1,1,1]", f"model.prompter.pretrained={prompter_file}",
-               "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
-               "train_dataloader.persistent_workers=False", "train_dataloader.dataset.gt_size=48",
-               f"train_dataloader.dataset.dataroot={train_root}", "val_dataloader.num_workers=0",
-               f"val_dataloader.dataset.dataroot={test_root}", "val_dataloader.dataset.max_images=1"]
     work = tmp_path / "work"
-    proc = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "train",
-                           str(MMENGINE_DIR / "nafnet_constyle_five_task.py"), "--work-dir", str(work),
-                           "--cfg-options", *options], cwd=tmp_path, capture_output=True, text=True, env=ENV,
-                          timeout=600)
+    proc = constyle_train_tiny(MMENGINE_DIR / "nafnet_constyle_five_task.py", tmp_path, work, prompter_file,
+                               [f"train_dataloader.dataset.dataroot={train_root}",
+                                f"val_dataloader.dataset.dataroot={test_root}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (work / "iter_2.pth").is_file()
     logs = "\n".join(p.read_text() for p in work.rglob("*.log"))

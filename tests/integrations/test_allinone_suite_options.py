@@ -17,19 +17,16 @@ import copy
 import json
 import math
 import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from constyle_plugin.compat import ensure_basicsr_importable
 
-from basicsr_runs import ENV, ROOT
-from basicsr_runs import COMMAND as BASICSR
+from allinone_runs import (basicsr_train_tiny, constyle_train_tiny, evaluate_benchmark, header_command,
+                           load_options, logged_validation_psnr, option_check_warnings, parsed_options, val_tasks)
+from basicsr_runs import ROOT
 from layouts import make_constyle_v2_suite, picture, write
 
 ensure_basicsr_importable()
@@ -48,25 +45,9 @@ MMENGINE_DATA_OPTIONS = ("train_dataloader.dataset.lq_folder", "train_dataloader
                          "val_dataloader.dataset.dataroot")
 
 
-def _load(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
 def _stage2(path: Path) -> Path:
     """The authors' stage-2 options file the suite file follows: options/<net>_<variant>.yml."""
     return OPTIONS_DIR / (path.stem.replace("_constyle_v2", "") + ".yml")
-
-
-def _val_tasks(opt: dict) -> dict:
-    return {phase: d for phase, d in opt["datasets"].items() if phase.startswith("val")}
-
-
-def _header_line(path: Path, command: str) -> list:
-    """The header's ``command`` line (continuations joined), split as a shell would."""
-    header = re.sub(r"\\\n#\s*", " ", path.read_text())
-    lines = [line.lstrip("# ").strip() for line in header.splitlines() if line.startswith(f"#   {command}")]
-    assert len(lines) == 1, (path.name, command, lines)
-    return shlex.split(lines[0])
 
 
 def _paired_folders(root: Path, n: int = 2) -> tuple:
@@ -97,49 +78,35 @@ def test_every_suite_options_file_passes_the_basicsr_option_check(path, suite, m
     each --force_yml key exists) and the options it parses (``prepare_options``: types, option keys that nothing
     reads, the data roots, paired folders of equal size, the network) with the data roots on the miniature
     suite. Nothing warned. The header's evaluate line evaluates this run's checkpoint on the suite."""
-    from basicsr.utils.options import ordered_yaml
+    from constyle_plugin.integrations.basicsr.cli import check_command_line
 
-    from constyle_plugin.integrations.basicsr import register
-    from constyle_plugin.integrations.basicsr.cli import check_command_line, prepare_options
-
-    register()
     monkeypatch.chdir(ROOT)
-    forced = check_command_line(_header_line(path, "basicsr train")[2:])
+    forced = check_command_line(header_command(path, "basicsr train")[2:])
     assert forced == {"datasets.train.dataroot_gt": "datasets:train:dataroot_gt=/data/mix_degradations/hq",
                       "datasets.train.dataroot_lq": "datasets:train:dataroot_lq=/data/mix_degradations/lq"}
 
-    opt = yaml.load(path.read_text(), Loader=ordered_yaml()[0])
-    evaluate = _header_line(path, "constyle evaluate")
+    opt = parsed_options(path)
+    evaluate = header_command(path, "constyle evaluate")
     assert evaluate[evaluate.index("--benchmark") + 1] == SETTING
     assert evaluate[evaluate.index("--checkpoint") + 1] == f"experiments/{opt['name']}/models/net_g_latest.pth"
 
     test_root, (hq, lq) = suite
     opt["datasets"]["train"].update(dataroot_gt=str(hq), dataroot_lq=str(lq))
-    for dataset in _val_tasks(opt).values():
+    for dataset in val_tasks(opt).values():
         dataset["dataroot"] = str(test_root)
-    opt.update(is_train=True, num_gpu=0)  # what parse_options sets; the CPU here
-    if opt["network_g"]["type"] == "ConStyleUNet":  # a prompter file of the right format, built quickly
-        opt["network_g"]["prompter"]["pretrained"] = None
-    warned = []
-    prepare_options(opt, warn=warned.append)
-    assert warned == []
+    assert option_check_warnings(opt) == []
 
 
 def test_the_option_check_refuses_the_placeholder_training_folders(suite, monkeypatch):
     """The control of the check above: the shipped placeholder folders do not exist here, and the check says so."""
-    from basicsr.utils.options import ordered_yaml
+    from constyle_plugin.integrations.basicsr import OptionError
 
-    from constyle_plugin.integrations.basicsr import OptionError, register
-    from constyle_plugin.integrations.basicsr.cli import prepare_options
-
-    register()
     monkeypatch.chdir(ROOT)
-    opt = yaml.load(FILES[1].read_text(), Loader=ordered_yaml()[0])
-    for dataset in _val_tasks(opt).values():
+    opt = parsed_options(FILES[1])
+    for dataset in val_tasks(opt).values():
         dataset["dataroot"] = str(suite[0])
-    opt.update(is_train=True, num_gpu=0)
     with pytest.raises(OptionError, match=r"datasets\.train\.dataroot_(gt|lq).*datasets/mix_degradations/"):
-        prepare_options(opt)
+        option_check_warnings(opt)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
@@ -147,7 +114,7 @@ def test_the_recipe_is_the_authors_stage2_recipe(path):
     """The ``train`` section, the network, the run's model / seed / checkpoint key and the training set's
     patch, augmentation and batch are those of ``options/<net>_<variant>.yml`` (the authors' stage 2), so the
     suite file cannot drift from it; the training set is BasicSR's paired folders."""
-    opt, authors = _load(path), _load(_stage2(path))
+    opt, authors = load_options(path), load_options(_stage2(path))
     assert opt["train"] == authors["train"]
     assert opt["network_g"] == authors["network_g"]
     for key in ("model_type", "scale", "num_gpu", "manual_seed"):
@@ -170,8 +137,8 @@ def test_validation_is_the_suite_at_its_crop(path):
     ``pad_multiple`` the suite's crop, so validation runs the images unpadded as ``constyle evaluate`` does."""
     from constyle_plugin.benchmark_layouts import CROP, TEST_TASKS
 
-    opt = _load(path)
-    vals = _val_tasks(opt)
+    opt = load_options(path)
+    vals = val_tasks(opt)
     assert list(vals) == [f"val_{task}" for task in TEST_TASKS[SETTING]]
     assert [d["task"] for d in vals.values()] == list(TEST_TASKS[SETTING])
     assert all(d["type"] == "AllInOneTestDataset" and d["setting"] == SETTING and d["dataroot"] == "datasets/Test_small"
@@ -183,7 +150,7 @@ def test_validation_is_the_suite_at_its_crop(path):
 @pytest.mark.parametrize("net", NETS)
 def test_origin_twins_differ_only_in_the_network_and_name(net):
     directory = OPTIONS_DIR / "allinone"
-    origin, constyle = (_load(directory / f"{net}_{v}_constyle_v2.yml") for v in VARIANTS[::-1])
+    origin, constyle = (load_options(directory / f"{net}_{v}_constyle_v2.yml") for v in VARIANTS[::-1])
     assert origin["network_g"] == constyle["network_g"]["backbone"]
     assert origin["name"] == constyle["name"].replace("ConStyle_v2", "origin") != constyle["name"]
     for opt in (origin, constyle):
@@ -193,7 +160,7 @@ def test_origin_twins_differ_only_in_the_network_and_name(net):
 
 def test_restormer_and_nafnet_files_share_everything_but_the_backbone():
     directory = OPTIONS_DIR / "allinone"
-    nafnet, restormer = (_load(directory / f"{net}_constyle_constyle_v2.yml") for net in NETS)
+    nafnet, restormer = (load_options(directory / f"{net}_constyle_constyle_v2.yml") for net in NETS)
     assert (nafnet["network_g"]["backbone"]["type"], restormer["network_g"]["backbone"]["type"]) == ("NAFNet",
                                                                                                     "Restormer")
     for opt in (nafnet, restormer):
@@ -207,36 +174,19 @@ def test_basicsr_train_constyle_v2_suite_then_evaluate_the_checkpoint(suite, pro
     (one image each); then ``constyle evaluate --checkpoint`` its checkpoint ``--benchmark constyle-v2``:
     the eight columns in the table's order, each the PSNR validation logged."""
     path = FILES[0]
-    opt = _load(path)
+    opt = load_options(path)
     test_root, (hq, lq) = suite
-    force = ["num_gpu=auto", "train:total_iter=2", "val:val_freq=2", "logger:print_freq=1",
-             "logger:save_checkpoint_freq=2", f"datasets:train:dataroot_gt={hq}", f"datasets:train:dataroot_lq={lq}",
-             "datasets:train:batch_size_per_gpu=2", "datasets:train:gt_size=48", "datasets:train:num_worker_per_gpu=0",
-             "network_g:backbone:width=8", "network_g:backbone:enc_blk_nums=[1,1,1,1]",
-             f"network_g:prompter:pretrained={prompter_file}"]
-    for phase in _val_tasks(opt):
-        force += [f"datasets:{phase}:dataroot={test_root}", f"datasets:{phase}:max_images=1"]
-    proc = subprocess.run(BASICSR + ["train", "-opt", str(path), "--force_yml", *force], cwd=tmp_path,
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    proc = basicsr_train_tiny(path, tmp_path, prompter_file, test_root,
+                              [f"datasets:train:dataroot_gt={hq}", f"datasets:train:dataroot_lq={lq}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     experiment = tmp_path / "experiments" / opt["name"]
     log = next(experiment.glob("train_*.log")).read_text()
     assert re.search(r"iter:\s*2, lr:", log)
-    logged = {}
-    for dataset in _val_tasks(opt).values():  # each task validated, with its name in the log
-        found = re.search(rf"Validation {re.escape(dataset['name'])}\n\s*# psnr: ([\d.]+)", log)
-        assert found, dataset["name"]
-        logged[dataset["task"]] = float(found.group(1))
+    logged = logged_validation_psnr(log, opt)  # each task validated, with its name in the log
     checkpoint = experiment / "models" / "net_g_latest.pth"
     assert checkpoint.is_file() and (experiment / "models" / "net_g_2.pth").is_file()
 
-    out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "evaluate", "--checkpoint", str(checkpoint),
-                           "--benchmark", SETTING, "--root", str(test_root), "--output", str(out),
-                           "--max-images", "1", "--samples", "0", "--device", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate_benchmark(checkpoint, SETTING, test_root, tmp_path / "eval", tmp_path)
     assert (metrics["benchmark"], metrics["channel"]) == (SETTING, "RGB")
     tasks = metrics["tasks"]
     assert list(tasks) == ["gopro", "sots", "rain", "cbsd68_25", "live1_20", "lol", "defocus", "snow"]
@@ -345,11 +295,11 @@ def test_mmengine_header_commands_pass_the_config_check(path, suite, prompter_fi
     training folders. The header's evaluate line evaluates that run's last checkpoint on the suite."""
     from constyle_plugin.integrations.mmengine import ConfigError, check_config
 
-    train = _header_line(path, "constyle train")
+    train = header_command(path, "constyle train")
     assert train[2] == path.relative_to(ROOT).as_posix()
     options = dict(item.split("=", 1) for item in train[train.index("--cfg-options") + 1:])
     assert tuple(options) == MMENGINE_DATA_OPTIONS
-    evaluate = _header_line(path, "constyle evaluate")
+    evaluate = header_command(path, "constyle evaluate")
     cfg = _config(path)
     assert evaluate[evaluate.index("--benchmark") + 1] == SETTING
     assert evaluate[evaluate.index("--root") + 1] == options["val_dataloader.dataset.dataroot"]
@@ -379,19 +329,11 @@ def mmengine_suite_run(suite, prompter_file, tmp_path_factory):
     folders (tiny NAFNet, 2 iterations of 48 px patches, the authors' EMA), validating every task of the
     miniature suite once (one image each): ``(work dir, the finished process)``."""
     test_root, (hq, lq) = suite
-    options = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
-               "default_hooks.logger.interval=1", "model.backbone.width=8", "model.backbone.enc_blk_nums=[1,1,1]",
-               "model.backbone.dec_blk_nums=[1,1,1]", f"model.prompter.pretrained={prompter_file}",
-               "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
-               "train_dataloader.persistent_workers=False", "train_dataloader.dataset.gt_size=48",
-               f"train_dataloader.dataset.lq_folder={lq}", f"train_dataloader.dataset.gt_folder={hq}",
-               "val_dataloader.num_workers=0", f"val_dataloader.dataset.dataroot={test_root}",
-               "val_dataloader.dataset.max_images=1"]
     base = tmp_path_factory.mktemp("mmengine_suite_run")
     work = base / "work"
-    proc = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "train", str(MMENGINE_FILES[0]),
-                           "--work-dir", str(work), "--cfg-options", *options], cwd=base, capture_output=True,
-                          text=True, env=ENV, timeout=600)
+    proc = constyle_train_tiny(MMENGINE_FILES[0], base, work, prompter_file,
+                               [f"train_dataloader.dataset.lq_folder={lq}", f"train_dataloader.dataset.gt_folder={hq}",
+                                f"val_dataloader.dataset.dataroot={test_root}"])
     return work, proc
 
 
@@ -437,13 +379,7 @@ def test_constyle_evaluate_on_the_suite_run_gives_the_numbers_validation_logged(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     labels = _suite_labels()
     scalars = _logged_scalars(work)
-    out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "evaluate", "--checkpoint",
-                           str(work / "iter_2.pth"), "--benchmark", SETTING, "--root", str(suite[0]), "--output",
-                           str(out), "--max-images", "1", "--samples", "0", "--device", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = evaluate_benchmark(work / "iter_2.pth", SETTING, suite[0], tmp_path / "eval", tmp_path)
     assert (metrics["benchmark"], metrics["channel"]) == (SETTING, "RGB")
     table = metrics["tasks"]
     assert list(table) == list(labels) and all(table[t]["n_images"] == 1 for t in table)

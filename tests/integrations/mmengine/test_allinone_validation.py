@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,8 @@ from constyle_plugin.compat import ensure_basicsr_importable
 from constyle_plugin.errors import ConStyleError, OptionError
 from constyle_plugin.integrations.mmengine import DATASETS, METRICS
 
-from cli_runs import ENV, ROOT
+from allinone_runs import constyle_train_tiny, evaluate_benchmark
+from cli_runs import ROOT
 from layouts import make_five_task, make_three_task
 
 ensure_basicsr_importable()
@@ -183,17 +182,10 @@ def test_constyle_train_three_task_validates_every_task(prompter_file, tmp_path)
     and their averages, the best checkpoint is chosen by the average PSNR, and ``constyle evaluate`` on the
     checkpoint gives the same per-column numbers."""
     train_root, test_root = make_three_task(tmp_path / "data", n=2)
-    options = ["train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
-               "default_hooks.logger.interval=1", "model.backbone.width=8", "model.backbone.enc_blk_nums=[1,1,1]",
-               "model.backbone.dec_blk_nums=[1,1,1]", f"model.prompter.pretrained={prompter_file}",
-               "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
-               "train_dataloader.persistent_workers=False", "train_dataloader.dataset.gt_size=48",
-               f"train_dataloader.dataset.dataroot={train_root}", "val_dataloader.num_workers=0",
-               f"val_dataloader.dataset.dataroot={test_root}", "val_dataloader.dataset.max_images=1"]
     work = tmp_path / "work"
-    proc = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "train", str(CONFIG), "--work-dir", str(work),
-                           "--cfg-options", *options], cwd=tmp_path, capture_output=True, text=True, env=ENV,
-                          timeout=600)
+    proc = constyle_train_tiny(CONFIG, tmp_path, work, prompter_file,
+                               [f"train_dataloader.dataset.dataroot={train_root}",
+                                f"val_dataloader.dataset.dataroot={test_root}"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     tasks = list(TEST_TASKS["three-task"])
 
@@ -215,13 +207,7 @@ def test_constyle_train_three_task_validates_every_task(prompter_file, tmp_path)
         assert all(abs(float(logged[f"{name}/{_label(t)}"]) - v) < 6e-5 for t, v in zip(tasks, per_task))
     assert [p.name for p in work.glob("best_PSNR_iter_*.pth")] == ["best_PSNR_iter_2.pth"]
 
-    out = tmp_path / "eval"
-    proc = subprocess.run([sys.executable, "-m", "constyle_plugin.cli", "evaluate", "--checkpoint",
-                           str(work / "iter_2.pth"), "--benchmark", "three-task", "--root", str(test_root),
-                           "--output", str(out), "--max-images", "1", "--samples", "0", "--device", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = json.loads((out / "metrics.json").read_text())["tasks"]
+    table = evaluate_benchmark(work / "iter_2.pth", "three-task", test_root, tmp_path / "eval", tmp_path)["tasks"]
     assert list(table) == tasks
     for task in tasks:  # the table's numbers are the ones validation logged
         assert table[task]["psnr"] == pytest.approx(scalars[f"PSNR/{_label(task)}"], abs=1e-6), task
