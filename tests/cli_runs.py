@@ -1,6 +1,7 @@
 """Shared helpers for the tests of the ``constyle`` command (``constyle train`` on MMEngine,
-``constyle restore``): a tiny MMEngine run, a BasicSR experiment layout, the command in a fresh
-interpreter or in this process. Fixtures built on them are in ``tests/conftest.py``."""
+``constyle restore``, ``constyle evaluate``): a tiny MMEngine run, a BasicSR experiment layout, a tiny
+saved wrapped net, the command in a fresh interpreter or in this process. Fixtures built on them are in
+``tests/conftest.py``."""
 from __future__ import annotations
 
 import os
@@ -61,3 +62,21 @@ def run_cli(capsys, *args: str):
 
 def tree(folder: Path):
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else None
+
+
+def save_tiny_trained_net(folder: Path) -> Path:
+    """A tiny wrapped NAFNet (width 8) off its wrap-time identity (every weight but the prompter's moved by
+    seeded noise), as ``save_pretrained`` writes it to ``folder``: what ``constyle evaluate`` tests measure."""
+    import torch
+
+    from constyle_plugin import wrap_unet
+    from constyle_plugin.archs import NAFNet
+
+    torch.manual_seed(0)
+    net = wrap_unet(NAFNet(width=8, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1]))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if not name.startswith("prompter."):
+                p.add_(0.01 * torch.randn_like(p))
+    net.save_pretrained(folder)
+    return folder

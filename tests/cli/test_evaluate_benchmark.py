@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from constyle_plugin import cli, wrap_unet
-from constyle_plugin.archs import NAFNet
+from constyle_plugin import cli
 from constyle_plugin.benchmark_layouts import benchmark_test_sets
 from constyle_plugin.compat import ensure_basicsr_importable
 from constyle_plugin.evaluate import to_bgr_uint8
 from constyle_plugin.inference import load_network, size_multiple_of, tiled_forward
 
-from tests.layouts import make_constyle_v2_suite, make_five_task, make_three_task
+from cli_runs import save_tiny_trained_net
+from layouts import make_constyle_v2_suite, make_five_task, make_three_task
 
 COLUMNS = {"three-task": ["SOTS", "Rain100L", "BSD68"], "five-task": ["SOTS", "Rain100L", "BSD68", "GoPro", "LOL"],
            "constyle-v2": ["GoPro", "SOTS", "Rain", "CBSD68", "LIVE1", "LOL", "Defocus", "Snow"]}
@@ -29,13 +29,7 @@ COLUMNS = {"three-task": ["SOTS", "Rain100L", "BSD68"], "five-task": ["SOTS", "R
 def bench(tmp_path_factory):
     """``run/`` (a tiny wrapped NAFNet, off identity) and the three miniature test roots."""
     root = tmp_path_factory.mktemp("evaluate_benchmark")
-    torch.manual_seed(0)
-    net = wrap_unet(NAFNet(width=8, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1]))
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if not name.startswith("prompter."):
-                p.add_(0.01 * torch.randn_like(p))
-    net.save_pretrained(root / "run")
+    save_tiny_trained_net(root / "run")
     return {"run": root / "run", "three-task": make_three_task(root / "three")[1],
             "five-task": make_five_task(root / "five")[1], "constyle-v2": make_constyle_v2_suite(root / "suite")}
 

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-from constyle_plugin import cli, wrap_unet
-from constyle_plugin.archs import NAFNet
+from constyle_plugin import cli
 from constyle_plugin.compat import ensure_basicsr_importable
 from constyle_plugin.degradations import ALL_IN_ONE
 from constyle_plugin.imageio import read_image
 from constyle_plugin.inference import load_network, size_multiple_of, tiled_forward
 from constyle_plugin.samples import sample_photos
+
+from cli_runs import save_tiny_trained_net
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 DEGRADATIONS = ("noise", "rain", "jpeg")
@@ -36,13 +37,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 def bench(tmp_path_factory):
     """``run/`` (a tiny wrapped NAFNet, not at identity), ``Rain/{lq,gt}`` with three degraded photos."""
     root = tmp_path_factory.mktemp("evaluate")
-    torch.manual_seed(0)
-    net = wrap_unet(NAFNet(width=8, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1]))
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if not name.startswith("prompter."):
-                p.add_(0.01 * torch.randn_like(p))
-    net.save_pretrained(root / "run")
+    save_tiny_trained_net(root / "run")
     rng = np.random.default_rng(0)
     for (name, photo), kind in zip(sample_photos(PHOTOS), DEGRADATIONS):
         h, w = photo.shape[:2]
