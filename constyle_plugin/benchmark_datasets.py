@@ -27,7 +27,8 @@ import torch
 from torch.utils import data
 
 from .benchmark_layouts import (DEFAULT_REPEAT, NOISE_SIGMA, TEST_TASKS, TRAIN_TASKS, TestImage, TrainPair,
-                                benchmark_test_sets, benchmark_train_pairs, check_setting, synthetic_noise)
+                                benchmark_test_sets, benchmark_train_pairs, check_dataset_layout, check_setting,
+                                synthetic_noise)
 from .compat import ensure_basicsr_importable
 from .datasets import BadImageWarning, pad_to_size
 from .errors import LayoutError, OptionError, did_you_mean
@@ -87,6 +88,12 @@ class AllInOneTrainDataset(data.Dataset):
 
     OPTIONS = frozenset({"setting", "dataroot", "tasks", "repeat", "lists", "gt_size", "use_hflip", "use_rot",
                          "phase", "scale", "io_backend", "check_images"})
+
+    @staticmethod
+    def check_layout(opt: Mapping) -> None:
+        """The layout ``opt`` names, checked without reading an image: the trainers' option checks call
+        this before a run creates its folders (see :func:`~constyle_plugin.benchmark_layouts.check_dataset_layout`)."""
+        check_dataset_layout("train", opt)
 
     def __init__(self, opt: Mapping):
         super().__init__()
@@ -211,6 +218,11 @@ class AllInOneTestDataset(data.Dataset):
     """
 
     OPTIONS = frozenset({"setting", "dataroot", "task", "max_images", "phase", "scale", "io_backend"})
+
+    @staticmethod
+    def check_layout(opt: Mapping) -> None:
+        """As :meth:`AllInOneTrainDataset.check_layout`, for a test root and its ``task``."""
+        check_dataset_layout("test", opt)
 
     def __init__(self, opt: Mapping):
         super().__init__()

@@ -772,16 +772,16 @@ def check_options(opt: Mapping[str, Any], *, resuming: bool = False, host: Optio
 
 
 def _check_layout(cls: Any, dataset: Mapping[str, Any], key: str) -> None:
-    """The all-in-one benchmark datasets' layouts (folders, pairs, list files), checked before BasicSR
-    makes the run's folders: the datasets themselves are built after them."""
-    kind = {"AllInOneTrainDataset": "train", "AllInOneTestDataset": "test"}.get(getattr(cls, "__name__", ""))
-    if kind is None or getattr(cls, "__module__", "") != "constyle_plugin.benchmark_datasets":
+    """The data layout of a dataset type declaring ``check_layout`` (the all-in-one benchmark datasets:
+    folders, pairs, list files), checked before BasicSR makes the run's folders: the datasets themselves
+    are built after them."""
+    check = getattr(cls, "check_layout", None)
+    if check is None:
         return
-    from ...benchmark_layouts import check_dataset_layout
     from ...errors import LayoutError
 
     try:
-        check_dataset_layout(kind, dataset)
+        check(dataset)
     except OptionError as exc:
         raise OptionError(_join(key, exc.key), exc.message) from None
     except LayoutError as exc:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -166,6 +166,14 @@ class AllInOneTrainDataset(data.Dataset):
     OPTIONS = ("setting", "dataroot", "tasks", "repeat", "lists", "gt_size", "use_hflip", "use_rot", "phase",
                "scale", "io_backend", "check_images")
 
+    @staticmethod
+    def check_layout(opt: Mapping[str, Any]) -> None:
+        """The layout the keywords name, checked without reading an image (``constyle train`` does it
+        before the work dir exists)."""
+        from ...benchmark_layouts import check_dataset_layout
+
+        check_dataset_layout("train", opt)
+
     def __init__(self, **opt: Any) -> None:
         super().__init__()
         _check_options(type(self).__name__, opt, self.OPTIONS)
@@ -204,6 +212,13 @@ class AllInOneTestDataset(data.Dataset):
     """
 
     OPTIONS = ("setting", "dataroot", "task", "max_images", "phase", "scale", "io_backend")
+
+    @staticmethod
+    def check_layout(opt: Mapping[str, Any]) -> None:
+        """As :meth:`AllInOneTrainDataset.check_layout`, for a test root and its task(s)."""
+        from ...benchmark_layouts import check_dataset_layout
+
+        check_dataset_layout("test", opt)
 
     def __init__(self, **opt: Any) -> None:
         super().__init__()

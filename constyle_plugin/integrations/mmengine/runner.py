@@ -420,16 +420,16 @@ class _Checker:
                     self.dataset(d, f"{key}.{k}" + (f"[{i}]" if isinstance(v, (list, tuple)) else ""))
 
     def layout(self, cls: Any, node: Mapping, key: str) -> None:
-        """The all-in-one benchmark datasets' layouts (folders, pairs, list files), checked before the
-        runner makes its work dir: MMEngine builds the datasets only when training starts."""
-        kind = {"AllInOneTrainDataset": "train", "AllInOneTestDataset": "test"}.get(getattr(cls, "__name__", ""))
-        if kind is None or not getattr(cls, "__module__", "").startswith("constyle_plugin."):
+        """The data layout of a dataset type declaring ``check_layout`` (the all-in-one benchmark datasets:
+        folders, pairs, list files), checked before the runner makes its work dir: MMEngine builds the
+        datasets only when training starts."""
+        check = getattr(cls, "check_layout", None)
+        if check is None:
             return
-        from ...benchmark_layouts import check_dataset_layout
         from ...errors import LayoutError
 
         try:
-            check_dataset_layout(kind, node)
+            check(node)
         except OptionError as exc:
             self.errors.append(f"{key}.{exc.key}: {exc.message}")
         except LayoutError as exc:
