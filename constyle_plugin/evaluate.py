@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import EvaluateError, RestoreError, did_you_mean
+from .benchmark_layouts import SETTINGS, benchmark_test_sets, check_setting
+from .errors import EvaluateError, RestoreError
 from .imageio import IMAGE_EXTENSIONS, read_image
 from .inference import (check_device, check_output_folder, check_tiling, load_network, size_multiple_of,
                         tiled_forward, write_image)
@@ -42,7 +43,6 @@ __all__ = ["ImagePair", "TestItem", "basicsr_metrics", "benchmark_tasks", "evalu
 
 PathLike = Union[str, os.PathLike]
 INSTALL_HINT = 'pip install "constyle-plugin[basicsr]" (or run inside a BasicSR fork)'
-BENCHMARKS = ("three-task", "five-task", "constyle-v2")
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def add_evaluate_arguments(parser) -> None:
                              "folder or an exported .onnx file")
     parser.add_argument("--config", default=None,
                         help="its BasicSR .yml or MMEngine .py (default: the config its trainer recorded)")
-    parser.add_argument("--benchmark", default=None, metavar="{" + ",".join(BENCHMARKS) + "}",
+    parser.add_argument("--benchmark", default=None, metavar="{" + ",".join(SETTINGS) + "}",
                         help="one of the field's all-in-one settings, read from --root as its repositories lay it "
                              "out (docs/allinone-benchmarks.md): one task per column of the papers' table")
     parser.add_argument("--root", default=None,
@@ -314,8 +314,6 @@ def benchmark_tasks(benchmark: str, root: PathLike, max_images: Optional[int] = 
     """The test sets of one all-in-one setting under ``root``, checked before anything runs:
     ``({task key: items}, {task key: column header})`` in the papers' column order, each task cut to
     its first ``max_images`` items when given."""
-    from .benchmark_layouts import benchmark_test_sets
-
     tasks: Dict[str, Sequence[TestItem]] = {}
     columns: Dict[str, str] = {}
     for task in benchmark_test_sets(benchmark, root):
@@ -338,15 +336,12 @@ def _check_inputs(args, output: Path) -> Tuple[Dict[str, Sequence[TestItem]], Di
     if benchmark_given and pair_given:
         raise EvaluateError("--benchmark / --root and --lq / --gt: give one of the two, not both")
     if not benchmark_given and not pair_given:
-        raise EvaluateError("give --benchmark {" + ",".join(BENCHMARKS) + "} --root DIR, or --lq DIR --gt DIR")
+        raise EvaluateError("give --benchmark {" + ",".join(SETTINGS) + "} --root DIR, or --lq DIR --gt DIR")
     if benchmark_given:
         if args.benchmark is None or args.root is None:
             raise EvaluateError(f"{'--benchmark' if args.benchmark is None else '--root'} is missing: --benchmark "
                                 f"and --root go together")
-        if args.benchmark not in BENCHMARKS:
-            hint = did_you_mean(args.benchmark, BENCHMARKS)
-            raise EvaluateError(f"--benchmark: {args.benchmark!r} is not one of {', '.join(BENCHMARKS)}"
-                                + (f"; {hint}" if hint else ""))
+        check_setting(args.benchmark, key="--benchmark")
         if args.name is not None:
             raise EvaluateError("--name names the task of --lq / --gt; with --benchmark the tasks are the setting's")
         root = Path(args.root)
