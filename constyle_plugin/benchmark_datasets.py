@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils import data
 
-from .benchmark_layouts import (DEFAULT_REPEAT, NOISE_SIGMA, TEST_TASKS, TRAIN_TASKS, TestImage, TrainPair,
+from .benchmark_layouts import (DEFAULT_REPEAT, NOISE_SIGMA, TRAIN_TASKS, TestImage, TrainPair,
                                 benchmark_test_sets, benchmark_train_pairs, check_dataset_layout, check_setting,
-                                synthetic_noise)
+                                check_test_task, synthetic_noise)
 from .compat import ensure_basicsr_importable
 from .datasets import BadImageWarning, pad_to_size
 from .errors import LayoutError, OptionError, did_you_mean
@@ -234,13 +234,10 @@ class AllInOneTestDataset(data.Dataset):
         self.setting = check_setting(str(self.opt["setting"]))
         if not self.opt.get("dataroot"):
             raise _option_error(owner, "dataroot", f"missing: the {self.setting} test root")
-        task = self.opt.get("task")
-        known = TEST_TASKS[self.setting]
-        if task not in known:
-            hint = did_you_mean(task, known)
-            raise _option_error(owner, "task", f"{task!r} is not a {self.setting} test task"
-                                               f"{'; ' + hint if hint else ''} (known: {', '.join(known)})")
-        self.task = str(task)
+        try:
+            self.task = check_test_task(self.setting, self.opt.get("task"))
+        except OptionError as exc:
+            raise _option_error(owner, exc.key, exc.message) from None
         sets = {t.key: t for t in benchmark_test_sets(self.setting, self.opt["dataroot"])}
         images = list(sets[self.task].images)
         limit = self.opt.get("max_images")

@@ -66,7 +66,7 @@ __all__ = [
     "GOPRO", "SOTS", "RAIN", "CBSD68_25", "LIVE1_20", "LOL", "DEFOCUS", "SNOW",
     "TRAIN_TASKS", "THREE_TASK_TRAIN", "FIVE_TASK_TRAIN", "DEFAULT_TRAIN_TASKS", "DEFAULT_REPEAT", "TEST_TASKS",
     "COLUMNS", "NOISE_SIGMA", "CROP", "LIST_FILES", "task_group", "crop_to_multiple", "synthetic_noise",
-    "check_setting", "check_dataset_layout",
+    "check_setting", "check_test_task", "check_dataset_layout",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -362,6 +362,17 @@ def check_setting(setting: str, allowed: Sequence[str] = SETTINGS, key: str = "s
     return setting
 
 
+def check_test_task(setting: str, task: object) -> str:
+    """``task`` if it is a test task key of ``setting`` (:data:`TEST_TASKS`), else an
+    :class:`~constyle_plugin.errors.OptionError` (key ``task``) with a did-you-mean."""
+    known = TEST_TASKS[setting]
+    if task not in known:
+        hint = did_you_mean(task, known)
+        raise OptionError("task", f"{task!r} is not a {setting} test task{'; ' + hint if hint else ''} "
+                                  f"(known: {', '.join(known)})")
+    return str(task)
+
+
 # --------------------------------------------------------------------------------------------
 # Pairing
 # --------------------------------------------------------------------------------------------
@@ -634,10 +645,7 @@ def check_dataset_layout(kind: str, options: Mapping) -> None:
         benchmark_train_pairs(check_setting(setting, ("three-task", "five-task")), root, options.get("tasks"),
                               options.get("lists"))
         return
-    keys = [t.key for t in benchmark_test_sets(check_setting(setting), root)]
+    benchmark_test_sets(check_setting(setting), root)
     task = options.get("task")
     for one in ([task] if isinstance(task, str) else list(task) if isinstance(task, (list, tuple)) else []):
-        if one not in keys:
-            hint = did_you_mean(one, keys)
-            raise OptionError("task", f"{one!r} is not a {setting} test task{'; ' + hint if hint else ''} "
-                                      f"(known: {', '.join(keys)})")
+        check_test_task(setting, one)
