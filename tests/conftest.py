@@ -33,6 +33,19 @@ if str(TESTS) not in sys.path:
 from cli_runs import MMENGINE_CONFIG, TINY, TINY_BASICSR, constyle  # noqa: E402
 
 
+def pytest_configure(config) -> None:
+    """In the controlling process, before pytest-xdist starts its workers: let yapf (imported by MMEngine's
+    config module) write its grammar cache once. yapf rewrites the cache when its Grammar.txt is newer
+    (every fresh venv) and renames the file into place before the data is flushed, so two workers importing
+    MMEngine at the same moment can read a truncated pickle (EOFError at collection)."""
+    if hasattr(config, "workerinput"):  # a worker: the controller has written the cache already
+        return
+    try:
+        import yapf  # noqa: F401  (as mmengine.config imports it)
+    except ImportError:  # no MMEngine (and no yapf) in this environment
+        pass
+
+
 @pytest.fixture(autouse=True)
 def _fresh_mmengine_loggers():
     """Each test starts without the MMEngine loggers of the tests before it.
