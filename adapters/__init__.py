@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence
 
 import torch.nn as nn
 
-from constyle_plugin.stages import StageSpec
+from constyle_plugin.core.stages import StageSpec
 
 __all__ = ["FAMILIES", "convunet_spec", "maxim_spec", "nafnet_spec", "restormer_spec", "stage_spec_for"]
 

@@ -15,7 +15,7 @@ the same seed and number of iterations for four variants:
   capacity plus a conditioning network learned end to end buy, against which the frozen
   pre-trained prompter has to show its worth.
 
-Photos are split by source photo (``constyle_plugin.samples.split_by_photo``): the test crops come
+Photos are split by source photo (``constyle_plugin.data.samples.split_by_photo``): the test crops come
 only from held-out photos that no training batch ever sees (asserted). The test set is fixed: for each
 held-out photo, ``--test-crops`` crops of ``--test-patch`` pixels at seeded positions, each degraded
 by each of the eight degradations with seeded parameters. Metrics are BasicSR's PSNR / SSIM (RGB)
@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from _runs import RunsFromError, runs_from  # benchmarks/_runs.py
-from constyle_plugin.pretrained import file_sha256 as sha256_file
+from constyle_plugin.core.pretrained import file_sha256 as sha256_file
 
 VARIANTS = ("origin", "constyle", "constyle_untrained", "learned")
 VARIANT_LABELS = {"origin": "origin", "constyle": "+ConStyle v2",
@@ -572,7 +572,7 @@ def tsne_2d(train: torch.Tensor, test: torch.Tensor) -> Tuple[Optional[Tuple[np.
 
 def investigate(prompters: Dict, probe_items: List[Dict], test_items: List[Dict],
                 degradation_names: Sequence[str], device: torch.device, batch: int) -> Tuple[Dict, Dict]:
-    from constyle_plugin.pretrain import latent_spread
+    from constyle_plugin.training.pretrain import latent_spread
 
     index = {d: i for i, d in enumerate(degradation_names)}
     y_train = torch.tensor([index[it["degradation"]] for it in probe_items])
@@ -734,7 +734,7 @@ def markdown_probe(probe: Dict, degs: Sequence[str], latents_png: str) -> List[s
              f"{probe['meta']['n_test']} test inputs (held-out photos). Chance: "
              f"{probe['meta']['chance'] * 100:.1f}%. Separability: between- / within-class scatter on the "
              f"test inputs, grouped by degradation and, for comparison, by source photo. Spread: "
-             f"`constyle_plugin.pretrain.latent_spread` on the test inputs (0: every image gets the same "
+             f"`constyle_plugin.training.pretrain.latent_spread` on the test inputs (0: every image gets the same "
              f"vector; below 0.1 the training logs call it collapsed).", "",
              "| prompter | features | train acc. | test acc. | separability (degradation) | "
              "separability (photo) | spread | " + " | ".join(degs) + " |",
@@ -872,7 +872,7 @@ def write_probe_only(out: Path, args: argparse.Namespace, argv: Optional[Sequenc
 
 def resolve_prompter(args: argparse.Namespace, workdir: Path) -> Tuple[Path, bool, str]:
     """(path, is_random, note) of the prompter for the ``constyle`` variant."""
-    from constyle_plugin.prompter import PACKAGED_WEIGHTS, default_prompter_path
+    from constyle_plugin.core.prompter import PACKAGED_WEIGHTS, default_prompter_path
 
     if args.prompter is not None:
         path = Path(args.prompter).expanduser()
@@ -909,8 +909,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     ensure_basicsr_importable()
     from constyle_plugin import degradations as deg
-    from constyle_plugin.datasets import MixDegradationDataset
-    from constyle_plugin.samples import sample_photos, split_by_photo
+    from constyle_plugin.data.datasets import MixDegradationDataset
+    from constyle_plugin.data.samples import sample_photos, split_by_photo
 
     out = Path(args.out) if args.out else (
         Path(tempfile.gettempdir()) / "constyle_allinone_smoke" if args.smoke else REPO / "benchmarks" / "results")

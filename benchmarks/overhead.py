@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E
 
 from constyle_plugin import ConStyleV2, wrap_unet  # noqa: E402
 from constyle_plugin.archs import MAXIM, ConvUNet, NAFNet, Restormer  # noqa: E402
-from constyle_plugin.unet import DEFAULT_INJECT, INJECT_TARGETS  # noqa: E402
+from constyle_plugin.core.unet import DEFAULT_INJECT, INJECT_TARGETS  # noqa: E402
 
 ARCHS: Dict[str, Callable[..., nn.Module]] = {"nafnet": NAFNet, "restormer": Restormer, "convunet": ConvUNet,
                                               "maxim": MAXIM}

@@ -3,22 +3,22 @@
 
 Three measurements, each in this process:
 
-* **networks**: one training step of :class:`~constyle_plugin.pretrain.ConStyleMoCo` (query encoder,
+* **networks**: one training step of :class:`~constyle_plugin.training.pretrain.ConStyleMoCo` (query encoder,
   momentum key encoder, queue of ``--queue`` negatives) with the five losses
-  (:class:`~constyle_plugin.pretrain.ConStylePretrainLoss`, pretext and distillation on) and AdamW
+  (:class:`~constyle_plugin.training.pretrain.ConStylePretrainLoss`, pretext and distillation on) and AdamW
   (lr 3e-4, weight decay 1e-4), on a fixed batch already on the device: ``zero_grad``, forward,
   losses, backward, step. Variants: ``baseline`` (fp32, torch's default AdamW), and with
   ``--channels-last`` / ``--fused-adamw`` each of those and both, with ``--no-host-checks`` without
   the two input checks that read back to the host (prompter NaN/Inf check, label range check), to
   measure what helps.
 * **degradation**: the Real-ESRGAN query degradation of one batch of photo crops
-  (:class:`~constyle_plugin.degradations.RealESRGANDegradation`): ``reference`` (the original
+  (:class:`~constyle_plugin.data.degradations.RealESRGANDegradation`): ``reference`` (the original
   path: kernels drawn on the host per sample, per-sample reads from the device), ``fast`` with
   the parameters given (drawn beforehand, as the data workers do), and the parameter drawing
   alone on the host (``params``: the workers' share, per batch).
 * **pipeline**: whole iterations of BasicSR's stage-1 model (``ConStyleV2PretrainModel``: feed
   data, degradation of the non-weather queries, the step, EMA 0.999, loss logging) fed by a
-  ``DataLoader`` over :class:`~constyle_plugin.datasets.ConStylePretrainDataset` (the offline sample
+  ``DataLoader`` over :class:`~constyle_plugin.data.datasets.ConStylePretrainDataset` (the offline sample
   classes, 40 % weather on the CPU): ``reference`` (the model draws the kernels, reference
   degradation) versus ``fast`` (the dataset draws the parameters in its workers, fast degradation).
   Reports seconds per iteration (median and mean, including the wait for data), the wait for data,
@@ -60,8 +60,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _host import load_average, report_header, resolve_device, sync  # noqa: E402  (benchmarks/_host.py)
 
-from constyle_plugin.degradations import RealESRGANDegradation  # noqa: E402
-from constyle_plugin.pretrain import ConStyleMoCo  # noqa: E402
+from constyle_plugin.data.degradations import RealESRGANDegradation  # noqa: E402
+from constyle_plugin.training.pretrain import ConStyleMoCo  # noqa: E402
 
 AUTHORS = {"batch": 32, "size": 224, "queue": 65760, "total_iters": 400000}
 
@@ -104,7 +104,7 @@ def photo_batch(batch: int, size: int, device: torch.device) -> torch.Tensor:
     """``batch`` crops of the offline sample photos, B x 3 x size x size in [0, 1]."""
     import cv2
 
-    from constyle_plugin.samples import sample_photos
+    from constyle_plugin.data.samples import sample_photos
 
     crops = []
     photos = [img for _, img in sample_photos()]
@@ -300,7 +300,7 @@ def build_model(device: torch.device, queue: int, num_classes: int, implementati
 def bench_pipeline(device: torch.device, batch: int, size: int, queue: int, iters: int, warmup: int, workers: int,
                    weather_prob: float, fused: bool, ema: float, seed: int, sample_dir: Path, workdir: Path,
                    profile: bool, log: Callable[[str], None]) -> Dict[str, Any]:
-    from constyle_plugin.datasets import ConStylePretrainDataset
+    from constyle_plugin.data.datasets import ConStylePretrainDataset
 
     out: Dict[str, Any] = {}
     resize = int(round(size * 256 / 224))

@@ -5,9 +5,9 @@ What the papers do (PromptIR, AdaIR, ...), at a size one CPU core finishes in mi
 
 1. A miniature three-task layout in PromptIR / AdaIR's folders and file names (``Train/{Denoise, Derain/{rainy,
    gt}, Dehaze/{synthetic/part1, original}}`` and ``test/{denoise/bsd68, derain/Rain100L/{input,target},
-   dehaze/{input,target}}``), built from the offline sample photos (:mod:`constyle_plugin.samples`): several
+   dehaze/{input,target}}``), built from the offline sample photos (:mod:`constyle_plugin.data.samples`): several
    seeded crops per photo, rain and haze made by the plugin's own degradations
-   (``constyle_plugin.degradations.ALL_IN_ONE['rain']`` / ``['haze']``), noise added on the fly by the
+   (``constyle_plugin.data.degradations.ALL_IN_ONE['rain']`` / ``['haze']``), noise added on the fly by the
    setting's own code. The test photos (camera, chelsea, coffee, text: the photos ``benchmarks/allinone.py``
    holds out, which the packaged prompter's pre-training never read) are disjoint from the training photos.
 2. For each variant and seed, the real commands in fresh processes: ``basicsr train -opt
@@ -157,7 +157,7 @@ def _write(path: Path, rgb: np.ndarray, quality: int = 95) -> None:
 def _photos(names: Sequence[str]) -> Dict[str, np.ndarray]:
     """The named sample photos as float32 RGB in [0, 1], the longer side shrunk to :data:`PHOTO_MAX_SIDE`,
     8-bit exact."""
-    from constyle_plugin.samples import sample_photos
+    from constyle_plugin.data.samples import sample_photos
 
     out = {}
     for name, img in sample_photos(names):
@@ -196,13 +196,13 @@ def build_layout(root, train_photos: Sequence[str], test_photos: Sequence[str], 
     ``derain/Rain100L/{input,target}/rain-NNN.png``, ``dehaze/input/NNNN_A_B.jpg`` <-> ``dehaze/target/NNNN.png``.
     Training files come from ``train_photos`` only (``train_crops`` seeded crops per photo and task, sides in
     ``train_sides``), test files from ``test_photos`` only (``test_crops`` per photo and test set, sides in
-    ``test_sides``); rain and haze are ``constyle_plugin.degradations.ALL_IN_ONE['rain']`` / ``['haze']``.
+    ``test_sides``); rain and haze are ``constyle_plugin.data.degradations.ALL_IN_ONE['rain']`` / ``['haze']``.
     The same arguments write the same files.
 
     Returns a manifest: ``{"train_root", "test_root", "counts", "sources": {relative path: {"photo", "top",
     "left", "height", "width"}}, "train_photos", "test_photos"}`` (paths relative to ``root``).
     """
-    from constyle_plugin.degradations import ALL_IN_ONE
+    from constyle_plugin.data.degradations import ALL_IN_ONE
 
     overlap = sorted(set(train_photos) & set(test_photos))
     if overlap:
@@ -489,7 +489,7 @@ def versions() -> Dict[str, str]:
 def input_row(test_root: Path) -> Dict:
     """The degraded inputs measured as ``constyle evaluate`` measures a network's outputs."""
     from constyle_plugin.compat import ensure_basicsr_importable
-    from constyle_plugin.evaluate import benchmark_tasks, evaluate_tasks
+    from constyle_plugin.tools.evaluate import benchmark_tasks, evaluate_tasks
 
     ensure_basicsr_importable()
     tasks, columns = benchmark_tasks("three-task", test_root)
@@ -567,7 +567,7 @@ def markdown(report: Dict) -> str:
         f"(Rain100L column), {layout['counts']['test_denoise']} clean images noised at sigma 15 / 25 / 50 (BSD68 "
         f"columns); {cfg['test_crops']} crops of {layout['test_sides'][0]}-{layout['test_sides'][1]} px per photo "
         f"and test set, centre-cropped to a multiple of 16 by the setting. Layout sha256 `{layout['sha256'][:16]}…`.",
-        f"- Rain and haze: `constyle_plugin.degradations.ALL_IN_ONE['rain']` (its default random streaks) and "
+        f"- Rain and haze: `constyle_plugin.data.degradations.ALL_IN_ONE['rain']` (its default random streaks) and "
         f"`['haze']` (airlight A ~ U(0.7, 1.0) and beta ~ U(0.8, 2.5) drawn by the builder and written into the "
         f"file names as RESIDE does); {cfg['hazy_per_clear']} hazy image(s) per clear training crop.",
         f"- Training: `basicsr train -opt options/allinone/nafnet_{{constyle,origin}}_three_task.yml` with "
@@ -662,7 +662,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_start = load_average()
 
-    from constyle_plugin.samples import SAMPLE_NAMES
+    from constyle_plugin.data.samples import SAMPLE_NAMES
 
     train_photos = [n for n in SAMPLE_NAMES if n not in HOLDOUT]
     sides = {"train_sides": (48, 72), "test_sides": (48, 72)} if args.smoke else {}
@@ -673,7 +673,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     manifest = build_layout(layout_root, train_photos, HOLDOUT, train_crops=args.train_crops,
                             test_crops=args.test_crops, hazy_per_clear=args.hazy_per_clear, **sides)
     train_root, test_root = layout_root / "Train", layout_root / "test"
-    from constyle_plugin.benchmark_layouts import benchmark_test_sets, benchmark_train_pairs
+    from constyle_plugin.data.benchmark_layouts import benchmark_test_sets, benchmark_train_pairs
 
     pairs = benchmark_train_pairs("three-task", train_root)  # checked before anything trains
     benchmark_test_sets("three-task", test_root)

@@ -4,18 +4,18 @@ Subcommands:
 
 - ``constyle restore --checkpoint CKPT [--config CFG] --input DIR_OR_FILE --output DIR [--tile N
   --tile-overlap N] [--compare]``: restore images with a trained network (see
-  :mod:`constyle_plugin.inference`).
+  :mod:`constyle_plugin.tools.restore`).
 - ``constyle train CONFIG [--work-dir D] [--cfg-options k=v ...] [--resume [CKPT]] [--amp]
   [--launcher none|pytorch|slurm|mpi]``: train from an MMEngine config with MMEngine's Runner
   (both ConStyle v2 stages; configs in ``options/mmengine/``).
 
 - ``constyle convert --checkpoint CKPT_OR_DIR [--config CFG] --output DIR_OR_FILE [--to basicsr|mmengine]``:
-  a trainer checkpoint to a ``save_pretrained`` folder, or back (see :mod:`constyle_plugin.convert`).
+  a trainer checkpoint to a ``save_pretrained`` folder, or back (see :mod:`constyle_plugin.tools.convert`).
 - ``constyle export --checkpoint CKPT_OR_DIR [--config CFG] --onnx OUT.onnx``: ONNX export, checked with
-  onnxruntime (see :mod:`constyle_plugin.export`).
+  onnxruntime (see :mod:`constyle_plugin.tools.export`).
 - ``constyle evaluate --checkpoint CKPT_OR_DIR (--benchmark SETTING --root DIR | --lq DIR --gt DIR [--name TASK])
   [--y-channel] [--crop-border N] [--tile N] --output DIR``: PSNR / SSIM of a restored test set, as BasicSR
-  computes them, in the papers' table (see :mod:`constyle_plugin.evaluate`).
+  computes them, in the papers' table (see :mod:`constyle_plugin.tools.evaluate`).
 
 More subcommands are added with :func:`add_subcommand`-style functions in :data:`SUBCOMMANDS`.
 """
@@ -112,7 +112,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_restore(subparsers) -> None:
-    from .inference import add_restore_arguments, restore_main
+    from .tools.restore import add_restore_arguments, restore_main
 
     p = subparsers.add_parser(
         "restore", help="restore images with a trained network (BasicSR or MMEngine checkpoint)",
@@ -124,7 +124,7 @@ def _add_restore(subparsers) -> None:
 
 
 def _add_evaluate(subparsers) -> None:
-    from .evaluate import add_evaluate_arguments, evaluate_main
+    from .tools.evaluate import add_evaluate_arguments, evaluate_main
 
     p = subparsers.add_parser(
         "evaluate", help="restore a test set and report PSNR / SSIM (BasicSR's metrics) as the papers' table",
@@ -157,8 +157,8 @@ def _add_convert(subparsers) -> None:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .convert import from_trainer_checkpoint, to_trainer_checkpoint
-    from .pretrained import is_pretrained_dir
+    from .tools.convert import from_trainer_checkpoint, to_trainer_checkpoint
+    from .core.pretrained import is_pretrained_dir
 
     if is_pretrained_dir(args.checkpoint):
         out = to_trainer_checkpoint(args.checkpoint, args.output, trainer=args.to)
@@ -187,8 +187,8 @@ def _add_export(subparsers) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import DEFAULT_OPSET, check_onnx, export_onnx
-    from .inference import load_network
+    from .tools.export import DEFAULT_OPSET, check_onnx, export_onnx
+    from .tools.restore import load_network
 
     if str(args.checkpoint).endswith(".onnx"):
         raise ValueError(f"--checkpoint: {args.checkpoint} is already an ONNX file")
@@ -234,7 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         # Configuration mistakes get one clear line (the key at fault), not a traceback.
         from .errors import ConfigError
-        from .prompter import CheckpointError
+        from .core.prompter import CheckpointError
 
         restore_errors = (OSError, CheckpointError, ValueError)  # RestoreError is a ValueError
         if isinstance(exc, ConfigError) or (args.command in ("restore", "convert", "export", "evaluate")

@@ -78,7 +78,7 @@ def four_threads():
 
 @pytest.fixture(scope="session")
 def photos(tmp_path_factory) -> Path:
-    from constyle_plugin.samples import export_sample_photos
+    from constyle_plugin.data.samples import export_sample_photos
 
     folder = tmp_path_factory.mktemp("sample_photos")
     export_sample_photos(folder)

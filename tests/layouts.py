@@ -1,8 +1,8 @@
 """Miniature copies of the all-in-one benchmark layouts, for tests.
 
-Built from the offline sample photos (scikit-image / matplotlib, :mod:`constyle_plugin.samples`), cropped
-to 96-160 px, degraded with the plugin's own degradations (:mod:`constyle_plugin.degradations`) and saved
-under the real file names (see ``constyle_plugin/benchmark_layouts.py`` and docs/allinone-benchmarks.md):
+Built from the offline sample photos (scikit-image / matplotlib, :mod:`constyle_plugin.data.samples`), cropped
+to 96-160 px, degraded with the plugin's own degradations (:mod:`constyle_plugin.data.degradations`) and saved
+under the real file names (see ``constyle_plugin/data/benchmark_layouts.py`` and docs/allinone-benchmarks.md):
 
 - :func:`make_three_task` / :func:`make_five_task` -> ``(root/Train, root/test)``, plus PromptIR's list
   files naming every training file in ``root/data_dir`` (``noisy/denoise.txt``, ``rainy/rainTrain.txt``,
@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from constyle_plugin import degradations as deg
-from constyle_plugin.samples import sample_photos
+from constyle_plugin.data.samples import sample_photos
 
 __all__ = ["PHOTOS", "SIZES", "make_constyle_v2_suite", "make_five_task", "make_three_task", "picture", "write"]
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..init_args import remember_init_args
-from ..padding import check_input, check_pad_mode, pad_to_multiple
+from ..core.init_args import remember_init_args
+from ..core.padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["ConvUNet", "conv_block"]
 

@@ -16,8 +16,8 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d
 from torch import Tensor
 
-from ..init_args import remember_init_args
-from ..padding import check_input, check_pad_mode, pad_to_multiple
+from ..core.init_args import remember_init_args
+from ..core.padding import check_input, check_pad_mode, pad_to_multiple
 
 __all__ = ["NAFBlock", "NAFNet", "simple_gate"]
 

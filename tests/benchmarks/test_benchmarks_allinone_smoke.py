@@ -80,7 +80,7 @@ def test_outputs_exist_and_the_random_prompter_is_declared(smoke_run):
 
 
 def test_refuses_to_run_without_a_prompter_outside_smoke_mode(tmp_path):
-    from constyle_plugin.prompter import default_prompter_path
+    from constyle_plugin.core.prompter import default_prompter_path
 
     args = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--iters", "1", "--seeds", "0"]
     if default_prompter_path() is not None:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from constyle_plugin.benchmark_layouts import benchmark_test_sets, benchmark_train_pairs
+from constyle_plugin.data.benchmark_layouts import benchmark_test_sets, benchmark_train_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "threetask_miniature.py"
@@ -95,7 +95,7 @@ def test_test_photos_are_disjoint_from_training_photos(layout, script):
 
 
 def test_the_benchmarks_held_out_photos_were_never_read_by_the_packaged_prompter(script):
-    from constyle_plugin.samples import SAMPLE_NAMES
+    from constyle_plugin.data.samples import SAMPLE_NAMES
 
     record = json.loads((ROOT / "constyle_plugin" / "weights" / "constyle_v2_prompter.json").read_text())
     read = record["data"].split("Held out")[0]  # the sentence naming the photos its pre-training read

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from constyle_plugin import ConStyleUNet
-from constyle_plugin.inference import load_network
+from constyle_plugin.tools.restore import load_network
 
 from basicsr_runs import OPTIONS_DIR as OPTIONS, overrides, run
 from cli_runs import run_cli, write_png

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from constyle_plugin import cli
-from constyle_plugin.benchmark_layouts import benchmark_test_sets
+from constyle_plugin.data.benchmark_layouts import benchmark_test_sets
 from constyle_plugin.compat import ensure_basicsr_importable
-from constyle_plugin.evaluate import to_bgr_uint8
-from constyle_plugin.inference import load_network, size_multiple_of, tiled_forward
+from constyle_plugin.tools.evaluate import to_bgr_uint8
+from constyle_plugin.tools.restore import load_network, size_multiple_of, tiled_forward
 
 from cli_runs import save_tiny_trained_net
 from layouts import make_constyle_v2_suite, make_five_task, make_three_task

@@ -16,10 +16,10 @@ import torch
 
 from constyle_plugin import cli
 from constyle_plugin.compat import ensure_basicsr_importable
-from constyle_plugin.degradations import ALL_IN_ONE
-from constyle_plugin.imageio import read_image
-from constyle_plugin.inference import load_network, size_multiple_of, tiled_forward
-from constyle_plugin.samples import sample_photos
+from constyle_plugin.data.degradations import ALL_IN_ONE
+from constyle_plugin.data.imageio import read_image
+from constyle_plugin.tools.restore import load_network, size_multiple_of, tiled_forward
+from constyle_plugin.data.samples import sample_photos
 
 from cli_runs import save_tiny_trained_net
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from constyle_plugin.inference import load_network, read_image, tiled_forward
+from constyle_plugin.tools.restore import load_network, read_image, tiled_forward
 
 from basicsr_runs import OPTIONS_DIR as OPTIONS, overrides, run
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from constyle_plugin.inference import RestoreError, load_network, read_dumped_config, read_image
+from constyle_plugin.tools.restore import RestoreError, load_network, read_dumped_config, read_image
 
 from cli_runs import STRAY, constyle, run_cli, tree, write_png
 

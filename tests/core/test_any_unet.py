@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from constyle_plugin import ConStyleV2, StageSpec, wrap_unet
-from constyle_plugin.unet import UNetStructureError, discover_stages
+from constyle_plugin.core.unet import UNetStructureError, discover_stages
 
 from unets import MixerUNet, SwinStyleUNet, TokenUNet, live_adapters
 

@@ -13,7 +13,7 @@ from timm.layers import LayerNorm2d
 from constyle_plugin.adapters import convunet_spec, nafnet_spec, restormer_spec, stage_spec_for
 from constyle_plugin.archs import MAXIM, ConvUNet, NAFNet, Restormer
 from constyle_plugin.archs.restormer import MDTA, BiasFreeLayerNorm2d
-from constyle_plugin.unet import StageSpec
+from constyle_plugin.core.unet import StageSpec
 
 torch.manual_seed(0)
 
@@ -424,7 +424,7 @@ def test_adapters_import_only_torch_and_the_core():
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module)
     allowed_roots = {"torch", "typing", "__future__"}
-    core = {"constyle_plugin.stages", "constyle_plugin.unet", "constyle_plugin.prompter", "constyle_plugin.injection"}
+    core = {"constyle_plugin.core.stages", "constyle_plugin.core.unet", "constyle_plugin.core.prompter", "constyle_plugin.core.injection"}
     assert imported, "the parser found no imports at all"
     bad = {m for m in imported if m.split(".")[0] not in allowed_roots and m not in core}
     assert not bad, bad

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from constyle_plugin import ConStyleV2
-from constyle_plugin.inference import load_network
-from constyle_plugin.prompter import CheckpointError
+from constyle_plugin.tools.restore import load_network
+from constyle_plugin.core.prompter import CheckpointError
 
 
 def test_from_pretrained_on_a_directory_says_so(tmp_path):

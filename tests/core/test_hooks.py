@@ -1,4 +1,4 @@
-"""The hook engine (constyle_plugin/hooks.py): activation checkpointing, handles, and what wrapping
+"""The hook engine (constyle_plugin/core/hooks.py): activation checkpointing, handles, and what wrapping
 must leave untouched (buffers, dtype, device) or refuse up front (meta tensors, non-image inputs)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from constyle_plugin import ConStyleV2, wrap_unet
-from constyle_plugin.unet import discover_stages, unwrap_unet
+from constyle_plugin.core.unet import discover_stages, unwrap_unet
 
 from unets import ModuleListUNet, SequentialUNet, live_adapters
 
@@ -251,7 +251,7 @@ def test_the_hook_engine_imports_only_torch_and_the_standard_library():
 
     import constyle_plugin
 
-    root = pathlib.Path(constyle_plugin.__file__).parent
+    root = pathlib.Path(constyle_plugin.__file__).parent / "core"
     for name in ("hooks.py", "unet.py", "injection.py"):
         tree = ast.parse((root / name).read_text())
         for node in ast.walk(tree):

@@ -10,7 +10,7 @@ from constyle_plugin import ConStyleV2, wrap_unet
 from constyle_plugin.adapters import maxim_spec, stage_spec_for
 from constyle_plugin.archs import MAXIM
 from constyle_plugin.archs.maxim import CrossGatingBlock, MultiAxisGmlpLayer, _AxisMix
-from constyle_plugin.unet import StageSpec, discover_stages
+from constyle_plugin.core.unet import StageSpec, discover_stages
 
 
 def small(**kw):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from constyle_plugin import ConStyleV2
 from constyle_plugin import degradations as deg
-from constyle_plugin.samples import sample_photos
+from constyle_plugin.data.samples import sample_photos
 
 HELD_OUT = ["camera", "chelsea", "coffee", "text"]  # benchmarks/allinone.py's test photos
 TRAINING = ["astronaut", "brick", "cell", "clock", "coins", "colorwheel", "grace_hopper", "grass", "gravel",

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from constyle_plugin import CheckpointError, ConStyleError, ConStyleUNet, ConStyleV2, wrap_unet
 from constyle_plugin.archs import NAFNet
-from constyle_plugin.pretrained import PrompterMismatchError, prompter_sha256
+from constyle_plugin.core.pretrained import PrompterMismatchError, prompter_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "checkpoints-and-export.md"

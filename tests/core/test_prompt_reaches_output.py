@@ -1,6 +1,6 @@
 """The prompt reaches the output, in the way the paper's stage 2 describes it.
 
-The adapters' formulas are written out here independently of ``constyle_plugin/injection.py``
+The adapters' formulas are written out here independently of ``constyle_plugin/core/injection.py``
 (1x1 convolutions as ``einsum``, LeakyReLU(0.1) as ``where``), and with the adapters moved off their
 zero initialisation the wrapped network's output must change when the prompter or its output
 changes, and must not change when neither does.
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from constyle_plugin import ConStyleV2, wrap_unet
-from constyle_plugin.injection import FeatureInjector, LatentFiLM, LatentModulator
-from constyle_plugin.prompter import Prompt
+from constyle_plugin.core.injection import FeatureInjector, LatentFiLM, LatentModulator
+from constyle_plugin.core.prompter import Prompt
 
 from unets import ModuleListUNet
 

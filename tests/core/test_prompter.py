@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from constyle_plugin import CheckpointError, ConStyleV2, Prompt
-from constyle_plugin.prompter import read_state_dict
+from constyle_plugin.core.prompter import read_state_dict
 
 from payloads import RunsCodeOnLoad
 
@@ -248,7 +248,7 @@ def test_packaged_prompter_matches_its_card():
     import hashlib
     import json
 
-    from constyle_plugin.prompter import PACKAGED_WEIGHTS, default_prompter_path
+    from constyle_plugin.core.prompter import PACKAGED_WEIGHTS, default_prompter_path
 
     assert default_prompter_path() == PACKAGED_WEIGHTS
     card = json.loads(PACKAGED_WEIGHTS.with_suffix(".json").read_text())
@@ -262,8 +262,8 @@ def test_packaged_prompter_matches_its_card():
 
 def test_packaged_prompter_gives_different_photos_different_prompts():
     """A collapsed prompter (one prompt for every image) is useless however well it loads."""
-    from constyle_plugin.pretrain import COLLAPSE_SPREAD, latent_spread
-    from constyle_plugin.samples import sample_photos
+    from constyle_plugin.training.pretrain import COLLAPSE_SPREAD, latent_spread
+    from constyle_plugin.data.samples import sample_photos
 
     crops = [torch.from_numpy(img[:96, :96].copy()).permute(2, 0, 1).float() / 255
              for _, img in sample_photos(["astronaut", "coffee", "chelsea", "rocket", "brick", "moon",

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from constyle_plugin import ConStyleV2, StageSpec
-from constyle_plugin.unet import ConStyleUNet, UNetStructureError, discover_stages, unwrap_unet, wrap_unet
+from constyle_plugin.core.unet import ConStyleUNet, UNetStructureError, discover_stages, unwrap_unet, wrap_unet
 
 from unets import EncoderOnly, FunctionalUNet, ModuleListUNet, PlainCNN, SequentialUNet, TupleDownUNet
 
@@ -274,7 +274,7 @@ def test_wrapping_twice_is_refused():
 
 
 def test_default_prompter_without_packaged_weights_warns(monkeypatch):
-    import constyle_plugin.prompter as prompter_module
+    import constyle_plugin.core.prompter as prompter_module
 
     monkeypatch.setattr(prompter_module, "default_prompter_path", lambda: None)
     unet, _ = make("modulelist_3down")

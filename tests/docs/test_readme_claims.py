@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 from constyle_plugin import ConStyleV2, StageSpec, wrap_unet
-from constyle_plugin.unet import discover_stages
+from constyle_plugin.core.unet import discover_stages
 
 from unets import FunctionalUNet, ModuleListUNet
 

@@ -109,7 +109,7 @@ def test_the_option_check_refuses_a_missing_data_root(layouts, monkeypatch):
 
 @pytest.mark.parametrize("path", BASICSR_FILES, ids=lambda p: p.stem)
 def test_basicsr_recipe_numbers_follow_from_the_dataset_sizes(path):
-    from constyle_plugin.benchmark_layouts import DEFAULT_REPEAT, DEFAULT_TRAIN_TASKS, TEST_TASKS
+    from constyle_plugin.data.benchmark_layouts import DEFAULT_REPEAT, DEFAULT_TRAIN_TASKS, TEST_TASKS
 
     setting, opt = _setting(path), load_options(path)
     recipe = _recipe(setting)

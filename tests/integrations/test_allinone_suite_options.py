@@ -135,7 +135,7 @@ def test_the_recipe_is_the_authors_stage2_recipe(path):
 def test_validation_is_the_suite_at_its_crop(path):
     """One ``val_<task>`` per column of the suite's table, in its order, every image of each set, and
     ``pad_multiple`` the suite's crop, so validation runs the images unpadded as ``constyle evaluate`` does."""
-    from constyle_plugin.benchmark_layouts import CROP, TEST_TASKS
+    from constyle_plugin.data.benchmark_layouts import CROP, TEST_TASKS
 
     opt = load_options(path)
     vals = val_tasks(opt)
@@ -262,7 +262,7 @@ def test_mmengine_suite_config_validates_every_task_unpadded(path, suite, prompt
     """One validation dataloader over every test set of the suite (the table's columns, in order, every image),
     and the built model's preprocessor pads to the suite's crop multiple, so no image of the miniature suite is
     padded: validation sees what ``constyle evaluate`` sees."""
-    from constyle_plugin.benchmark_layouts import CROP, TEST_TASKS
+    from constyle_plugin.data.benchmark_layouts import CROP, TEST_TASKS
     from constyle_plugin.integrations.mmengine import DATASETS, MODELS
 
     cfg = _config(path)
@@ -338,7 +338,7 @@ def mmengine_suite_run(suite, prompter_file, tmp_path_factory):
 
 
 def _suite_labels() -> dict:
-    from constyle_plugin.benchmark_layouts import COLUMNS, TEST_TASKS
+    from constyle_plugin.data.benchmark_layouts import COLUMNS, TEST_TASKS
 
     return {task: COLUMNS[task].replace(" ", "_") for task in TEST_TASKS[SETTING]}
 

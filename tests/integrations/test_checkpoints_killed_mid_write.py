@@ -46,7 +46,7 @@ def _env():
 EXPORT_CHILD = textwrap.dedent(r'''
     import io, os, shutil, sys, time
     import safetensors.torch, torch
-    import constyle_plugin.prompter as prompter_module
+    import constyle_plugin.core.prompter as prompter_module
     from constyle_plugin import ConStyleV2
 
     path, mode = sys.argv[1:3]

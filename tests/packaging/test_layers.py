@@ -12,8 +12,8 @@ from typing import Dict, List, Set, Tuple
 ROOT = Path(__file__).resolve().parents[next(i for i, p in enumerate(Path(__file__).resolve().parents)
                                              if (p / "setup.cfg").is_file())]
 PACKAGE = "constyle_plugin"
-TRAINING = {f"{PACKAGE}.{m}" for m in ("losses", "pretrain", "degradations", "datasets", "samples",
-                                       "benchmark_datasets")}
+TRAINING = {f"{PACKAGE}.{m}" for m in ("training.losses", "training.pretrain", "data.degradations",
+                                       "data.datasets", "data.samples", "data.benchmark_datasets")}
 INTEGRATIONS = f"{PACKAGE}.integrations"
 # The command line, and the package's __init__, which installs the integrations' import hooks.
 TOP = {f"{PACKAGE}.cli", f"{INTEGRATIONS}.basicsr.cli", PACKAGE}
@@ -105,9 +105,9 @@ def _layer(module: str) -> str:
 
 
 def test_the_graph_sees_the_package():
-    assert {f"{PACKAGE}.unet", f"{PACKAGE}.adapters", f"{INTEGRATIONS}.basicsr.registry",
-            f"{INTEGRATIONS}.mmengine.scope", f"{PACKAGE}.datasets"} <= set(MODULES)
-    assert any(target == f"{PACKAGE}.stages" for target, *_ in IMPORTS[f"{PACKAGE}.adapters"])
+    assert {f"{PACKAGE}.core.unet", f"{PACKAGE}.adapters", f"{INTEGRATIONS}.basicsr.registry",
+            f"{INTEGRATIONS}.mmengine.scope", f"{PACKAGE}.data.datasets"} <= set(MODULES)
+    assert any(target == f"{PACKAGE}.core.stages" for target, *_ in IMPORTS[f"{PACKAGE}.adapters"])
 
 
 def test_only_the_integrations_and_the_command_line_import_the_integrations():

@@ -11,7 +11,7 @@ import collections
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-FOLDERS = {"core", "training", "integrations", "cli", "packaging", "docs", "benchmarks", "forks"}
+FOLDERS = {"core", "data", "training", "tools", "integrations", "cli", "packaging", "docs", "benchmarks", "forks"}
 
 
 def test_test_file_names_are_unique_across_folders():

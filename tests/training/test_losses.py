@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from constyle_plugin.losses import (ClassificationLoss, ContentLoss, DistillKLLoss, InfoNCELoss,
+from constyle_plugin.training.losses import (ClassificationLoss, ContentLoss, DistillKLLoss, InfoNCELoss,
                                     StyleLoss, gram_matrix)
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from constyle_plugin.prompter import CheckpointError, ConStyleV2
-from constyle_plugin.pretrain import (ConStyleMoCo, ConStylePretrainLoss, MoCoOutput, accuracy,
+from constyle_plugin.core.prompter import CheckpointError, ConStyleV2
+from constyle_plugin.training.pretrain import (ConStyleMoCo, ConStylePretrainLoss, MoCoOutput, accuracy,
                                      collapse_message, latent_spread,
                                       pretrain_losses)
 

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from constyle_plugin import ConStyleV2
 from constyle_plugin import degradations as deg
 from constyle_plugin.compat import ensure_basicsr_importable
-from constyle_plugin.pretrain import ConStyleMoCo
-from constyle_plugin.samples import dead_leaves, export_dead_leaves
+from constyle_plugin.training.pretrain import ConStyleMoCo
+from constyle_plugin.data.samples import dead_leaves, export_dead_leaves
 
 ensure_basicsr_importable()
-from constyle_plugin.datasets import ConStylePretrainDataset  # noqa: E402
+from constyle_plugin.data.datasets import ConStylePretrainDataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 while not (ROOT / "options").is_dir():
@@ -176,7 +176,7 @@ def test_the_degradation_options_file_keeps_the_benchmarks_held_out_photos_out(t
         from allinone import parse_args
     finally:
         sys.path.pop(0)
-    from constyle_plugin.samples import SAMPLE_NAMES, split_by_photo
+    from constyle_plugin.data.samples import SAMPLE_NAMES, split_by_photo
 
     args = parse_args([])
     _, held_out = split_by_photo(sorted(SAMPLE_NAMES), val_fraction=args.holdout, seed=args.split_seed)
@@ -184,7 +184,7 @@ def test_the_degradation_options_file_keeps_the_benchmarks_held_out_photos_out(t
     for phase in ("train", "val"):
         section = dict(opt["datasets"][phase], sample_dir=None, dataroot=str(tmp_path / "tree"),
                        crops_per_photo=1, dead_leaves=0)
-        from constyle_plugin.samples import export_sample_classes
+        from constyle_plugin.data.samples import export_sample_classes
         export_sample_classes(tmp_path / "tree", crops_per_photo=1, crop_size=64)
         ds = ConStylePretrainDataset(section)
         assert set(ds.classes).isdisjoint(held_out), (phase, held_out)

@@ -20,8 +20,8 @@ import torch
 from scipy import stats
 
 from constyle_plugin import degradations as D
-from constyle_plugin.degradations import _bsr
-from constyle_plugin.samples import sample_photos
+from constyle_plugin.data.degradations import _bsr
+from constyle_plugin.data.samples import sample_photos
 
 torch.set_num_threads(1)
 
@@ -352,7 +352,7 @@ def test_whole_pipeline_statistics_match_the_reference(photo_crops):
 
 @pytest.fixture(scope="module")
 def class_tree(tmp_path_factory):
-    from constyle_plugin.samples import export_sample_classes
+    from constyle_plugin.data.samples import export_sample_classes
 
     root = tmp_path_factory.mktemp("classes")
     export_sample_classes(root, crops_per_photo=1, crop_size=96)
@@ -360,7 +360,7 @@ def class_tree(tmp_path_factory):
 
 
 def test_dataset_draws_the_parameters_in_the_worker(class_tree):
-    from constyle_plugin.datasets import ConStylePretrainDataset
+    from constyle_plugin.data.datasets import ConStylePretrainDataset
 
     base = {"dataroot": str(class_tree), "resize": 80, "crop_size": 64}
     assert "degradation" not in ConStylePretrainDataset(base)[0]  # off by default
@@ -417,7 +417,7 @@ def test_basicsr_model_degrades_with_the_batch_parameters(tmp_path, photo_crops)
 
 
 def test_basicsr_model_refuses_parameters_drawn_from_other_options(tmp_path):
-    from constyle_plugin.builder import OptionError
+    from constyle_plugin.core.builder import OptionError
 
     with pytest.raises(OptionError, match=r"datasets\.train\.degradation.*first\.noise_range"):
         _pretrain_model(tmp_path, dataset_degradation={"noise_range": [1, 40]})
@@ -515,7 +515,7 @@ def test_moco_training_step_reads_nothing_back_from_the_device():
     checks do read back and are switched off here: the prompter's NaN/Inf check of its input
     (``check_finite``, prompter.py) and the pretext loss's label range check (losses.py; labels=None);
     benchmarks/stage1.py --no-host-checks measures what they cost."""
-    from constyle_plugin.pretrain import ConStyleMoCo
+    from constyle_plugin.training.pretrain import ConStyleMoCo
 
     model = ConStyleMoCo(queue_size=8, num_classes=4).to("meta").train()
     model.encoder_q.check_finite = model.encoder_k.check_finite = False
@@ -526,7 +526,7 @@ def test_moco_training_step_reads_nothing_back_from_the_device():
 
 
 def test_moco_momentum_update_is_the_per_parameter_arithmetic():
-    from constyle_plugin.pretrain import ConStyleMoCo
+    from constyle_plugin.training.pretrain import ConStyleMoCo
 
     torch.manual_seed(0)
     model = ConStyleMoCo(queue_size=8, num_classes=4, momentum=0.9)
@@ -540,7 +540,7 @@ def test_moco_momentum_update_is_the_per_parameter_arithmetic():
 
 
 def test_moco_queue_pointer_and_negatives_wrap_on_the_device():
-    from constyle_plugin.pretrain import ConStyleMoCo
+    from constyle_plugin.training.pretrain import ConStyleMoCo
 
     torch.manual_seed(0)
     model = ConStyleMoCo(queue_size=6, num_classes=4).train()

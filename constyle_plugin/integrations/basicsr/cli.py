@@ -72,7 +72,7 @@ import numpy as np
 import torch
 
 from ...errors import close_matches
-from ...prompter import atomic_write
+from ...core.prompter import atomic_write
 from ...safe_loading import STATE_SAFE_GLOBALS, safe_torch_load
 from .patching import HostChanged, Patches
 from ...interrupt import StopSignals, TrainingStopped, ignore_stop_signals, signal_name
@@ -588,7 +588,7 @@ def _no_batch(opt: Dict[str, Any], loader: Any) -> OptionError:
 @contextlib.contextmanager
 def atomic_torch_save() -> Iterator[None]:
     """Within the block, ``torch.save(obj, path)`` to a file path writes a temporary file beside it,
-    fsyncs it and renames it into place (:func:`~constyle_plugin.prompter.atomic_write`): a crash
+    fsyncs it and renames it into place (:func:`~constyle_plugin.core.prompter.atomic_write`): a crash
     mid-write leaves the previous file of that name intact and no partial file under the name.
     Saves to file objects are unchanged. BasicSR's ``save_network`` / ``save_training_state`` write
     with ``torch.save`` straight to the final path; the ``basicsr`` command runs a model's ``save``

@@ -41,7 +41,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from ...builder import OptionError, check_file, join_keys
+from ...core.builder import OptionError, check_file, join_keys
 from .patching import Patches
 from .registry import ForkHost, check_network_options, point_sample_datasets
 from ...safe_loading import safe_torch_load

@@ -47,7 +47,7 @@ from basicsr.models.base_model import BaseModel  # noqa: E402
 from basicsr.utils import get_root_logger, imwrite, tensor2img  # noqa: E402
 from basicsr.utils.dist_util import master_only  # noqa: E402
 
-from ...builder import OptionError  # noqa: E402
+from ...core.builder import OptionError  # noqa: E402
 from ...errors import did_you_mean  # noqa: E402
 
 __all__ = ["AMP_DTYPES", "ConStyleSRModel", "ConStyleV2PretrainModel", "amp_setting"]
@@ -83,7 +83,7 @@ def amp_setting(opt: Dict[str, Any]) -> Optional[str]:
 
 def _prompters(net: nn.Module) -> List[nn.Module]:
     """The frozen ConStyle v2 prompters of the ``ConStyleUNet`` wrappers inside ``net``."""
-    from ...unet import ConStyleUNet
+    from ...core.unet import ConStyleUNet
 
     return [m.prompter for m in net.modules() if isinstance(m, ConStyleUNet)]
 
@@ -428,7 +428,7 @@ class ConStyleV2PretrainModel(_RunMixin, _TorchOptimMixin, BaseModel):
     ``iter < class_iter``; ``~``: always), ``kl_iter`` [~] (distillation while ``iter < kl_iter``;
     ``~``: always), ``kl_temperature`` [1], ``label_smoothing`` [0], ``loss_weights``
     (``{infonce, content, style, class, kl}``, default 1 each), ``degradation`` (the
-    :class:`~constyle_plugin.degradations.RealESRGANDegradation` options; the authors' values by
+    :class:`~constyle_plugin.data.degradations.RealESRGANDegradation` options; the authors' values by
     default), ``ema_decay``, ``save_prompter`` [true] (also export the EMA query encoder as
     ``models/prompter_<iter>.safetensors``), ``pretext_target`` ['class']: what the pretext head
     predicts, ``class`` (the authors: the picture's class) or ``degradation`` (the query's
@@ -455,7 +455,7 @@ class ConStyleV2PretrainModel(_RunMixin, _TorchOptimMixin, BaseModel):
 
     def __init__(self, opt: Dict[str, Any]) -> None:
         super().__init__(opt)
-        from ...pretrain import ConStyleMoCo
+        from ...training.pretrain import ConStyleMoCo
 
         net = build_network(opt["network_g"])
         if not isinstance(net, ConStyleMoCo):
@@ -472,7 +472,7 @@ class ConStyleV2PretrainModel(_RunMixin, _TorchOptimMixin, BaseModel):
 
     # -------------------------------------------------------------------------------- training
     def init_training_settings(self) -> None:
-        from ...degradations import RealESRGANDegradation
+        from ...data.degradations import RealESRGANDegradation
 
         train_opt = self.opt["train"]
         self.net_g.train()
@@ -511,7 +511,7 @@ class ConStyleV2PretrainModel(_RunMixin, _TorchOptimMixin, BaseModel):
         """Parameters drawn by the training set (its ``degradation`` option) must follow
         ``train.degradation``: the same ranges and probabilities, or the model would silently train
         on other degradations than its options say."""
-        from ...datasets import ConStylePretrainDataset
+        from ...data.datasets import ConStylePretrainDataset
 
         for phase, dataset_opt in (self.opt.get("datasets") or {}).items():
             if not str(phase).startswith("train") or not isinstance(dataset_opt, dict):
@@ -621,8 +621,8 @@ class ConStyleV2PretrainModel(_RunMixin, _TorchOptimMixin, BaseModel):
 
     @torch.no_grad()
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img) -> None:
-        from ...degradations import RealESRGANDegradation
-        from ...pretrain import accuracy, collapse_message, latent_spread
+        from ...data.degradations import RealESRGANDegradation
+        from ...training.pretrain import accuracy, collapse_message, latent_spread
 
         train_opt = self.opt.get("train") or {}
         deg_opt = dict(train_opt.get("degradation") or {})

@@ -35,12 +35,12 @@ import types
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ...builder import check_file, prompter_path, wrap_from_options
+from ...core.builder import check_file, prompter_path, wrap_from_options
 from ...compat import ensure_basicsr_importable
 from ...errors import CheckpointError, OptionError, did_you_mean, join_keys
-from ...pretrain import ConStyleMoCo
-from ...prompter import ConStyleV2, default_prompter
-from ...stages import check_inject, check_stage_names
+from ...training.pretrain import ConStyleMoCo
+from ...core.prompter import ConStyleV2, default_prompter
+from ...core.stages import check_inject, check_stage_names
 
 __all__ = [
     "ARCH", "DATASET", "LOSS", "MODEL",
@@ -262,7 +262,7 @@ def _unet_builder(host_of: Callable[[], BasicSRHost]) -> Callable:
                 the ready spec of a known family, else discovery by a probe forward.
             probe_size, in_channels: passed to ``wrap_unet``.
 
-        Returns a :class:`constyle_plugin.unet.ConStyleUNet`: ``B x C x H x W`` in, the backbone's
+        Returns a :class:`constyle_plugin.core.unet.ConStyleUNet`: ``B x C x H x W`` in, the backbone's
         output out. Bad options raise :class:`OptionError` naming the option.
         """
         host = host_of()
@@ -310,7 +310,7 @@ def build_moco(queue_size: int = 65760, momentum: float = 0.999, temperature: fl
     ``pretrained``: start from a checkpoint, either a whole MoCo state (the authors' layout; its
     queue must hold ``queue_size`` negatives) or a prompter-only file (fresh key encoder and queue).
     ``degradation_classes``: 0 (the authors) or the size of a degradation head on ``z2`` (see
-    :class:`~constyle_plugin.pretrain.ConStyleMoCo`).
+    :class:`~constyle_plugin.training.pretrain.ConStyleMoCo`).
     """
     kwargs = dict(momentum=momentum, temperature=temperature, normalize=normalize, enqueue=enqueue,
                   degradation_classes=degradation_classes)
@@ -355,11 +355,11 @@ def _entries(unet_builder: Callable) -> Dict[str, List[Tuple[str, Callable[[], A
                ("ConStyleMoCo", lambda: build_moco),
                *[(n, _from(archs, n)) for n in ("NAFNet", "Restormer", "ConvUNet", "MAXIM")]],
         MODEL: [(n, _model(n)) for n in ("ConStyleV2PretrainModel", "ConStyleSRModel")],
-        LOSS: [(n, _from("constyle_plugin.losses", n))
+        LOSS: [(n, _from("constyle_plugin.training.losses", n))
                for n in ("InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss")],
-        DATASET: [*[(n, _from("constyle_plugin.datasets", n))
+        DATASET: [*[(n, _from("constyle_plugin.data.datasets", n))
                     for n in ("MixDegradationDataset", "ConStylePretrainDataset")],
-                  *[(n, _from("constyle_plugin.benchmark_datasets", n))
+                  *[(n, _from("constyle_plugin.data.benchmark_datasets", n))
                     for n in ("AllInOneTrainDataset", "AllInOneTestDataset")]],
     }
 
@@ -561,7 +561,7 @@ class OptionWarning(UserWarning):
 # Keys that PyPI BasicSR 1.4.2 itself reads (basicsr.utils.options.parse_options, basicsr.train / test,
 # basicsr.data.build_dataloader, BaseModel); ``network_*`` keys are networks. The plugin's own keys are
 # declared by the classes that read them: a dataset's ``OPTIONS``, a model's ``TRAIN_OPTIONS`` /
-# ``VAL_OPTIONS`` (constyle_plugin.datasets, .models).
+# ``VAL_OPTIONS`` (constyle_plugin.data.datasets, .models).
 BASICSR_TOP_LEVEL = frozenset({"name", "model_type", "scale", "num_gpu", "manual_seed", "datasets", "path", "train",
                                "val", "logger", "dist_params", "find_unused_parameters",
                                # set by parse_options / train_pipeline
@@ -793,7 +793,7 @@ def _check_dataset_values(dataset: Mapping[str, Any], key: str) -> None:
     as many files each, as BasicSR's pairing asserts."""
     photos = dataset.get("photos")
     if photos is not None:
-        from ...samples import SAMPLE_NAMES
+        from ...data.samples import SAMPLE_NAMES
 
         for i, name in enumerate([photos] if isinstance(photos, str) else list(photos)):
             if name not in SAMPLE_NAMES:

@@ -1,7 +1,7 @@
 """MMEngine datasets and metrics.
 
-Datasets wrap the plugin's BasicSR-style datasets (:mod:`constyle_plugin.datasets`,
-:mod:`constyle_plugin.benchmark_datasets`) and BasicSR's
+Datasets wrap the plugin's BasicSR-style datasets (:mod:`constyle_plugin.data.datasets`,
+:mod:`constyle_plugin.data.benchmark_datasets`) and BasicSR's
 ``PairedImageDataset``, taking their options as keyword arguments, and return MMEngine's layout:
 
 - restoration: ``{'inputs': lq 3 x H x W float in [0, 1], 'data_samples': BaseDataElement(gt_img=3 x
@@ -10,7 +10,7 @@ Datasets wrap the plugin's BasicSR-style datasets (:mod:`constyle_plugin.dataset
   BaseDataElement(gt_label=int64 scalar, metainfo={'weather': bool, 'path': str})}``.
 
 Metrics use BasicSR's ``calculate_psnr`` / ``calculate_ssim`` on 8-bit-rounded images (as
-BasicSR's validation does) and the plugin's :func:`~constyle_plugin.pretrain.accuracy`; on samples that carry
+BasicSR's validation does) and the plugin's :func:`~constyle_plugin.training.pretrain.accuracy`; on samples that carry
 a ``task`` (the all-in-one datasets) they report each task and the mean over tasks.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch.utils import data
 
 from ...compat import ensure_basicsr_importable
 from ...errors import ConStyleError, OptionError, did_you_mean
-from ...imageio import IMAGE_EXTENSIONS
+from ...data.imageio import IMAGE_EXTENSIONS
 
 __all__ = ["AllInOneTestDataset", "AllInOneTrainDataset", "ConStylePretrainDataset", "MixDegradationDataset", "PSNR",
            "PairedFolderDataset", "PretextAccuracy", "SSIM", "default_cache_dir"]
@@ -60,7 +60,7 @@ def default_cache_dir() -> Path:
 
 def _stems(folder: Optional[str], sample: bool) -> List[str]:
     if sample:
-        from ...samples import sample_photos
+        from ...data.samples import sample_photos
 
         return [name for name, _ in sample_photos()]
 
@@ -77,7 +77,7 @@ def _restoration_sample(lq, gt, **meta) -> Dict[str, Any]:
 
 
 class MixDegradationDataset(data.Dataset):
-    """:class:`constyle_plugin.datasets.MixDegradationDataset` for MMEngine (options as keywords).
+    """:class:`constyle_plugin.data.datasets.MixDegradationDataset` for MMEngine (options as keywords).
 
     Keywords are that class's ``opt`` keys (``dataroot_gt``, ``gt_size``, ``degradations``, ``phase``,
     ``val_crop``, ``seed``, ``repeat``, ...), plus:
@@ -85,7 +85,7 @@ class MixDegradationDataset(data.Dataset):
     - ``sample_dir``: where the sample photos are exported when ``dataroot_gt`` is ``None`` /
       ``'sample_photos'``; default :func:`default_cache_dir` ``/ 'sample_photos'``.
     - ``photos``: a list of file stems, or ``'train'`` / ``'val'``: the two sides of
-      :func:`constyle_plugin.samples.split_by_photo` over the folder's images (``val_fraction``
+      :func:`constyle_plugin.data.samples.split_by_photo` over the folder's images (``val_fraction``
       [0.2], ``split_seed`` [0]), so validation photos are never trained on.
     """
 
@@ -95,8 +95,8 @@ class MixDegradationDataset(data.Dataset):
     def __init__(self, val_fraction: float = 0.2, split_seed: int = 0, **opt: Any) -> None:
         super().__init__()
         _check_options(type(self).__name__, opt, self.OPTIONS)
-        from ...datasets import MixDegradationDataset as _Mix
-        from ...samples import split_by_photo
+        from ...data.datasets import MixDegradationDataset as _Mix
+        from ...data.samples import split_by_photo
 
         sample = opt.get("dataroot_gt") in SAMPLE_ROOTS
         if sample and not opt.get("sample_dir"):
@@ -120,7 +120,7 @@ class MixDegradationDataset(data.Dataset):
 
 
 class ConStylePretrainDataset(data.Dataset):
-    """:class:`constyle_plugin.datasets.ConStylePretrainDataset` for MMEngine (options as keywords).
+    """:class:`constyle_plugin.data.datasets.ConStylePretrainDataset` for MMEngine (options as keywords).
 
     Keywords are that class's ``opt`` keys (``dataroot``, ``resize``, ``crop_size``,
     ``weather_prob``, ``phase``, ...); ``sample_dir`` defaults to :func:`default_cache_dir`
@@ -133,7 +133,7 @@ class ConStylePretrainDataset(data.Dataset):
     def __init__(self, **opt: Any) -> None:
         super().__init__()
         _check_options(type(self).__name__, opt, self.OPTIONS)
-        from ...datasets import ConStylePretrainDataset as _Pretrain
+        from ...data.datasets import ConStylePretrainDataset as _Pretrain
 
         if opt.get("dataroot") in SAMPLE_ROOTS and not opt.get("sample_dir"):
             opt["sample_dir"] = str(default_cache_dir() / "sample_classes")
@@ -155,7 +155,7 @@ class ConStylePretrainDataset(data.Dataset):
 
 
 class AllInOneTrainDataset(data.Dataset):
-    """:class:`constyle_plugin.benchmark_datasets.AllInOneTrainDataset` for MMEngine (options as keywords):
+    """:class:`constyle_plugin.data.benchmark_datasets.AllInOneTrainDataset` for MMEngine (options as keywords):
     the three-task / five-task training mixture from a PromptIR / AdaIR training root.
 
     Keywords are that class's ``opt`` keys (``setting``, ``dataroot``, ``tasks``, ``repeat``, ``lists``,
@@ -170,14 +170,14 @@ class AllInOneTrainDataset(data.Dataset):
     def check_layout(opt: Mapping[str, Any]) -> None:
         """The layout the keywords name, checked without reading an image (``constyle train`` does it
         before the work dir exists)."""
-        from ...benchmark_layouts import check_dataset_layout
+        from ...data.benchmark_layouts import check_dataset_layout
 
         check_dataset_layout("train", opt)
 
     def __init__(self, **opt: Any) -> None:
         super().__init__()
         _check_options(type(self).__name__, opt, self.OPTIONS)
-        from ...benchmark_datasets import AllInOneTrainDataset as _Train
+        from ...data.benchmark_datasets import AllInOneTrainDataset as _Train
 
         self.dataset = _Train(opt)
         self.metainfo = {"setting": self.dataset.setting, "tasks": list(self.dataset.tasks),
@@ -193,7 +193,7 @@ class AllInOneTrainDataset(data.Dataset):
 
 
 class AllInOneTestDataset(data.Dataset):
-    """:class:`constyle_plugin.benchmark_datasets.AllInOneTestDataset` for MMEngine (options as keywords):
+    """:class:`constyle_plugin.data.benchmark_datasets.AllInOneTestDataset` for MMEngine (options as keywords):
     test sets of a benchmark setting, whole images, one after another in the papers' column order, so one
     validation dataloader covers the whole table.
 
@@ -202,7 +202,7 @@ class AllInOneTestDataset(data.Dataset):
 
     - ``task``: one test task key of the setting (``'derain'``), a list of them (validated in that order), or
       ``None`` [default]: every test set of the setting, in the papers' column order
-      (:data:`constyle_plugin.benchmark_layouts.TEST_TASKS`).
+      (:data:`constyle_plugin.data.benchmark_layouts.TEST_TASKS`).
     - ``max_images``: the first N images of each task (sorted by name).
 
     Samples carry ``task`` (the task key) and ``column`` (its column name, e.g. ``'Rain100L'``) in their
@@ -216,7 +216,7 @@ class AllInOneTestDataset(data.Dataset):
     @staticmethod
     def check_layout(opt: Mapping[str, Any]) -> None:
         """As :meth:`AllInOneTrainDataset.check_layout`, for a test root and its task(s)."""
-        from ...benchmark_layouts import check_dataset_layout
+        from ...data.benchmark_layouts import check_dataset_layout
 
         check_dataset_layout("test", opt)
 
@@ -224,8 +224,8 @@ class AllInOneTestDataset(data.Dataset):
         super().__init__()
         owner = type(self).__name__
         _check_options(owner, opt, self.OPTIONS)
-        from ...benchmark_datasets import AllInOneTestDataset as _Test
-        from ...benchmark_layouts import TEST_TASKS, check_setting
+        from ...data.benchmark_datasets import AllInOneTestDataset as _Test
+        from ...data.benchmark_layouts import TEST_TASKS, check_setting
 
         task = opt.pop("task", None)
         if task is None:
@@ -413,7 +413,7 @@ class PretextAccuracy(BaseMetric):
     Reads ``pred_logits`` (``C``) and ``gt_label`` from each prediction of
     :class:`~constyle_plugin.integrations.mmengine.models.ConStylePretrainer`. Where the predictions
     carry ``pred_latent`` (``128``) it also reports ``'latent_spread'``
-    (:func:`~constyle_plugin.pretrain.latent_spread`: 0 when every image gets the same prompt) and
+    (:func:`~constyle_plugin.training.pretrain.latent_spread`: 0 when every image gets the same prompt) and
     logs a warning when the latents have collapsed.
     """
 
@@ -433,7 +433,7 @@ class PretextAccuracy(BaseMetric):
                                  int(torch.as_tensor(ds["gt_label"]).reshape(())), latent))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        from ...pretrain import accuracy, collapse_message, latent_spread
+        from ...training.pretrain import accuracy, collapse_message, latent_spread
 
         logits = torch.stack([r[0] for r in results])
         labels = torch.tensor([r[1] for r in results], dtype=torch.long)

@@ -24,10 +24,10 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.structures import BaseDataElement
 from torch import Tensor, nn
 
-from ...padding import pad_bottom_right
-from ...builder import OptionError, wrap_from_options
-from ...stages import check_inject, check_stages_option
-from ...prompter import ConStyleV2
+from ...core.padding import pad_bottom_right
+from ...core.builder import OptionError, wrap_from_options
+from ...core.stages import check_inject, check_stages_option
+from ...core.prompter import ConStyleV2
 from .scope import MODELS, OPTIM_WRAPPERS, OPTIMIZERS
 
 __all__ = ["ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConStylePretrainer",
@@ -267,15 +267,15 @@ class ConStylePretrainer(BaseModel):
 
     Args:
         queue_size, momentum, temperature, normalize, enqueue, num_classes: of
-            :class:`~constyle_plugin.pretrain.ConStyleMoCo` (authors: 65 760, 0.999, 0.07, False,
+            :class:`~constyle_plugin.training.pretrain.ConStyleMoCo` (authors: 65 760, 0.999, 0.07, False,
             'query', 1000). ``queue_size`` must be a multiple of the (all-ranks) batch size.
         pretrained: ``None`` (fresh), or a checkpoint to start from: a MoCo checkpoint (the
             authors' layout) or a prompter-only file (the key encoder starts as its copy).
         class_iter, kl_iter, kl_temperature, label_smoothing, loss_weights: of
-            :class:`~constyle_plugin.pretrain.ConStylePretrainLoss`; the switches compare with the
+            :class:`~constyle_plugin.training.pretrain.ConStylePretrainLoss`; the switches compare with the
             Runner's iteration, read from MMEngine's message hub.
         degradation: keyword arguments of
-            :class:`~constyle_plugin.degradations.RealESRGANDegradation` (the authors' values by
+            :class:`~constyle_plugin.data.degradations.RealESRGANDegradation` (the authors' values by
             default), applied on the device to the query views that did not get the CPU weather
             degradation; ``None`` skips it.
 
@@ -296,7 +296,7 @@ class ConStylePretrainer(BaseModel):
                  loss_weights: Optional[Mapping[str, float]] = None,
                  degradation: Optional[Mapping[str, Any]] = {},
                  data_preprocessor: Optional[ConfigType] = None, init_cfg: Optional[dict] = None) -> None:
-        from ...pretrain import ConStyleMoCo
+        from ...training.pretrain import ConStyleMoCo
 
         super().__init__(data_preprocessor=_preprocessor(data_preprocessor), init_cfg=init_cfg)
         moco_kwargs = dict(momentum=momentum, temperature=temperature, normalize=normalize, enqueue=enqueue)
@@ -314,7 +314,7 @@ class ConStylePretrainer(BaseModel):
         # not belong in checkpoints; it moves itself to the input's device.
         self._degrader: List[nn.Module] = []
         if degradation is not None:
-            from ...degradations import RealESRGANDegradation
+            from ...data.degradations import RealESRGANDegradation
 
             self._degrader.append(RealESRGANDegradation.from_opt(degradation))
 

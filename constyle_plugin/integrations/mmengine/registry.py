@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 from mmengine.registry import Registry
 
 from ... import archs as _archs
-from ... import losses as _losses
+from ...training import losses as _losses
 from ...compat import ensure_basicsr_importable
 from .data import (PSNR, SSIM, AllInOneTestDataset, AllInOneTrainDataset, ConStylePretrainDataset,
                    MixDegradationDataset, PairedFolderDataset, PretextAccuracy, default_cache_dir)

@@ -29,7 +29,7 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, EVALUATOR, FUNCTIONS, HO
 from mmengine.runner import Runner
 
 from ...errors import ConfigError, OptionError, did_you_mean
-from ...prompter import atomic_write
+from ...core.prompter import atomic_write
 from ...safe_loading import weights_only_loading
 from . import scope
 from .scope import SCOPE
@@ -226,7 +226,7 @@ def _resume_candidates(latest: str, work_dir: str) -> List[str]:
 def atomic_local_writes() -> Iterator[None]:
     """Within the block, MMEngine's local file backend (``LocalBackend.put``, which checkpoint saving
     uses) writes a temporary file beside the target, fsyncs it and renames it into place
-    (:func:`constyle_plugin.prompter.atomic_write`): a crash mid-write keeps the previous file of that
+    (:func:`constyle_plugin.core.prompter.atomic_write`): a crash mid-write keeps the previous file of that
     name intact and never leaves a partial file under the name."""
     from mmengine.fileio.backends.local_backend import LocalBackend
 

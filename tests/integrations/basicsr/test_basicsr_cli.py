@@ -16,7 +16,7 @@ import yaml
 
 from constyle_plugin import ConStyleV2
 from constyle_plugin.compat import ensure_basicsr_importable
-from constyle_plugin.samples import export_sample_photos
+from constyle_plugin.data.samples import export_sample_photos
 
 ensure_basicsr_importable()
 from basicsr.archs import build_network  # noqa: E402

@@ -163,8 +163,8 @@ def test_fork_finds_the_plugins_names_and_keeps_its_own(fork, order):
     assert out["backbone"] == "basicsr.models.archs.NAFNet_arch"  # the fork's own NAFNet is wrapped
     assert out["restormer"] == "constyle_plugin.archs.restormer"  # the fork has none: ours
     assert out["psnr_loss"] == "basicsr.models.losses.losses"  # the fork's loss stays the fork's
-    assert out["infonce"] == "constyle_plugin.losses"
-    assert out["dataset"] == "constyle_plugin.datasets"
+    assert out["infonce"] == "constyle_plugin.training.losses"
+    assert out["dataset"] == "constyle_plugin.data.datasets"
     assert out["user_arch"] == "basicsr.models.archs.zz_user_arch"
     assert out["heavy"] == []  # nothing of PyPI BasicSR or MMEngine was imported
     assert "ImageRestorationModel" in out["model_error"] and "ConStyleUNet" in out["model_error"]
@@ -260,7 +260,7 @@ def test_constyle_evaluate_in_a_fork_without_cuda_runs_the_forks_metrics(fork, t
 
     from constyle_plugin.archs import NAFNet
     from constyle_plugin.compat import ensure_basicsr_importable
-    from constyle_plugin.imageio import read_image
+    from constyle_plugin.data.imageio import read_image
 
     torch.manual_seed(0)
     net = wrap_unet(NAFNet(**{k: v for k, v in TINY.items() if k != "type"}))

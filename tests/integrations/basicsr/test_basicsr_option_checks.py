@@ -233,7 +233,7 @@ def test_amp_under_a_model_that_does_not_read_it_is_a_warning():
 def test_plugin_classes_declare_the_keys_they_read():
     """A dataset given exactly its declared keys builds; one undeclared key is refused by the check (the
     declaration is what the check uses, so a key the class reads must be declared to be accepted)."""
-    from constyle_plugin.datasets import ConStylePretrainDataset, MixDegradationDataset
+    from constyle_plugin.data.datasets import ConStylePretrainDataset, MixDegradationDataset
     from constyle_plugin.integrations.basicsr import OptionError, check_option_keys, register
     from constyle_plugin.integrations.basicsr.models import ConStyleSRModel, ConStyleV2PretrainModel
 

@@ -13,7 +13,7 @@ import torch
 from mmengine.evaluator import Evaluator
 from mmengine.structures import BaseDataElement
 
-from constyle_plugin.benchmark_layouts import COLUMNS, TEST_TASKS
+from constyle_plugin.data.benchmark_layouts import COLUMNS, TEST_TASKS
 from constyle_plugin.compat import ensure_basicsr_importable
 from constyle_plugin.errors import ConStyleError, OptionError
 from constyle_plugin.integrations.mmengine import DATASETS, METRICS

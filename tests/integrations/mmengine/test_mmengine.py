@@ -130,7 +130,7 @@ def test_import_registers_into_the_constyle_scope():
     for name in ("ConStyleRestorer", "ConStylePretrainer", "ConStyleDataPreprocessor", "NAFNet", "Restormer",
                  "ConvUNet", "L1Loss", "CharbonnierLoss", "InfoNCELoss", "StyleLoss", "DistillKLLoss"):
         assert name in MODELS.module_dict, name
-    from constyle_plugin.losses import InfoNCELoss
+    from constyle_plugin.training.losses import InfoNCELoss
 
     assert MODELS.get("InfoNCELoss") is InfoNCELoss  # the same class, registered again
     for name in ("MixDegradationDataset", "ConStylePretrainDataset", "PairedFolderDataset"):

@@ -18,7 +18,7 @@ FIRST_IMPORTS = {
     "mmengine_then_plugin": "import mmengine; import constyle_plugin",
     "integrations.mmengine": "import constyle_plugin.integrations.mmengine",
     "integrations.mmengine.runner": "from constyle_plugin.integrations.mmengine.runner import ConStyleRunner",
-    "inference_then_runner": "import constyle_plugin.inference; "
+    "inference_then_runner": "import constyle_plugin.tools.restore; "
                              "from constyle_plugin.integrations.mmengine.runner import load_config",
 }
 
@@ -35,9 +35,9 @@ def test_mmengine_registration_whatever_is_imported_first(case):
 
 
 BASICSR_FIRST_IMPORTS = {
-    "datasets": "import constyle_plugin.datasets",
+    "datasets": "import constyle_plugin.data.datasets",
     "basicsr_models": "import constyle_plugin.integrations.basicsr.models",
-    "degradations_then_basicsr": "import constyle_plugin.degradations; import basicsr",
+    "degradations_then_basicsr": "import constyle_plugin.data.degradations; import basicsr",
 }
 
 

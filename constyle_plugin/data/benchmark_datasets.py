@@ -1,11 +1,11 @@
 """The all-in-one benchmark data as BasicSR-style datasets (one ``opt`` dict argument).
 
 * :class:`AllInOneTrainDataset`: the three-task / five-task training mixture read from a PromptIR / AdaIR
-  training root (:func:`~constyle_plugin.benchmark_layouts.benchmark_train_pairs`): each task's file list
+  training root (:func:`~constyle_plugin.data.benchmark_layouts.benchmark_train_pairs`): each task's file list
   repeated per epoch as the papers do, the same random patch cropped from the degraded and the clean
   image, BasicSR's flips and rotations, and Gaussian noise added on the fly for the denoising tasks.
 * :class:`AllInOneTestDataset`: one test set of a setting
-  (:func:`~constyle_plugin.benchmark_layouts.benchmark_test_sets`), whole images cropped as the setting does.
+  (:func:`~constyle_plugin.data.benchmark_layouts.benchmark_test_sets`), whole images cropped as the setting does.
 
 The layout is checked when the dataset is built, before anything trains; the BasicSR and MMEngine
 integrations register both classes.
@@ -29,9 +29,9 @@ from torch.utils import data
 from .benchmark_layouts import (DEFAULT_REPEAT, NOISE_SIGMA, TRAIN_TASKS, TestImage, TrainPair,
                                 benchmark_test_sets, benchmark_train_pairs, check_dataset_layout, check_setting,
                                 check_test_task, synthetic_noise)
-from .compat import ensure_basicsr_importable
+from ..compat import ensure_basicsr_importable
 from .datasets import BadImageWarning, pad_to_size
-from .errors import LayoutError, OptionError, did_you_mean
+from ..errors import LayoutError, OptionError, did_you_mean
 from .imageio import read_image
 
 ensure_basicsr_importable()
@@ -70,7 +70,7 @@ class AllInOneTrainDataset(data.Dataset):
       task -> how many times its file list is repeated per epoch (overrides the defaults for the tasks it
       names), or one integer for every task.
     * ``lists`` [none]: PromptIR's ``data_dir`` folder or a mapping task group -> list file, selecting the
-      files used (see :func:`~constyle_plugin.benchmark_layouts.benchmark_train_pairs`).
+      files used (see :func:`~constyle_plugin.data.benchmark_layouts.benchmark_train_pairs`).
     * ``gt_size`` [128]: patch side; images smaller than that are reflect-padded (bottom / right) first.
     * ``use_hflip`` [true], ``use_rot`` [true]: BasicSR's ``augment`` (the eight flips / 90-degree rotations).
     * ``phase`` ['train']: any other phase takes the centre patch, no augmentation, and noise drawn from
@@ -92,7 +92,7 @@ class AllInOneTrainDataset(data.Dataset):
     @staticmethod
     def check_layout(opt: Mapping) -> None:
         """The layout ``opt`` names, checked without reading an image: the trainers' option checks call
-        this before a run creates its folders (see :func:`~constyle_plugin.benchmark_layouts.check_dataset_layout`)."""
+        this before a run creates its folders (see :func:`~constyle_plugin.data.benchmark_layouts.check_dataset_layout`)."""
         check_dataset_layout("train", opt)
 
     def __init__(self, opt: Mapping):
@@ -204,7 +204,7 @@ class AllInOneTestDataset(data.Dataset):
     ``opt`` keys (defaults in brackets):
 
     * ``setting``: ``three-task``, ``five-task`` or ``constyle-v2``.
-    * ``dataroot``: the setting's test root (see :mod:`constyle_plugin.benchmark_layouts`).
+    * ``dataroot``: the setting's test root (see :mod:`constyle_plugin.data.benchmark_layouts`).
     * ``task``: a test task key of the setting (three-task: ``dehaze``, ``derain``, ``denoise_15``,
       ``denoise_25``, ``denoise_50``; five-task: ``dehaze``, ``derain``, ``denoise_25``, ``deblur``,
       ``enhance``; constyle-v2: ``gopro``, ``sots``, ``rain``, ``cbsd68_25``, ``live1_20``, ``lol``,
@@ -214,7 +214,7 @@ class AllInOneTestDataset(data.Dataset):
 
     ``dataset[i]`` = ``{'lq': 3 x H x W float RGB, 'gt': 3 x H x W in [0, 1], 'lq_path': str, 'gt_path': str,
     'task': task key}``, cropped as the setting does (:meth:`TestImage.load
-    <constyle_plugin.benchmark_layouts.TestImage.load>`); synthetic noise is the same on every read.
+    <constyle_plugin.data.benchmark_layouts.TestImage.load>`); synthetic noise is the same on every read.
     """
 
     OPTIONS = frozenset({"setting", "dataroot", "task", "max_images", "phase", "scale", "io_backend"})

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 
-from .errors import ImageReadError
+from ..errors import ImageReadError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFile", "ImageReadError", "encode_png", "read_image", "read_image_file"]
 

@@ -57,7 +57,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import LayoutError, OptionError, did_you_mean
+from ..errors import LayoutError, OptionError, did_you_mean
 from .imageio import IMAGE_EXTENSIONS, read_image
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The all-in-one benchmark layouts (constyle_plugin.benchmark_layouts) on miniature copies (tests/layouts.py)."""
+"""The all-in-one benchmark layouts (constyle_plugin.data.benchmark_layouts) on miniature copies (tests/layouts.py)."""
 from __future__ import annotations
 
 import os

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .compat import ensure_basicsr_importable
+from ..compat import ensure_basicsr_importable
 
 
 class _BasicSROps:
@@ -189,7 +189,7 @@ class RealESRGANDegradation(nn.Module):
 
     * ``'fast'`` (default): every random choice is a parameter drawn on the CPU by
       :meth:`sample_params` (kernels padded to a fixed size, numbers as tensors), best in the
-      data workers (:class:`~constyle_plugin.datasets.ConStylePretrainDataset` option
+      data workers (:class:`~constyle_plugin.data.datasets.ConStylePretrainDataset` option
       ``degradation``) and collated into the batch; ``forward(x, params)`` then runs batched on
       ``x``'s device without reading anything back from it: per-sample values broadcast as
       tensors, per-sample kernels as one grouped convolution, the Poisson noise's level count by

@@ -1,5 +1,5 @@
 """Options -> wrapped network: the one place that turns ``{prompter, inject, stages, ...}`` into a
-:class:`~constyle_plugin.unet.ConStyleUNet`, for every integration (BasicSR options, MMEngine
+:class:`~constyle_plugin.core.unet.ConStyleUNet`, for every integration (BasicSR options, MMEngine
 configs, ``constyle restore``) and for code that keeps its settings in a file.
 
 Torch only, like the rest of the core. Errors are :class:`OptionError`s naming the option at fault
@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
-from .errors import CheckpointError, OptionError, UNetStructureError, join_keys
+from ..errors import CheckpointError, OptionError, UNetStructureError, join_keys
 from .prompter import ConStyleV2
 from .stages import check_inject, check_stage_names
 from .unet import ConStyleUNet, wrap_unet
@@ -72,7 +72,7 @@ def wrap_from_options(backbone: nn.Module, prompter: Any = None,
                       inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
                       stages: Optional[Any] = None, probe_size: Optional[Union[int, Sequence[int]]] = None,
                       in_channels: Optional[int] = None) -> ConStyleUNet:
-    """:func:`~constyle_plugin.unet.wrap_unet` with its arguments given as options (as read from a
+    """:func:`~constyle_plugin.core.unet.wrap_unet` with its arguments given as options (as read from a
     YAML or config file), each checked and named in the error when bad.
 
     Args:
@@ -83,7 +83,7 @@ def wrap_from_options(backbone: nn.Module, prompter: Any = None,
             ready spec, else discovery by a probe forward.
         probe_size, in_channels: as in ``wrap_unet``.
 
-    Returns a :class:`~constyle_plugin.unet.ConStyleUNet`.
+    Returns a :class:`~constyle_plugin.core.unet.ConStyleUNet`.
     """
     targets = check_inject(inject)
     if stages is not None:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .losses import (ClassificationLoss, ContentLoss, DistillKLLoss, InfoNCELoss, StyleLoss,
                      check_labels)
-from .prompter import (LATENT_DIM, NUM_CLASSES, CheckpointError, ConStyleV2, Encoding,
+from ..core.prompter import (LATENT_DIM, NUM_CLASSES, CheckpointError, ConStyleV2, Encoding,
                        extract_prompter_state, flatten_checkpoint, read_state_dict)
 
 __all__ = [
@@ -46,7 +46,7 @@ LOSS_NAMES = ("infonce", "content", "style", "class", "kl", "degradation")
 class MoCoOutput(NamedTuple):
     """What one training forward of :class:`ConStyleMoCo` returns (``B`` = local batch size).
 
-    q_enc: the query encoder's :class:`~constyle_plugin.prompter.Encoding` of the degraded view
+    q_enc: the query encoder's :class:`~constyle_plugin.core.prompter.Encoding` of the degraded view
         (``features``, ``pooled`` ``B x 256``, ``z1`` ``B x 128``, ``z2`` ``B x 128``), with gradients.
     q_logits: ``B x C`` pretext logits of the query (student), with gradients.
     k: ``B x 128``, the key encoder's ``z2`` of the clean view (no gradients, computed after the
@@ -85,7 +85,7 @@ def _check_image(x: Tensor, name: str) -> None:
 class ConStyleMoCo(nn.Module):
     """The ConStyle v2 MoCo model: a trained query encoder, a momentum key encoder and a queue.
 
-    Submodules ``encoder_q`` and ``encoder_k`` (both :class:`~constyle_plugin.prompter.ConStyleV2`,
+    Submodules ``encoder_q`` and ``encoder_k`` (both :class:`~constyle_plugin.core.prompter.ConStyleV2`,
     ``encoder_k`` a copy without gradients) and buffers ``queue`` (``128 x K``, standard normal at
     initialisation) and ``queue_ptr`` (``long``, size 1): the names of the authors' checkpoint.
 
@@ -262,7 +262,7 @@ class ConStyleMoCo(nn.Module):
         ``queue`` (``128 x K``) and ``queue_ptr``. K is read from the file.
 
         ``param_key``: ``None`` takes ``params_ema`` when present, else ``params`` (as
-        :func:`~constyle_plugin.prompter.read_state_dict`). Note that BasicSR's EMA averages
+        :func:`~constyle_plugin.core.prompter.read_state_dict`). Note that BasicSR's EMA averages
         parameters only, so in a ``params_ema`` the queue, its pointer and the BatchNorm statistics
         are those of the EMA copy's initialisation; pass ``param_key='params'`` to resume the exact
         training state.
@@ -272,7 +272,7 @@ class ConStyleMoCo(nn.Module):
         encoder and the queue is fresh (``queue_size``, default 65 760).
 
         Other keyword arguments (``momentum``, ``temperature``, ``normalize``, ``enqueue``) go to the
-        constructor. Raises :class:`~constyle_plugin.prompter.CheckpointError` naming the file and
+        constructor. Raises :class:`~constyle_plugin.core.prompter.CheckpointError` naming the file and
         the missing, unexpected or mis-shaped keys.
         """
         source = str(path)

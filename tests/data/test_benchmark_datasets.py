@@ -1,4 +1,4 @@
-"""The all-in-one benchmark datasets (constyle_plugin.benchmark_datasets) on miniature layouts (tests/layouts.py),
+"""The all-in-one benchmark datasets (constyle_plugin.data.benchmark_datasets) on miniature layouts (tests/layouts.py),
 built directly, through BasicSR's DATASET_REGISTRY and through MMEngine's ``constyle`` scope."""
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import constyle_plugin  # noqa: F401  (registers with BasicSR / MMEngine as they are imported)
-from constyle_plugin.benchmark_datasets import AllInOneTestDataset, AllInOneTrainDataset
-from constyle_plugin.benchmark_layouts import benchmark_test_sets
-from constyle_plugin.datasets import BadImageWarning
+from constyle_plugin.data.benchmark_datasets import AllInOneTestDataset, AllInOneTrainDataset
+from constyle_plugin.data.benchmark_layouts import benchmark_test_sets
+from constyle_plugin.data.datasets import BadImageWarning
 from constyle_plugin.errors import ConStyleError, LayoutError, OptionError
 from layouts import make_constyle_v2_suite, make_five_task, make_three_task
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import ConStyleError
-from .prompter import ConStyleV2, atomic_write
+from ..errors import ConStyleError
+from ..core.prompter import ConStyleV2, atomic_write
 
 __all__ = ["DEFAULT_OPSET", "OnnxExportError", "OnnxNetwork", "check_onnx", "export_onnx", "load_onnx"]
 
@@ -188,7 +188,7 @@ def export_onnx(net: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
     Returns ``path``. Raises :class:`OnnxExportError` naming the operator and module when a part of the
     network has no ONNX form.
     """
-    from .inference import size_multiple_of
+    from .restore import size_multiple_of
 
     onnx = _require("onnx")
     path = Path(path)

@@ -2,10 +2,10 @@
 
 Either one of the field's all-in-one settings laid out as its repositories lay it out
 (``--benchmark {three-task,five-task,constyle-v2} --root DIR``, see
-:mod:`constyle_plugin.benchmark_layouts`: one task per column of the papers' table), or a folder pair
+:mod:`constyle_plugin.data.benchmark_layouts`: one task per column of the papers' table), or a folder pair
 (``--lq DIR --gt DIR``, files paired by stem) as one task. Every pair is checked before anything runs
 (each file has a partner, the sizes agree, each image reads); each low-quality image is restored
-(tiled with ``tile``) by a network :func:`~constyle_plugin.inference.load_network` loads, and
+(tiled with ``tile``) by a network :func:`~constyle_plugin.tools.restore.load_network` loads, and
 PSNR / SSIM are BasicSR's own ``calculate_psnr`` / ``calculate_ssim`` on the 8-bit images (BGR, as
 BasicSR's validation passes them), on RGB or on the Y channel, with a border crop. The task's number
 is the mean over its images, the average the mean over tasks.
@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .benchmark_layouts import SETTINGS, benchmark_test_sets, check_setting
-from .errors import EvaluateError, RestoreError
-from .imageio import IMAGE_EXTENSIONS, read_image
-from .inference import (check_device, check_output_folder, check_tiling, load_network, size_multiple_of,
+from ..data.benchmark_layouts import SETTINGS, benchmark_test_sets, check_setting
+from ..errors import EvaluateError, RestoreError
+from ..data.imageio import IMAGE_EXTENSIONS, read_image
+from .restore import (check_device, check_output_folder, check_tiling, load_network, size_multiple_of,
                         tiled_forward, write_image)
-from .prompter import atomic_write
-from .runs import run_reader
+from ..core.prompter import atomic_write
+from ..runs import run_reader
 
 __all__ = ["ImagePair", "TestItem", "basicsr_metrics", "benchmark_tasks", "evaluate_main", "evaluate_tasks",
            "pair_folders", "to_bgr_uint8", "write_reports"]
@@ -121,7 +121,7 @@ def pair_folders(lq: PathLike, gt: PathLike) -> List[ImagePair]:
 def basicsr_metrics() -> Tuple[Callable[..., float], Callable[..., float]]:
     """BasicSR's ``calculate_psnr`` and ``calculate_ssim`` (PyPI basicsr or a fork's); an
     :class:`EvaluateError` saying what to install when basicsr is not there."""
-    from .compat import ensure_basicsr_importable
+    from ..compat import ensure_basicsr_importable
 
     try:
         ensure_basicsr_importable()

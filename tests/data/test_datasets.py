@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from constyle_plugin import degradations as D
 from constyle_plugin import samples as S
-from constyle_plugin.datasets import (BadImageWarning, ConStylePretrainDataset,
+from constyle_plugin.data.datasets import (BadImageWarning, ConStylePretrainDataset,
                                       MixDegradationDataset, read_image)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from constyle_plugin import degradations as D
-from constyle_plugin.samples import sample_photos
+from constyle_plugin.data.samples import sample_photos
 
 
 def _photo(name="astronaut", size=96, top=100, left=150):

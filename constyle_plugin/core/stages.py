@@ -1,6 +1,6 @@
 """Where the prompt goes: :class:`StageSpec` (module names, given or discovered), :class:`StageInfo`
 (one hook point as the probe measured it), and the checks of ``inject`` and of stage names, shared
-by :func:`~constyle_plugin.unet.wrap_unet` and the options builder. Torch only."""
+by :func:`~constyle_plugin.core.unet.wrap_unet` and the options builder. Torch only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from .errors import OptionError, did_you_mean, join_keys
+from ..errors import OptionError, did_you_mean, join_keys
 
 __all__ = ["DEFAULT_INJECT", "INJECT_TARGETS", "StageInfo", "StageSpec", "check_inject", "check_stage_names",
            "check_stages_option"]

@@ -18,8 +18,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 import torch
 from torch import Tensor, nn
 
-from .adapters import stage_spec_for
-from .errors import UNetStructureError
+from ..adapters import stage_spec_for
+from ..errors import UNetStructureError
 from .hooks import HookSet, PromptLedger, capturing, mark_wrapped, wrapper_of
 from .injection import FeatureInjector, LatentFiLM, LatentModulator
 from .prompter import FEATURE_CHANNELS, LATENT_DIM, ConStyleV2, default_prompter, prepare_image
@@ -652,7 +652,7 @@ class ConStyleUNet(nn.Module):
                         backbone_config: Optional[Mapping[str, Any]] = None) -> Any:
         """Write ``config.json`` (how it was wrapped) and ``model.safetensors`` (backbone and injection
         modules; the prompter only with ``include_prompter``) into ``directory``, atomically; ``ema``: the
-        run's EMA copy. See :func:`constyle_plugin.pretrained.save_pretrained`."""
+        run's EMA copy. See :func:`constyle_plugin.core.pretrained.save_pretrained`."""
         from .pretrained import save_pretrained
 
         return save_pretrained(self, directory, include_prompter=include_prompter, ema=ema,
@@ -663,7 +663,7 @@ class ConStyleUNet(nn.Module):
                         **kwargs: Any) -> "ConStyleUNet":
         """The net ``save_pretrained`` wrote, on ``backbone`` (a fresh instance of the user's class) or on a
         reference / registered arch rebuilt from the config; ``prompter``: the stored, packaged or a given one,
-        checked against the recorded SHA-256. See :func:`constyle_plugin.pretrained.load_pretrained`."""
+        checked against the recorded SHA-256. See :func:`constyle_plugin.core.pretrained.load_pretrained`."""
         from .pretrained import load_pretrained
 
         return load_pretrained(directory, backbone=backbone, prompter=prompter, **kwargs)

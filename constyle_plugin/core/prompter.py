@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = [
     "CheckpointError",
@@ -33,7 +33,7 @@ PathLike = Union[str, os.PathLike]
 LATENT_DIM = 128
 NUM_CLASSES = 1000
 FEATURE_CHANNELS = (32, 64, 128)
-PACKAGED_WEIGHTS = Path(__file__).parent / "weights" / "constyle_v2_prompter.safetensors"
+PACKAGED_WEIGHTS = Path(__file__).parents[1] / "weights" / "constyle_v2_prompter.safetensors"
 EXPORT_FORMAT = "constyle_plugin.ConStyleV2/1"
 
 

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ConStyleError
+from ..errors import CheckpointError, ConStyleError
 from .init_args import init_args
 from .prompter import ConStyleV2, atomic_write, default_prompter, default_prompter_path
 from .stages import StageInfo, StageSpec, check_stage_names
@@ -121,7 +121,7 @@ def _build_backbone(record: Mapping[str, Any], source: str) -> nn.Module:
     module, name, kwargs = record.get("module", ""), record.get("class", "?"), record.get("kwargs")
     registry = record.get("registry")
     if registry in ("basicsr", "mmengine") and kwargs is not None:
-        from .runs import run_reader
+        from ..runs import run_reader
 
         if registry == "basicsr":
             return run_reader("basicsr").build_arch(record.get("type", name), dict(kwargs), source)

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from constyle_plugin import ConStyleV2, wrap_unet
-from constyle_plugin.padding import pad_to_multiple
-from constyle_plugin.inference import (count_tiles, find_images, read_image, restore_images,
+from constyle_plugin.core.padding import pad_to_multiple
+from constyle_plugin.tools.restore import (count_tiles, find_images, read_image, restore_images,
                                        size_multiple_of, tiled_forward)
 
 from unets import ModuleListUNet

@@ -142,7 +142,7 @@ class StyleLoss(nn.Module):
     Which slice is which: the SPEC names "the slot about to be overwritten and the next one"
     without fixing the pairing. The authors' released code pairs ``z1`` with the *next* slot
     (``queue[:, ptr+B : ptr+2B]``) and ``z2`` with the slot *about to be overwritten*
-    (``queue[:, ptr : ptr+B]``), and this project follows it: :class:`~constyle_plugin.pretrain.ConStyleMoCo`
+    (``queue[:, ptr : ptr+B]``), and this project follows it: :class:`~constyle_plugin.training.pretrain.ConStyleMoCo`
     returns them as ``neg1`` (next) and ``neg2`` (current). The loss itself only pairs its
     arguments in order.
     """

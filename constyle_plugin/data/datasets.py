@@ -1,13 +1,13 @@
 """Datasets for both training stages, BasicSR style (one ``opt`` dict argument).
 
 * :class:`MixDegradationDataset` (stage 2): clean images degraded on the fly by one of the
-  all-in-one degradations of :mod:`constyle_plugin.degradations`; BasicSR's paired format.
+  all-in-one degradations of :mod:`constyle_plugin.data.degradations`; BasicSR's paired format.
 * :class:`ConStylePretrainDataset` (stage 1): an ImageFolder-style class tree; returns a query
   view (weather-degraded on the CPU with probability ``weather_prob``) and an independent clean
   key view of the same picture, with the class label.
 
 Both accept the special roots ``sample_photos`` / ``sample_classes`` (or no root) together with
-``sample_dir``: the offline sample photos of :mod:`constyle_plugin.samples` are exported there
+``sample_dir``: the offline sample photos of :mod:`constyle_plugin.data.samples` are exported there
 first. The BasicSR and MMEngine integrations register these classes; they hold no trainer code.
 
 Randomness: training samples draw from a ``numpy.random.Generator`` seeded from torch's
@@ -28,7 +28,7 @@ import torch
 from torch.utils import data
 
 from . import degradations as deg
-from .compat import ensure_basicsr_importable
+from ..compat import ensure_basicsr_importable
 from .imageio import IMAGE_EXTENSIONS, read_image
 from .samples import export_dead_leaves, export_sample_classes, export_sample_photos
 
@@ -152,11 +152,11 @@ class MixDegradationDataset(data.Dataset):
       sample photos, exported to ``sample_dir`` first.
     * ``sample_dir`` [none]: required with the sample photos.
     * ``photos`` [all]: file stems to keep (a hold-out split, see
-      :func:`constyle_plugin.samples.split_by_photo`); unknown stems raise.
+      :func:`constyle_plugin.data.samples.split_by_photo`); unknown stems raise.
     * ``gt_size`` [128]: patch side. Images smaller than that are reflect-padded (bottom/right)
       to ``gt_size`` before cropping, never upscaled.
     * ``degradations`` [all eight, equal]: ``{name: weight}`` (names of
-      :data:`~constyle_plugin.degradations.ALL_IN_ONE`; weights are normalised, names left out
+      :data:`~constyle_plugin.data.degradations.ALL_IN_ONE`; weights are normalised, names left out
       get 0) or a list of names (equal weights).
     * ``phase`` ['train']: ``train`` = random crop + BasicSR ``augment`` (``use_hflip`` [true],
       ``use_rot`` [true]) + a random degradation; anything else (BasicSR sets ``val``) =
@@ -320,15 +320,15 @@ class ConStylePretrainDataset(data.Dataset):
     * ``resize`` [256]: shorter side after resizing; ``crop_size`` [224]: output side.
     * ``rrc_scale`` [[0.08, 1.0]], ``rrc_ratio`` [[0.75, 1.3333]]: random-resized-crop ranges.
     * ``weather_prob`` [0.4]: probability of the CPU weather degradation
-      (:func:`~constyle_plugin.degradations.weather`) on the query view.
+      (:func:`~constyle_plugin.data.degradations.weather`) on the query view.
     * ``phase`` ['train']: anything else draws every sample from ``(seed, index)`` [seed 0].
     * ``repeat`` [1]: virtual length multiplier.
     * ``check_images`` ['header']: as for :class:`MixDegradationDataset`. Class folders are
       searched recursively, as torchvision's ImageFolder does.
     * ``degradation`` [false]: ``true`` (the authors' values) or a dict of
-      :class:`~constyle_plugin.degradations.RealESRGANDegradation` options: each sample also
+      :class:`~constyle_plugin.data.degradations.RealESRGANDegradation` options: each sample also
       carries ``'degradation'``, the Real-ESRGAN parameters of its query drawn here (in the data
-      worker) by :meth:`~constyle_plugin.degradations.RealESRGANDegradation.sample_params`, so
+      worker) by :meth:`~constyle_plugin.data.degradations.RealESRGANDegradation.sample_params`, so
       the device only runs the batched pipeline. Use the same options as the model's
       ``train.degradation`` (the BasicSR model refuses a mismatch).
 
@@ -338,10 +338,10 @@ class ConStylePretrainDataset(data.Dataset):
     * ``photos`` [all]: class folder names to keep (with the sample tree: photo names), so that
       photos held out for testing never reach pre-training; unknown names raise.
     * ``dead_leaves`` [0]: with the sample tree, also this many synthetic dead-leaves images
-      (:func:`~constyle_plugin.samples.dead_leaves`, one class each) of ``sample_crop_size`` px:
+      (:func:`~constyle_plugin.data.samples.dead_leaves`, one class each) of ``sample_crop_size`` px:
       content with natural-image statistics that no test photo shares.
     * ``query_degradations`` [none]: ``{name: weight}`` or a list of names of
-      :data:`~constyle_plugin.degradations.ALL_IN_ONE`. Each query view gets one of them here,
+      :data:`~constyle_plugin.data.degradations.ALL_IN_ONE`. Each query view gets one of them here,
       on the CPU (replacing weather and Real-ESRGAN), and the sample carries
       ``'degradation_label'``, the index of its degradation in ``ALL_IN_ONE``: the target of the
       model's degradation head and, with ``pretext_target: degradation``, of the pretext head.
@@ -356,7 +356,7 @@ class ConStylePretrainDataset(data.Dataset):
     + ``'degradation_label'``: int, with ``query_degradations``). ``weather`` is true for every
     query already degraded here (weather, or an all-in-one degradation).
     Samples with ``weather == False`` are meant to get the
-    Real-ESRGAN batch pipeline (:class:`~constyle_plugin.degradations.RealESRGANDegradation`)
+    Real-ESRGAN batch pipeline (:class:`~constyle_plugin.data.degradations.RealESRGANDegradation`)
     on the device, in the model, as the authors do; the dataset leaves their query clean.
 
     :attr:`OPTIONS` lists every key ``__init__`` reads (as for :class:`MixDegradationDataset`).

@@ -18,12 +18,12 @@ from typing import Any, Dict, Optional, Union
 import torch
 from torch import Tensor
 
-from .errors import ConStyleError
-from .init_args import init_args
-from .pretrained import (FORMAT, is_pretrained_dir, load_pretrained, packaged_prompter_sha256, prompter_sha256,
+from ..errors import ConStyleError
+from ..core.init_args import init_args
+from ..core.pretrained import (FORMAT, is_pretrained_dir, load_pretrained, packaged_prompter_sha256, prompter_sha256,
                          read_config, save_pretrained)
-from .prompter import atomic_write
-from .unet import ConStyleUNet
+from ..core.prompter import atomic_write
+from ..core.unet import ConStyleUNet
 
 __all__ = ["TRAINERS", "from_trainer_checkpoint", "to_trainer_checkpoint"]
 
@@ -39,7 +39,7 @@ def from_trainer_checkpoint(checkpoint: PathLike, output: PathLike, config: Opti
     where the run kept one, becomes ``model_ema.safetensors``. ``include_prompter`` (default: only
     when the run's prompter is not the packaged one) stores the prompter's weights too.
     """
-    from .inference import read_training_run
+    from .restore import read_training_run
 
     run = read_training_run(checkpoint, config)
     net = run.net
@@ -61,7 +61,7 @@ def to_trainer_checkpoint(directory: PathLike, output: PathLike, trainer: str = 
                           backbone: Any = None, prompter: Any = None) -> Path:
     """Write the net saved in ``directory`` as a ``trainer`` (``basicsr`` / ``mmengine``) checkpoint.
 
-    ``backbone`` / ``prompter``: as in :func:`~constyle_plugin.pretrained.load_pretrained` (a user's
+    ``backbone`` / ``prompter``: as in :func:`~constyle_plugin.core.pretrained.load_pretrained` (a user's
     own backbone class must be passed). The file is written atomically.
     """
     if trainer not in TRAINERS:

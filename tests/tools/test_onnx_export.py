@@ -17,7 +17,7 @@ from constyle_plugin.archs import MAXIM, ConvUNet, NAFNet, Restormer
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from constyle_plugin.export import OnnxExportError, check_onnx, export_onnx, load_onnx  # noqa: E402
+from constyle_plugin.tools.export import OnnxExportError, check_onnx, export_onnx, load_onnx  # noqa: E402
 
 BACKBONES = {
     "NAFNet": lambda: NAFNet(width=8, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1]),

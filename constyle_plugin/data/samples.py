@@ -2,7 +2,7 @@
 
 They let every option file, test and benchmark of the plugin run without downloading a data set:
 ``export_sample_photos(folder)`` writes them as PNG files that the datasets of
-:mod:`constyle_plugin.datasets` read like any other image folder, and
+:mod:`constyle_plugin.data.datasets` read like any other image folder, and
 ``export_sample_classes(folder)`` writes an ImageFolder-style class tree (one class per photo)
 for the stage-1 pre-training dataset.
 """
@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import cv2
 import numpy as np
 
-from .prompter import atomic_write
+from ..core.prompter import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 

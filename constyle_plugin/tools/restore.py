@@ -22,11 +22,11 @@ import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .errors import CheckpointError, RestoreError
-from .imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_image_file
-from .padding import pad_to_multiple
-from .prompter import atomic_write, flatten_checkpoint, read_state_dict
-from .runs import run_reader
+from ..errors import CheckpointError, RestoreError
+from ..data.imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_image_file
+from ..core.padding import pad_to_multiple
+from ..core.prompter import atomic_write, flatten_checkpoint, read_state_dict
+from ..runs import run_reader
 
 __all__ = ["IMAGE_EXTENSIONS", "RestoreError", "check_device", "check_output_folder", "check_tiling", "find_images",
            "TrainingRun", "load_network", "plan_outputs", "read_dumped_config", "read_image", "read_training_run",
@@ -382,7 +382,7 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
     safe loading and loaded with ``strict=True``.
 
     Also: a folder written by ``save_pretrained`` (its EMA weights preferred) and an ONNX file
-    (run by onnxruntime, see :mod:`constyle_plugin.export`).
+    (run by onnxruntime, see :mod:`constyle_plugin.tools.export`).
     """
     checkpoint = Path(checkpoint)
     if checkpoint.suffix == ".onnx" and checkpoint.is_file():
@@ -390,7 +390,7 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
 
         return load_onnx(checkpoint, device=device)
     if checkpoint.is_dir():
-        from .pretrained import is_pretrained_dir, load_pretrained
+        from ..core.pretrained import is_pretrained_dir, load_pretrained
 
         if is_pretrained_dir(checkpoint):
             return load_pretrained(checkpoint, map_location=device)
