@@ -25,6 +25,8 @@ import argparse
 import sys
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from .errors import ConStyleError
+
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 
@@ -191,7 +193,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from .tools.restore import load_network
 
     if str(args.checkpoint).endswith(".onnx"):
-        raise ValueError(f"--checkpoint: {args.checkpoint} is already an ONNX file")
+        raise ConStyleError(f"--checkpoint: {args.checkpoint} is already an ONNX file")
     net = load_network(args.checkpoint, args.config, device="cpu")
     out = export_onnx(net, args.onnx, opset=args.opset or DEFAULT_OPSET, check=False)
     message = f"wrote {out}"
@@ -200,7 +202,7 @@ def _run_export(args: argparse.Namespace) -> int:
         where = ", ".join(f"{b}x{h}x{w}" for b, h, w in sizes)
         message += f"; onnxruntime vs eager at {where}: max abs diff {diff:.2e}"
         if diff > 1e-4:
-            raise ValueError(f"--onnx: {out}: onnxruntime differs from the eager network by {diff:.3g} (> 1e-4)")
+            raise ConStyleError(f"--onnx: {out}: onnxruntime differs from the eager network by {diff:.3g} (> 1e-4)")
     print(message)
     return 0
 

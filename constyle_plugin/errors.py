@@ -8,8 +8,10 @@ from __future__ import annotations
 import difflib
 from typing import Any, Iterable, List
 
-__all__ = ["CheckpointError", "ConStyleError", "ConfigError", "EvaluateError", "ImageReadError", "LayoutError",
-           "OptionError", "RestoreError", "UNetStructureError", "close_matches", "did_you_mean", "join_keys"]
+__all__ = ["CheckpointError", "ConStyleError", "ConStyleKeyError", "ConStyleRuntimeError", "ConStyleTypeError",
+           "ConfigError", "EvaluateError", "ImageReadError", "ImageWriteError", "LayoutError", "MissingDependencyError",
+           "MissingFileError", "OptionError", "RestoreError", "UNetStructureError", "WrapError", "close_matches",
+           "did_you_mean", "join_keys"]
 
 
 class ConStyleError(ValueError):
@@ -46,6 +48,37 @@ class ConfigError(ConStyleError):
 
 class ImageReadError(ConStyleError, OSError):
     """An image file that cannot be read or decoded (also an ``OSError``, as file errors are)."""
+
+
+class ImageWriteError(ConStyleError, OSError):
+    """An image that cannot be encoded or written (also an ``OSError``)."""
+
+
+class WrapError(ConStyleError):
+    """``wrap_unet`` / ``ConStyleUNet`` given what they cannot use: an already wrapped net, an unknown
+    injection target, a stage output of another layout than the probe saw."""
+
+
+class ConStyleTypeError(ConStyleError, TypeError):
+    """An argument of the wrong type (also a ``TypeError``, which callers of Python APIs catch)."""
+
+
+class ConStyleRuntimeError(ConStyleError, RuntimeError):
+    """Something that went wrong while running (a forward, an encoder), not in the arguments
+    (also a ``RuntimeError``)."""
+
+
+class ConStyleKeyError(ConStyleError, KeyError):
+    """A mapping (a data sample, a batch) without a key the plugin needs (also a ``KeyError``)."""
+
+
+class MissingFileError(ConStyleError, FileNotFoundError):
+    """A file or folder the plugin was pointed at does not exist (also a ``FileNotFoundError``)."""
+
+
+class MissingDependencyError(ConStyleError, ImportError):
+    """An optional package a feature needs is not installed; the message says what to install (also an
+    ``ImportError``)."""
 
 
 def join_keys(*parts: str) -> str:

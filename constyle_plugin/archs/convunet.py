@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..core.init_args import remember_init_args
 from ..core.padding import check_input, check_pad_mode, pad_to_multiple
+from ..errors import ConStyleError
 
 __all__ = ["ConvUNet", "conv_block"]
 
@@ -15,7 +16,7 @@ _ACTS = {"relu": lambda: nn.ReLU(), "lrelu": lambda: nn.LeakyReLU(0.2)}
 
 def _act(name: str) -> nn.Module:
     if name not in _ACTS:
-        raise ValueError(f"ConvUNet: act must be one of {sorted(_ACTS)}, got {name!r}")
+        raise ConStyleError(f"ConvUNet: act must be one of {sorted(_ACTS)}, got {name!r}")
     return _ACTS[name]()
 
 
@@ -50,10 +51,10 @@ class ConvUNet(nn.Module):
                  blocks_per_level: int = 2, act: str = "lrelu", pad_mode: str = "reflect"):
         super().__init__()
         if in_channels < 1 or out_channels < 1 or width < 1:
-            raise ValueError(f"ConvUNet: in_channels, out_channels and width must be positive "
+            raise ConStyleError(f"ConvUNet: in_channels, out_channels and width must be positive "
                              f"(got {in_channels}, {out_channels}, {width})")
         if depth < 0 or blocks_per_level < 1:
-            raise ValueError(f"ConvUNet: need depth >= 0 and blocks_per_level >= 1 "
+            raise ConStyleError(f"ConvUNet: need depth >= 0 and blocks_per_level >= 1 "
                              f"(got depth={depth}, blocks_per_level={blocks_per_level})")
         _act(act)
         self.in_channels = in_channels

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..core.init_args import remember_init_args
 from ..core.padding import check_input, check_pad_mode, pad_to_multiple
+from ..errors import ConStyleError
 
 __all__ = ["MAXIM", "MultiAxisGmlpLayer", "RCAB", "CrossGatingBlock"]
 
@@ -47,7 +48,7 @@ def _pair(v) -> Size2:
         return (v, v)
     v = tuple(int(x) for x in v)
     if len(v) != 2:
-        raise ValueError(f"MAXIM: expected a size or an (h, w) pair, got {v}")
+        raise ConStyleError(f"MAXIM: expected a size or an (h, w) pair, got {v}")
     return v
 
 
@@ -279,13 +280,13 @@ class MAXIM(nn.Module):
                  drop_rate: float = 0.0, pad_mode: str = "reflect") -> None:
         super().__init__()
         if img_channel < 1 or width < 1 or depth < 1 or num_groups < 0 or num_bottleneck_blocks < 0:
-            raise ValueError(f"MAXIM: img_channel, width and depth must be >= 1 and block counts >= 0 (got "
+            raise ConStyleError(f"MAXIM: img_channel, width and depth must be >= 1 and block counts >= 0 (got "
                              f"img_channel={img_channel}, width={width}, depth={depth}, num_groups={num_groups}, "
                              f"num_bottleneck_blocks={num_bottleneck_blocks})")
         hr = (_pair(block_size_hr), _pair(grid_size_hr))
         lr = (_pair(block_size_lr), _pair(grid_size_lr))
         if min(min(s) for s in hr + lr) < 1:
-            raise ValueError("MAXIM: block and grid sizes must be >= 1")
+            raise ConStyleError("MAXIM: block and grid sizes must be >= 1")
         self.img_channel, self.depth = img_channel, depth
         self.pad_mode = check_pad_mode(pad_mode, "MAXIM")
         chans = [width * 2 ** i for i in range(depth)]

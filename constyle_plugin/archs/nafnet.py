@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..core.init_args import remember_init_args
 from ..core.padding import check_input, check_pad_mode, pad_to_multiple
+from ..errors import ConStyleError
 
 __all__ = ["NAFBlock", "NAFNet", "simple_gate"]
 
@@ -41,7 +42,7 @@ class NAFBlock(nn.Module):
     def __init__(self, c: int, dw_expand: int = 2, ffn_expand: int = 2, drop_out_rate: float = 0.0):
         super().__init__()
         if c < 1 or dw_expand * c % 2 or ffn_expand * c % 2:
-            raise ValueError(f"NAFBlock: c * dw_expand and c * ffn_expand must be even and positive "
+            raise ConStyleError(f"NAFBlock: c * dw_expand and c * ffn_expand must be even and positive "
                              f"(c={c}, dw_expand={dw_expand}, ffn_expand={ffn_expand})")
         dw_channel = c * dw_expand
         ffn_channel = c * ffn_expand
@@ -90,12 +91,12 @@ class NAFNet(nn.Module):
         super().__init__()
         enc_blk_nums, dec_blk_nums = list(enc_blk_nums), list(dec_blk_nums)
         if len(enc_blk_nums) != len(dec_blk_nums):
-            raise ValueError(f"NAFNet: enc_blk_nums {enc_blk_nums} and dec_blk_nums {dec_blk_nums} must have "
+            raise ConStyleError(f"NAFNet: enc_blk_nums {enc_blk_nums} and dec_blk_nums {dec_blk_nums} must have "
                              f"the same length (one entry per level)")
         if any(n < 0 for n in enc_blk_nums + dec_blk_nums) or middle_blk_num < 0:
-            raise ValueError("NAFNet: block counts must be >= 0")
+            raise ConStyleError("NAFNet: block counts must be >= 0")
         if img_channel < 1 or width < 1:
-            raise ValueError(f"NAFNet: img_channel and width must be positive (got {img_channel}, {width})")
+            raise ConStyleError(f"NAFNet: img_channel and width must be positive (got {img_channel}, {width})")
         self.img_channel = img_channel
         self.pad_mode = check_pad_mode(pad_mode, "NAFNet")
         block_args = dict(dw_expand=dw_expand, ffn_expand=ffn_expand, drop_out_rate=drop_out_rate)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..core.init_args import remember_init_args
 from ..core.padding import check_input, check_pad_mode, pad_to_multiple
+from ..errors import ConStyleError
 
 __all__ = ["BiasFreeLayerNorm2d", "ChannelLayerNorm", "Downsample", "GDFN", "MDTA", "OverlapPatchEmbed",
            "Restormer", "TransformerBlock", "Upsample"]
@@ -50,7 +51,7 @@ class ChannelLayerNorm(nn.Module):
         elif LayerNorm_type == "WithBias":
             self.body = LayerNorm2d(dim, eps=1e-5)
         else:
-            raise ValueError(f"Restormer: LayerNorm_type must be 'WithBias' or 'BiasFree', got {LayerNorm_type!r}")
+            raise ConStyleError(f"Restormer: LayerNorm_type must be 'WithBias' or 'BiasFree', got {LayerNorm_type!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)
@@ -67,7 +68,7 @@ class MDTA(nn.Module):
     def __init__(self, dim: int, num_heads: int, bias: bool = False):
         super().__init__()
         if num_heads < 1 or dim % num_heads:
-            raise ValueError(f"Restormer: channels {dim} must be divisible by the number of heads {num_heads}")
+            raise ConStyleError(f"Restormer: channels {dim} must be divisible by the number of heads {num_heads}")
         self.num_heads = num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
@@ -178,12 +179,12 @@ class Restormer(nn.Module):
         super().__init__()
         num_blocks, heads = list(num_blocks), list(heads)
         if len(num_blocks) != 4 or len(heads) != 4:
-            raise ValueError(f"Restormer: num_blocks and heads need 4 entries (levels 1-3 and latent), "
+            raise ConStyleError(f"Restormer: num_blocks and heads need 4 entries (levels 1-3 and latent), "
                              f"got {num_blocks} and {heads}")
         if dim < 1 or dim % 2:
-            raise ValueError(f"Restormer: dim must be a positive even number, got {dim}")
+            raise ConStyleError(f"Restormer: dim must be a positive even number, got {dim}")
         if not dual_pixel_task and inp_channels != out_channels:
-            raise ValueError(f"Restormer: the global residual needs inp_channels == out_channels "
+            raise ConStyleError(f"Restormer: the global residual needs inp_channels == out_channels "
                              f"(got {inp_channels} and {out_channels}); set dual_pixel_task=True for no residual")
         self.inp_channels = inp_channels
         self.dual_pixel_task = dual_pixel_task

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from .prompter import Prompt
 from .stages import StageInfo
+from ..errors import ConStyleRuntimeError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .unet import ConStyleUNet
 
 __all__ = ["HookSet", "capturing", "StageHook", "PromptLedger", "to_channels_first", "from_channels_first"]
 
@@ -50,7 +49,7 @@ def _token_grid(length: int, image_hw: Tuple[int, int], name: str) -> Tuple[int,
             if best is None or err < best[0]:
                 best = (err, h, w)
     if best is None:
-        raise RuntimeError(f"ConStyle hook on {name!r}: cannot lay {length} tokens out as an h x w grid "
+        raise ConStyleRuntimeError(f"ConStyle hook on {name!r}: cannot lay {length} tokens out as an h x w grid "
                            f"for a {height} x {width} input")
     return best[1], best[2]
 
@@ -220,7 +219,7 @@ class StageHook:
         expected = 3 if layout == "BLC" else 4
         if not isinstance(x, Tensor) or x.dim() != expected:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise RuntimeError(f"ConStyle hook on {self.info.name!r}: expected a {layout} output "
+            raise ConStyleRuntimeError(f"ConStyle hook on {self.info.name!r}: expected a {layout} output "
                                f"(as the probe saw), got {got}")
         injection = injections[self.key]
         stage = x
@@ -265,7 +264,7 @@ class HookSet:
 _WRAPPED: "weakref.WeakKeyDictionary[nn.Module, Tuple[weakref.ref, HookSet]]" = weakref.WeakKeyDictionary()
 
 
-def mark_wrapped(backbone: nn.Module, owner: Optional["ConStyleUNet"], hooks: Optional[HookSet] = None) -> None:
+def mark_wrapped(backbone: nn.Module, owner: Optional[nn.Module], hooks: Optional[HookSet] = None) -> None:
     """Record that ``owner``'s ``hooks`` are on ``backbone`` (``owner=None``: that they are gone)."""
     if owner is None:
         _WRAPPED.pop(backbone, None)
@@ -273,7 +272,7 @@ def mark_wrapped(backbone: nn.Module, owner: Optional["ConStyleUNet"], hooks: Op
         _WRAPPED[backbone] = (weakref.ref(owner), hooks if hooks is not None else HookSet())
 
 
-def wrapper_of(backbone: nn.Module) -> Optional["ConStyleUNet"]:
+def wrapper_of(backbone: nn.Module) -> Optional[nn.Module]:
     """The live wrapper whose hooks are on ``backbone``, if any."""
     owner, hooks = _WRAPPED.get(backbone, (lambda: None, HookSet()))
     wrapper = owner()

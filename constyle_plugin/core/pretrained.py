@@ -25,16 +25,16 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConStyleError
+from ..errors import CheckpointError, ConStyleError, ConStyleTypeError, MissingFileError
 from .init_args import init_args
-from .prompter import ConStyleV2, atomic_write, default_prompter, default_prompter_path
+from .prompter import ConStyleV2, default_prompter, default_prompter_path
+from ..files import atomic_write
 from .stages import StageInfo, StageSpec, check_stage_names
-from .unet import ConStyleUNet
 
 __all__ = ["CONFIG_NAME", "EMA_WEIGHTS_NAME", "FORMAT", "PrompterMismatchError", "WEIGHTS_NAME", "is_pretrained_dir",
            "load_pretrained", "packaged_prompter_sha256", "prompter_sha256", "read_config", "save_pretrained"]
@@ -92,11 +92,11 @@ def file_sha256(path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------ key groups
-def _prompter_child(net: ConStyleUNet) -> str:
+def _prompter_child(net: nn.Module) -> str:
     return next(name for name, child in net.named_children() if isinstance(child, ConStyleV2))
 
 
-def _backbone_child(net: ConStyleUNet) -> str:
+def _backbone_child(net: nn.Module) -> str:
     return next(name for name, child in net.named_children() if child is net.backbone)
 
 
@@ -143,8 +143,8 @@ def _describe_prompter(prompter: ConStyleV2) -> Tuple[str, str]:
     return sha, str(source) if source else "unrecorded"
 
 
-def save_pretrained(net: ConStyleUNet, directory: PathLike, *, include_prompter: bool = False,
-                    ema: Optional[Union[ConStyleUNet, Mapping[str, Tensor]]] = None,
+def save_pretrained(net: nn.Module, directory: PathLike, *, include_prompter: bool = False,
+                    ema: Optional[Union[nn.Module, Mapping[str, Tensor]]] = None,
                     backbone_config: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``net`` into ``directory`` (created if needed): ``config.json`` + ``model.safetensors``.
 
@@ -160,8 +160,8 @@ def save_pretrained(net: ConStyleUNet, directory: PathLike, *, include_prompter:
 
     Returns the folder. Files already there are replaced one by one, each atomically.
     """
-    if not isinstance(net, ConStyleUNet):
-        raise TypeError(f"save_pretrained: expected a ConStyleUNet (wrap_unet(...)), got {type(net).__name__}")
+    if not isinstance(getattr(net, "stages", None), StageSpec) or not hasattr(net, "stage_info"):
+        raise ConStyleTypeError(f"save_pretrained: expected a ConStyleUNet (wrap_unet(...)), got {type(net).__name__}")
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -225,7 +225,7 @@ def read_config(directory: PathLike) -> Dict[str, Any]:
     if directory.is_file():
         raise CheckpointError(f"{directory}: is a file; pass the folder save_pretrained wrote")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found; pass a folder written by save_pretrained")
+        raise MissingFileError(f"{path}: not found; pass a folder written by save_pretrained")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
@@ -272,10 +272,10 @@ def _resolve_prompter(prompter: Any, stored: Optional[Dict[str, Tensor]], num_cl
             return default_prompter(), "the packaged prompter"
     if isinstance(prompter, (str, os.PathLike)):
         return ConStyleV2.from_pretrained(prompter), f"the prompter {prompter}"
-    raise TypeError(f"prompter: expected None, 'packaged', a path or a ConStyleV2, got {type(prompter).__name__}")
+    raise ConStyleTypeError(f"prompter: expected None, 'packaged', a path or a ConStyleV2, got {type(prompter).__name__}")
 
 
-def _mismatch_line(where: str, net: ConStyleUNet, state: Mapping[str, Tensor], expected: List[str],
+def _mismatch_line(where: str, net: nn.Module, state: Mapping[str, Tensor], expected: List[str],
                    backbone_group: str) -> Optional[str]:
     own = net.state_dict()
     expected_set = set(expected)
@@ -309,12 +309,14 @@ def _mismatch_line(where: str, net: ConStyleUNet, state: Mapping[str, Tensor], e
             f"{len(unexpected)} unexpected, first: {first}")
 
 
-def load_pretrained(directory: PathLike, backbone: Optional[nn.Module] = None, prompter: Any = None, *,
-                    ema: Optional[bool] = None, check_prompter: bool = True,
-                    map_location: Union[str, torch.device, None] = None) -> ConStyleUNet:
+def load_pretrained(net_class: Callable[..., nn.Module], directory: PathLike, backbone: Optional[nn.Module] = None,
+                    prompter: Any = None, *, ema: Optional[bool] = None, check_prompter: bool = True,
+                    map_location: Union[str, torch.device, None] = None) -> nn.Module:
     """Build the net :func:`save_pretrained` wrote into ``directory``, weights loaded, in eval mode.
 
     Args:
+        net_class: the wrapper to build (:class:`~constyle_plugin.ConStyleUNet`; its ``from_pretrained``
+            passes itself).
         directory: the saved folder.
         backbone: a fresh instance of the backbone's class (the user's own class); ``None`` rebuilds
             a reference arch or a registered type from the recorded constructor arguments.
@@ -360,7 +362,7 @@ def load_pretrained(directory: PathLike, backbone: Optional[nn.Module] = None, p
     param = next(iter(backbone.parameters()), None)
     device = torch.device(map_location) if map_location is not None else (
         param.device if param is not None else torch.device("cpu"))
-    net = ConStyleUNet(backbone, prompter_net, stages, infos, tuple(config["inject"]), config.get("probe_note", ""))
+    net = net_class(backbone, prompter_net, stages, infos, tuple(config["inject"]), config.get("probe_note", ""))
     if config.get("image_key") is not None:
         net.image_key = config["image_key"]
     if param is not None and param.is_floating_point():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConStyleError, ConStyleTypeError, MissingFileError
+from ..files import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -77,22 +77,22 @@ def prepare_image(x: Tensor, name: str = "x") -> Tensor:
     error that names the tensor.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        raise ConStyleTypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"{name}: expected a B x C x H x W image batch, got shape {tuple(x.shape)}")
+        raise ConStyleError(f"{name}: expected a B x C x H x W image batch, got shape {tuple(x.shape)}")
     channels, height, width = x.shape[1:]
     if height < 2 or width < 2:
-        raise ValueError(f"{name}: images must be at least 2 x 2 pixels, got {height} x {width}")
+        raise ConStyleError(f"{name}: images must be at least 2 x 2 pixels, got {height} x {width}")
     if not x.is_floating_point():
         if x.dtype == torch.bool or x.is_complex():
-            raise TypeError(f"{name}: expected a float or uint8 image tensor, got {x.dtype}")
+            raise ConStyleTypeError(f"{name}: expected a float or uint8 image tensor, got {x.dtype}")
         x = x.float() / 255.0
     if channels == 1:
         x = x.expand(-1, 3, -1, -1)
     elif channels == 4:
         x = x[:, :3]
     elif channels != 3:
-        raise ValueError(f"{name}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, got {channels}")
+        raise ConStyleError(f"{name}: expected 1 (grey), 3 (RGB) or 4 (RGBA) channels, got {channels}")
     return x
 
 
@@ -124,7 +124,7 @@ class ConStyleV2(nn.Module):
         """One pass of the encoder: multi-scale features, pooled vector and both latents."""
         x = prepare_image(x)
         if self.check_finite and not _is_compiling() and not torch.isfinite(x).all():
-            raise ValueError("prompter input: the image batch contains NaN or Inf values")
+            raise ConStyleError("prompter input: the image batch contains NaN or Inf values")
         f1 = self.stage1(x)
         f2 = self.stage2(f1)
         f3 = self.stage3(f2)
@@ -167,7 +167,7 @@ class ConStyleV2(nn.Module):
         if path is None:
             path = default_prompter_path()
             if path is None:
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"no packaged prompter at {PACKAGED_WEIGHTS}; pass the path of a checkpoint")
         state = extract_prompter_state(read_state_dict(path, map_location=map_location))
         head = state.get("classifier.3.weight")  # a pretext head of another size (not ImageNet's 1000)
@@ -208,7 +208,7 @@ class ConStyleV2(nn.Module):
         elif path.suffix in (".pth", ".pt"):
             atomic_write(path, lambda tmp: torch.save(state, tmp))
         else:
-            raise ValueError(f"{path}: choose a .safetensors or .pth file name")
+            raise ConStyleError(f"{path}: choose a .safetensors or .pth file name")
         return path
 
 
@@ -233,26 +233,6 @@ def default_prompter() -> "ConStyleV2":
     return ConStyleV2().freeze()
 
 
-def atomic_write(path: PathLike, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make exports private to their writer
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Tensor]:
     """Read a flat ``name -> tensor`` dict from a checkpoint, with safe loading only.
 
@@ -265,7 +245,7 @@ def read_state_dict(path: PathLike, map_location: Union[str, torch.device] = "cp
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file; pass the file in it")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise MissingFileError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
     kind = "safetensors" if path.suffix == ".safetensors" else _checkpoint_format(path)

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
-from ..errors import OptionError, did_you_mean, join_keys
+from ..errors import ConStyleTypeError, OptionError, WrapError, did_you_mean, join_keys
 
 __all__ = ["DEFAULT_INJECT", "INJECT_TARGETS", "StageInfo", "StageSpec", "check_inject", "check_stage_names",
            "check_stages_option"]
@@ -46,10 +46,10 @@ class StageSpec:
         if isinstance(spec, StageSpec):
             return spec
         if not isinstance(spec, Mapping):
-            raise TypeError(f"stages: expected a mapping with encoder/bottleneck/decoder, got {type(spec).__name__}")
+            raise ConStyleTypeError(f"stages: expected a mapping with encoder/bottleneck/decoder, got {type(spec).__name__}")
         unknown = set(spec) - {"encoder", "bottleneck", "decoder"}
         if unknown:
-            raise ValueError(f"stages: unknown key(s) {sorted(unknown)}; expected encoder, bottleneck, decoder")
+            raise WrapError(f"stages: unknown key(s) {sorted(unknown)}; expected encoder, bottleneck, decoder")
         return cls(encoder=tuple(spec.get("encoder") or ()), bottleneck=spec.get("bottleneck"),
                    decoder=tuple(spec.get("decoder") or ()))
 

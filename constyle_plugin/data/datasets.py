@@ -29,6 +29,7 @@ from torch.utils import data
 
 from . import degradations as deg
 from ..compat import ensure_basicsr_importable
+from ..errors import ConStyleError, ConStyleRuntimeError, ConStyleTypeError, MissingFileError
 from .imageio import IMAGE_EXTENSIONS, read_image
 from .samples import export_dead_leaves, export_sample_classes, export_sample_photos
 
@@ -57,9 +58,9 @@ def _scan_images(folder: Path, option: str, owner: str, check: str = "header",
     ``_ImageSource.load``), never crashing an epoch. ``recursive`` also lists sub-folders.
     """
     if not folder.is_dir():
-        raise FileNotFoundError(f"{owner}: option `{option}` = {str(folder)!r} is not a folder")
+        raise MissingFileError(f"{owner}: option `{option}` = {str(folder)!r} is not a folder")
     if check not in ("header", "extension"):
-        raise ValueError(f"{owner}: option `check_images` must be 'header' or 'extension', "
+        raise ConStyleError(f"{owner}: option `check_images` must be 'header' or 'extension', "
                          f"got {check!r}")
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     good = []
@@ -103,7 +104,7 @@ class _ImageSource:
                 self.bad.add(j)
                 warnings.warn(f"{self.owner}: skipping {self.paths[j]} from now on ({exc})",
                               BadImageWarning, stacklevel=3)
-        raise RuntimeError(f"{self.owner}: none of the {n} image files can be decoded")
+        raise ConStyleRuntimeError(f"{self.owner}: none of the {n} image files can be decoded")
 
 
 def pad_to_size(img: np.ndarray, size: int) -> np.ndarray:
@@ -129,7 +130,7 @@ def _sample_root(opt: Mapping, key: str, special: str, owner: str) -> Tuple[bool
     if root is None or root == special:
         sample_dir = opt.get("sample_dir")
         if not sample_dir:
-            raise ValueError(
+            raise ConStyleError(
                 f"{owner}: option `{key}` is {root!r}: set `{key}` to an image folder, or set "
                 f"`sample_dir` (where the offline sample photos are exported) to use them")
         return True, str(sample_dir)
@@ -139,7 +140,7 @@ def _sample_root(opt: Mapping, key: str, special: str, owner: str) -> Tuple[bool
 def _positive_int(opt: Mapping, key: str, default: int, owner: str) -> int:
     value = opt.get(key, default)
     if value is None or int(value) != value or int(value) < 1:
-        raise ValueError(f"{owner}: option `{key}` must be a positive integer, got {value!r}")
+        raise ConStyleError(f"{owner}: option `{key}` must be a positive integer, got {value!r}")
     return int(value)
 
 
@@ -186,10 +187,10 @@ class MixDegradationDataset(data.Dataset):
             export_sample_photos(root)
         backend = (self.opt.get("io_backend") or {"type": "disk"}).get("type", "disk")
         if backend != "disk":
-            raise ValueError(f"{owner}: option `io_backend.type` = {backend!r} is not supported "
+            raise ConStyleError(f"{owner}: option `io_backend.type` = {backend!r} is not supported "
                              "(only 'disk')")
         if int(self.opt.get("scale", 1)) != 1:
-            raise ValueError(f"{owner}: option `scale` must be 1 (lq and gt have the same size), "
+            raise ConStyleError(f"{owner}: option `scale` must be 1 (lq and gt have the same size), "
                              f"got {self.opt.get('scale')!r}")
         self.folder = Path(root)
         paths = _scan_images(self.folder, "dataroot_gt", owner,
@@ -199,11 +200,11 @@ class MixDegradationDataset(data.Dataset):
             stems = {p.stem: p for p in paths}
             unknown = sorted(set(photos) - set(stems))
             if unknown:
-                raise ValueError(f"{owner}: option `photos` names {unknown}, not found among the "
+                raise ConStyleError(f"{owner}: option `photos` names {unknown}, not found among the "
                                  f"readable images of {self.folder} (option `dataroot_gt`)")
             paths = [stems[s] for s in sorted(set(photos))]
         if not paths:
-            raise ValueError(f"{owner}: no readable image in {self.folder} "
+            raise ConStyleError(f"{owner}: no readable image in {self.folder} "
                              f"(option `dataroot_gt`)")
         self.source = _ImageSource(paths, owner)
         self.paths = self.source.paths
@@ -216,7 +217,7 @@ class MixDegradationDataset(data.Dataset):
         self.seed = int(self.opt.get("seed", 0))
         self.val_crop = str(self.opt.get("val_crop", "center"))
         if self.val_crop not in ("center", "full"):
-            raise ValueError(f"{owner}: option `val_crop` must be 'center' or 'full', "
+            raise ConStyleError(f"{owner}: option `val_crop` must be 'center' or 'full', "
                              f"got {self.val_crop!r}")
         self.names, self.probs = self._parse_degradations(self.opt.get("degradations"), owner)
 
@@ -227,15 +228,15 @@ class MixDegradationDataset(data.Dataset):
         elif isinstance(spec, (list, tuple)):
             spec = {name: 1.0 for name in spec}
         elif not isinstance(spec, Mapping):
-            raise TypeError(f"{owner}: option `{option}` must be a mapping name -> weight or "
+            raise ConStyleTypeError(f"{owner}: option `{option}` must be a mapping name -> weight or "
                             f"a list of names, got {type(spec).__name__}")
         unknown = sorted(set(spec) - set(deg.ALL_IN_ONE))
         if unknown:
-            raise ValueError(f"{owner}: option `{option}` has unknown name(s) {unknown}; "
+            raise ConStyleError(f"{owner}: option `{option}` has unknown name(s) {unknown}; "
                              f"valid: {list(deg.ALL_IN_ONE)}")
         weights = np.array([float(spec.get(n, 0.0)) for n in deg.ALL_IN_ONE])
         if (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(f"{owner}: option `{option}` needs non-negative weights with a "
+            raise ConStyleError(f"{owner}: option `{option}` needs non-negative weights with a "
                              f"positive sum, got {dict(spec)}")
         return list(deg.ALL_IN_ONE), weights / weights.sum()
 
@@ -373,12 +374,12 @@ class ConStylePretrainDataset(data.Dataset):
         use_samples, root = _sample_root(self.opt, "dataroot", SAMPLE_CLASSES, owner)
         photos = self.opt.get("photos")
         if photos is not None and (isinstance(photos, str) or not all(isinstance(p, str) for p in photos)):
-            raise ValueError(f"{owner}: option `photos` must be a list of names, got {photos!r}")
+            raise ConStyleError(f"{owner}: option `photos` must be a list of names, got {photos!r}")
         dead_leaves = int(self.opt.get("dead_leaves", 0) or 0)
         if dead_leaves < 0:
-            raise ValueError(f"{owner}: option `dead_leaves` must be >= 0, got {dead_leaves}")
+            raise ConStyleError(f"{owner}: option `dead_leaves` must be >= 0, got {dead_leaves}")
         if dead_leaves and not use_samples:
-            raise ValueError(f"{owner}: option `dead_leaves` adds synthetic classes to the sample "
+            raise ConStyleError(f"{owner}: option `dead_leaves` adds synthetic classes to the sample "
                              f"tree only (dataroot: {SAMPLE_CLASSES}); got dataroot {root!r}")
         if use_samples:
             crop = _positive_int(self.opt, "sample_crop_size", 256, owner)
@@ -389,7 +390,7 @@ class ConStylePretrainDataset(data.Dataset):
             export_dead_leaves(root, dead_leaves, size=crop)
         self.folder = Path(root)
         if not self.folder.is_dir():
-            raise FileNotFoundError(f"{owner}: option `dataroot` = {root!r} is not a folder")
+            raise MissingFileError(f"{owner}: option `dataroot` = {root!r} is not a folder")
         self.classes = sorted(p.name for p in self.folder.iterdir()
                               if p.is_dir() and not p.name.startswith(".")
                               and (not p.name.startswith("dead_leaves_")
@@ -397,7 +398,7 @@ class ConStylePretrainDataset(data.Dataset):
         if photos is not None:
             unknown = sorted(set(photos) - set(self.classes))
             if unknown:
-                raise ValueError(f"{owner}: option `photos` names {unknown}, not class folders of "
+                raise ConStyleError(f"{owner}: option `photos` names {unknown}, not class folders of "
                                  f"{self.folder} (option `dataroot`)")
             self.classes = sorted(c for c in self.classes
                                   if c in set(photos) or c.startswith("dead_leaves_"))
@@ -413,7 +414,7 @@ class ConStylePretrainDataset(data.Dataset):
             paths += found
             labels += [self.class_to_idx[c]] * len(found)
         if not paths:
-            raise ValueError(f"{owner}: no readable image in the class folders of {self.folder} "
+            raise ConStyleError(f"{owner}: no readable image in the class folders of {self.folder} "
                              f"(option `dataroot`; expected <dataroot>/<class>/<image>)")
         self.source = _ImageSource(paths, owner)
         self.paths = self.source.paths
@@ -424,7 +425,7 @@ class ConStylePretrainDataset(data.Dataset):
         self.rrc_ratio = tuple(float(v) for v in self.opt.get("rrc_ratio", (3 / 4, 4 / 3)))
         self.weather_prob = float(self.opt.get("weather_prob", 0.4))
         if not 0.0 <= self.weather_prob <= 1.0:
-            raise ValueError(f"{owner}: option `weather_prob` must be in [0, 1], "
+            raise ConStyleError(f"{owner}: option `weather_prob` must be in [0, 1], "
                              f"got {self.weather_prob}")
         self.phase = str(self.opt.get("phase", "train"))
         self.seed = int(self.opt.get("seed", 0))
@@ -439,10 +440,10 @@ class ConStylePretrainDataset(data.Dataset):
                 spec, owner, "query_degradations")
         self.key_degradation = str(self.opt.get("key_degradation", "clean"))
         if self.key_degradation not in ("clean", "same"):
-            raise ValueError(f"{owner}: option `key_degradation` must be 'clean' or 'same', "
+            raise ConStyleError(f"{owner}: option `key_degradation` must be 'clean' or 'same', "
                              f"got {self.key_degradation!r}")
         if self.key_degradation == "same" and not self.query_names:
-            raise ValueError(f"{owner}: option `key_degradation: same` needs `query_degradations`")
+            raise ConStyleError(f"{owner}: option `key_degradation: same` needs `query_degradations`")
 
     @staticmethod
     def degradation_from_opt(value, owner: str = "ConStylePretrainDataset"
@@ -454,12 +455,12 @@ class ConStylePretrainDataset(data.Dataset):
         if value is True:
             value = {}
         if not isinstance(value, Mapping):
-            raise ValueError(f"{owner}: option `degradation` must be true, false or a dict of "
+            raise ConStyleError(f"{owner}: option `degradation` must be true, false or a dict of "
                              f"RealESRGANDegradation options, got {value!r}")
         try:
             return deg.RealESRGANDegradation.from_opt(value)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{owner}: option `degradation`: {exc}") from None
+            raise ConStyleError(f"{owner}: option `degradation`: {exc}") from None
 
     @property
     def num_classes(self) -> int:

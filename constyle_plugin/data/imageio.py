@@ -12,7 +12,7 @@ from typing import Optional, Union
 import cv2
 import numpy as np
 
-from ..errors import ImageReadError
+from ..errors import ImageReadError, ImageWriteError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFile", "ImageReadError", "encode_png", "read_image", "read_image_file"]
 
@@ -99,6 +99,6 @@ def encode_png(img: np.ndarray, path: Union[str, os.PathLike] = "image", bits: i
         bgr = np.concatenate([bgr, alpha[..., None]], axis=2)
     ok, buf = cv2.imencode(".png", bgr)
     if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
+        raise ImageWriteError(f"{path}: PNG encoding failed")
     return buf.tobytes()
 

@@ -17,7 +17,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import cv2
 import numpy as np
 
-from ..core.prompter import atomic_write
+from ..files import atomic_write
+from ..errors import ConStyleError, ConStyleTypeError, ImageReadError, ImageWriteError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -52,20 +53,20 @@ def _load_matplotlib(name: str) -> np.ndarray:
     path = matplotlib.cbook.get_sample_data(f"{name}.jpg", asfileobj=False)
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise OSError(f"cannot decode {path}")
+        raise ImageReadError(f"cannot decode {path}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _to_rgb_uint8(name: str, img: np.ndarray) -> np.ndarray:
     img = np.asarray(img)
     if img.dtype != np.uint8:
-        raise TypeError(f"sample photo {name!r}: expected uint8, got {img.dtype}")
+        raise ConStyleTypeError(f"sample photo {name!r}: expected uint8, got {img.dtype}")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     elif img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"sample photo {name!r}: unexpected shape {img.shape}")
+        raise ConStyleError(f"sample photo {name!r}: unexpected shape {img.shape}")
     return np.ascontiguousarray(img)
 
 
@@ -104,14 +105,14 @@ def sample_photos(names: Optional[Iterable[str]] = None) -> List[Tuple[str, np.n
     names = list(names)
     unknown = [n for n in names if n not in SAMPLE_NAMES]
     if unknown:
-        raise ValueError(f"unknown sample photo(s) {unknown}; available: {list(SAMPLE_NAMES)}")
+        raise ConStyleError(f"unknown sample photo(s) {unknown}; available: {list(SAMPLE_NAMES)}")
     return [(n, table[n]) for n in names if n in table]
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
     if not ok:
-        raise OSError(f"cannot encode {path} as PNG")
+        raise ImageWriteError(f"cannot encode {path} as PNG")
 
     def write(tmp):
         with open(tmp, "wb") as fh:
@@ -147,7 +148,7 @@ def export_sample_classes(folder: PathLike, crops_per_photo: int = 8, crop_size:
     :func:`export_sample_photos`. Returns the paths of all crops.
     """
     if crops_per_photo < 1 or crop_size < 1:
-        raise ValueError(f"crops_per_photo ({crops_per_photo}) and crop_size ({crop_size}) "
+        raise ConStyleError(f"crops_per_photo ({crops_per_photo}) and crop_size ({crop_size}) "
                          "must be positive")
     folder = Path(folder)
     paths = []
@@ -175,7 +176,7 @@ def dead_leaves(size: int, rng: np.random.Generator, r_min: float = 2.0, r_max: 
     until ``disks`` (default: enough to cover the canvas several times) have fallen.
     """
     if size < 8 or not 0 < r_min < r_max:
-        raise ValueError(f"dead_leaves: need size >= 8 and 0 < r_min < r_max, got size={size}, "
+        raise ConStyleError(f"dead_leaves: need size >= 8 and 0 < r_min < r_max, got size={size}, "
                          f"r_min={r_min}, r_max={r_max}")
     if disks is None:
         disks = int(12 * size * size / (np.pi * r_min * r_max))
@@ -198,7 +199,7 @@ def export_dead_leaves(folder: PathLike, count: int, size: int = 256, seed: int 
     by ``(seed, i)``, so the tree is the same on every machine; idempotent and atomic like
     :func:`export_sample_photos`."""
     if count < 0 or size < 8:
-        raise ValueError(f"export_dead_leaves: count ({count}) must be >= 0 and size ({size}) >= 8")
+        raise ConStyleError(f"export_dead_leaves: count ({count}) must be >= 0 and size ({size}) >= 8")
     folder = Path(folder)
     paths = []
     for i in range(count):
@@ -218,10 +219,10 @@ def split_by_photo(names: Sequence[str], val_fraction: float = 0.2,
     and ``train`` keeps at least one. Duplicated names count once.
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConStyleError(f"val_fraction must be in [0, 1), got {val_fraction}")
     unique = sorted(set(names))
     if not unique:
-        raise ValueError("split_by_photo: no photo names given")
+        raise ConStyleError("split_by_photo: no photo names given")
     n_val = int(round(val_fraction * len(unique)))
     if val_fraction > 0:
         n_val = max(1, n_val)

@@ -16,6 +16,9 @@ It also tells ``constyle restore`` where the readers of BasicSR and MMEngine run
 
 :func:`register_all` registers at once with every trainer importable here (importing them).
 Registration is idempotent and never replaces a name the host code base already has.
+
+The integrations are the layer above the tools: they may import every layer below them (the ground
+floor, core, archs, data, training, tools) and their trainer; only the command line imports them.
 """
 from __future__ import annotations
 

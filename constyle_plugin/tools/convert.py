@@ -20,9 +20,9 @@ from torch import Tensor
 
 from ..errors import ConStyleError
 from ..core.init_args import init_args
-from ..core.pretrained import (FORMAT, is_pretrained_dir, load_pretrained, packaged_prompter_sha256, prompter_sha256,
+from ..core.pretrained import (FORMAT, is_pretrained_dir, packaged_prompter_sha256, prompter_sha256,
                          read_config, save_pretrained)
-from ..core.prompter import atomic_write
+from ..files import atomic_write
 from ..core.unet import ConStyleUNet
 
 __all__ = ["TRAINERS", "from_trainer_checkpoint", "to_trainer_checkpoint"]
@@ -69,9 +69,9 @@ def to_trainer_checkpoint(directory: PathLike, output: PathLike, trainer: str = 
     if not is_pretrained_dir(directory):
         read_config(directory)  # raises, naming what is wrong
     files = read_config(directory)["weights"]
-    states = {"model": _full_state(load_pretrained(directory, backbone, prompter, ema=False))}
+    states = {"model": _full_state(ConStyleUNet.from_pretrained(directory, backbone, prompter, ema=False))}
     if "ema" in files:
-        states["ema"] = _full_state(load_pretrained(directory, backbone, prompter, ema=True))
+        states["ema"] = _full_state(ConStyleUNet.from_pretrained(directory, backbone, prompter, ema=True))
     if trainer == "basicsr":
         payload: Dict[str, Any] = {"params": states["model"]}
         if "ema" in states:

@@ -35,7 +35,7 @@ from ..errors import EvaluateError, RestoreError
 from ..data.imageio import IMAGE_EXTENSIONS, read_image
 from .restore import (check_device, check_output_folder, check_tiling, load_network, size_multiple_of,
                         tiled_forward, write_image)
-from ..core.prompter import atomic_write
+from ..files import atomic_write
 from ..runs import run_reader
 
 __all__ = ["ImagePair", "TestItem", "basicsr_metrics", "benchmark_tasks", "evaluate_main", "evaluate_tasks",

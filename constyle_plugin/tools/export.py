@@ -29,8 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConStyleError
-from ..core.prompter import ConStyleV2, atomic_write
+from ..errors import ConStyleError, MissingDependencyError, MissingFileError
+from ..core.padding import size_multiple_of
+from ..core.prompter import ConStyleV2
+from ..files import atomic_write
 
 __all__ = ["DEFAULT_OPSET", "OnnxExportError", "OnnxNetwork", "check_onnx", "export_onnx", "load_onnx"]
 
@@ -49,7 +51,7 @@ def _require(module: str) -> Any:
     try:
         return __import__(module)
     except ImportError:
-        raise ImportError(f"ONNX export and ONNX restore need {module}: {INSTALL_HINT}") from None
+        raise MissingDependencyError(f"ONNX export and ONNX restore need {module}: {INSTALL_HINT}") from None
 
 
 def _image_of(out: Any, like: Tensor) -> Tensor:
@@ -188,8 +190,6 @@ def export_onnx(net: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
     Returns ``path``. Raises :class:`OnnxExportError` naming the operator and module when a part of the
     network has no ONNX form.
     """
-    from .restore import size_multiple_of
-
     onnx = _require("onnx")
     path = Path(path)
     graph = _ImageGraph(net)
@@ -291,5 +291,5 @@ def load_onnx(path: PathLike, device: Union[str, torch.device] = "cpu") -> OnnxN
     callable network."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: ONNX file not found")
+        raise MissingFileError(f"{path}: ONNX file not found")
     return OnnxNetwork(path, device)

@@ -1,35 +1,34 @@
 """Inference with a trained network: padding to the size multiple, tiling with overlap, image files.
 
-Used by ``constyle restore``; the functions work on any ``B x C x H x W -> B x C x H x W`` module.
+Used by ``constyle restore``; the functions work on any ``B x C x H x W -> B x C x H x W`` module. A
+trainer's run is read by the reader its integration registered (:mod:`constyle_plugin.runs`).
 """
 from __future__ import annotations
 
-import ast
 import contextlib
 import logging
 import os
-import re
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..errors import CheckpointError, RestoreError
+from ..core.padding import pad_to_multiple, size_multiple_of
+from ..core.pretrained import is_pretrained_dir
+from ..core.unet import ConStyleUNet
 from ..data.imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_image_file
-from ..core.padding import pad_to_multiple
-from ..core.prompter import atomic_write, flatten_checkpoint, read_state_dict
-from ..runs import run_reader
+from ..errors import ConStyleTypeError, MissingFileError, RestoreError
+from ..files import atomic_write
+from ..runs import TrainingRun, no_recorded_config, run_reader
 
 __all__ = ["IMAGE_EXTENSIONS", "RestoreError", "check_device", "check_output_folder", "check_tiling", "find_images",
-           "TrainingRun", "load_network", "plan_outputs", "read_dumped_config", "read_image", "read_training_run",
+           "TrainingRun", "load_network", "plan_outputs", "read_image", "read_training_run",
            "restore_images", "size_multiple_of", "tiled_forward", "write_image"]
 
 logger = logging.getLogger(__name__)
@@ -37,15 +36,6 @@ BASICSR_COPY_HEADER = "# GENERATE TIME:"  # first line of the options copy Basic
 
 
 # ------------------------------------------------------------------------------------------ tensors
-def size_multiple_of(net: nn.Module) -> int:
-    """The input-size multiple a network needs: ``size_multiple`` of the network or its backbone, else 1."""
-    for module in (net, getattr(net, "backbone", None), getattr(net, "module", None)):
-        value = getattr(module, "size_multiple", None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 1
-
-
 def _image_output(out: Any, like: Tensor) -> Tensor:
     if isinstance(out, Tensor):
         return out
@@ -53,7 +43,7 @@ def _image_output(out: Any, like: Tensor) -> Tensor:
         for item in reversed(out):
             if isinstance(item, Tensor) and item.shape[-2:] == like.shape[-2:]:
                 return item
-    raise TypeError(f"the network returned {type(out).__name__}, not an image tensor")
+    raise ConStyleTypeError(f"the network returned {type(out).__name__}, not an image tensor")
 
 
 def padded_forward(net: Callable[[Tensor], Any], x: Tensor, multiple: int = 1) -> Tensor:
@@ -103,7 +93,7 @@ def tiled_forward(net: Callable[[Tensor], Any], x: Tensor, tile: Optional[int] =
     if tile is None or (h <= tile and w <= tile):
         return padded_forward(net, x, multiple)
     if tile <= 0 or overlap < 0 or overlap >= tile:
-        raise ValueError(f"tile: need tile > overlap >= 0, got tile={tile}, overlap={overlap}")
+        raise RestoreError(f"tile: need tile > overlap >= 0, got tile={tile}, overlap={overlap}")
     stride = tile - overlap
     out: Optional[Tensor] = None
     weight = torch.zeros(1, 1, h, w, device=x.device, dtype=torch.float32)
@@ -141,14 +131,14 @@ def find_images(path: Union[str, os.PathLike], exclude: Optional[Union[str, os.P
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"--input: {path} does not exist")
+        raise MissingFileError(f"--input: {path} does not exist")
     skip = Path(exclude).resolve() if exclude is not None else None
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                    and not (skip is not None and (skip == p.resolve() or skip in p.resolve().parents)))
     if not files:
         inside = skip is not None and path.resolve() in skip.parents
         where = f" (outside the output folder {exclude})" if inside else ""
-        raise FileNotFoundError(f"--input: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path}{where}")
+        raise MissingFileError(f"--input: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {path}{where}")
     return files
 
 
@@ -160,214 +150,6 @@ def write_image(path: Union[str, os.PathLike], img: np.ndarray, bits: int = 8,
 
 
 # ------------------------------------------------------------------------------------------ networks
-def _force_yml_value(value: str) -> Any:
-    """A ``--force_yml`` value as BasicSR's option parser reads it: ``~`` / ``none``, ``true`` / ``false``,
-    ``!!float X``, plain digits as numbers, ``[...]`` as a Python literal, anything else as text."""
-    if value == "~" or value.lower() == "none":
-        return None
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if value.startswith("!!float"):
-        return float(value[len("!!float"):])
-    if value.isdigit():
-        return int(value)
-    if value.replace(".", "", 1).isdigit() and value.count(".") < 2:
-        return float(value)
-    if value.startswith("["):
-        return ast.literal_eval(value)
-    return value
-
-
-def _apply_force_yml(opt: Dict[str, Any], entries: Sequence[str]) -> None:
-    """BasicSR's ``--force_yml a:b:c=value`` overrides, applied to a parsed options dict."""
-    for entry in entries:
-        keys, _, value = entry.partition("=")
-        node = opt
-        parts = [k.strip() for k in keys.split(":")]
-        for key in parts[:-1]:
-            node = node.setdefault(key, {})
-        node[parts[-1]] = _force_yml_value(value.strip())
-
-
-def _recorded_force_yml(line: str) -> List[str]:
-    """The ``--force_yml`` items of a command BasicSR recorded as ``# CMD: ...`` (the arguments joined
-    by spaces, quotes gone): a word without ``=`` belongs to the item before it (``lr=!!float 1e-3``,
-    ``periods=[1, 2]``); the items end at the next ``--flag``."""
-    items: List[str] = []
-    for word in re.split(r"\s+", line.split("--force_yml", 1)[1].strip()):
-        if word.startswith("--"):
-            break
-        if "=" in word or not items:
-            items.append(word)
-        else:
-            items[-1] += " " + word
-    return [item for item in items if "=" in item]
-
-
-def _basicsr_options(config: Path) -> Dict[str, Any]:
-    """A BasicSR options file, with the ``--force_yml`` overrides that BasicSR records in the copy it
-    keeps beside the experiment (``# CMD: ... --force_yml k=v``)."""
-    text = config.read_text()
-    opt = yaml.safe_load(text)
-    if not isinstance(opt, dict) or "network_g" not in opt:
-        raise ValueError(f"--config {config}: no network_g section: not a BasicSR options file")
-    forced: List[str] = []
-    for line in text.splitlines():
-        if line.startswith("#") and "--force_yml" in line:
-            forced += _recorded_force_yml(line)
-    try:
-        _apply_force_yml(opt, forced)
-    except (ValueError, SyntaxError) as exc:
-        raise RestoreError(f"--config {config}: a recorded --force_yml value does not read as BasicSR reads it "
-                           f"({exc}); give the run's options with --config") from None
-    return opt
-
-
-def _recorded_basicsr_options(checkpoint: Path) -> Optional[Path]:
-    """The options file BasicSR copied into ``experiments/NAME/`` for the run that wrote
-    ``experiments/NAME/models/CHECKPOINT`` (``copy_opt_file`` heads the copy with ``# GENERATE TIME``)."""
-    if checkpoint.parent.name != "models":
-        return None
-    found = []
-    for path in sorted(checkpoint.parent.parent.glob("*.yml")) + sorted(checkpoint.parent.parent.glob("*.yaml")):
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                first = fh.readline()
-        except OSError:
-            continue
-        if first.startswith(BASICSR_COPY_HEADER):
-            found.append(path)
-    if len(found) > 1:
-        raise RestoreError(f"--config: {checkpoint.parent.parent} holds {len(found)} options files written by "
-                           f"BasicSR ({', '.join(p.name for p in found)}); pass the one of this run with --config")
-    return found[0] if found else None
-
-
-_TIMESTAMP = re.compile(r"(?:^|_)(\d{8}_\d{6})$")
-
-
-def _recorded_mmengine_config(checkpoint: Path, meta: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
-    """``(source, text)`` of the config MMEngine recorded for the run that saved ``checkpoint``.
-
-    The checkpoint's ``meta`` names the run (``experiment_name = <config name>_<timestamp>``); the
-    Runner dumped that run's config into the work dir as ``<timestamp>/vis_data/config.py`` and
-    ``<config name>.py``, and into ``meta['cfg']`` itself. Files of any other name are never used.
-    """
-    name = meta.get("experiment_name")
-    candidates: List[Path] = []
-    if isinstance(name, str):
-        match = _TIMESTAMP.search(name)
-        if match:
-            candidates.append(checkpoint.parent / match.group(1) / "vis_data" / "config.py")
-            stem = name[:match.start()]
-            if stem and "/" not in stem and "\\" not in stem and stem not in (".", ".."):
-                candidates.append(checkpoint.parent / f"{stem}.py")
-    for path in candidates:
-        if path.is_file():
-            return str(path), path.read_text(encoding="utf-8")
-    text = meta.get("cfg")
-    if isinstance(text, str) and text.strip():
-        return f"{checkpoint} (the config recorded in its meta)", text
-    return None
-
-
-def _literal(node: ast.AST, source: str) -> Any:
-    """The value of a literal expression of a dumped config: numbers, strings, None / True / False,
-    lists, tuples, sets, dicts and ``dict(key=value, ...)``. Anything else is refused: nothing is run."""
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
-        items = [_literal(item, source) for item in node.elts]
-        return tuple(items) if isinstance(node, ast.Tuple) else items
-    if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_literal(k, source): _literal(v, source) for k, v in zip(node.keys, node.values)}
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args
-            and all(kw.arg is not None for kw in node.keywords)):
-        return {kw.arg: _literal(kw.value, source) for kw in node.keywords}
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        value = _literal(node.operand, source)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return -value if isinstance(node.op, ast.USub) else value
-    raise RestoreError(f"--config: {source}, line {getattr(node, 'lineno', '?')}: "
-                       f"{type(node).__name__} is not a plain value; a config found beside a checkpoint is "
-                       f"read without running it, so pass the config file with --config")
-
-
-def read_dumped_config(text: str, source: str) -> Dict[str, Any]:
-    """The ``name = value`` entries of a config MMEngine dumped (``Config.pretty_text``), read without
-    running anything: every value must be a literal (see :func:`_literal`)."""
-    try:
-        tree = ast.parse(text, filename=source)
-    except SyntaxError as exc:
-        raise RestoreError(f"--config: {source}: not a dumped MMEngine config ({exc.msg}, line {exc.lineno}); "
-                           f"pass --config") from None
-    cfg: Dict[str, Any] = {}
-    for stmt in tree.body:
-        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
-            raise RestoreError(f"--config: {source}, line {stmt.lineno}: not a plain assignment; a config found "
-                               f"beside a checkpoint is read without running it, so pass the config with --config")
-        cfg[stmt.targets[0].id] = _literal(stmt.value, source)
-    return cfg
-
-
-def _read_mmengine_checkpoint(checkpoint: Path) -> Any:
-    """A Runner checkpoint, read with safe loading (plus the globals MMEngine's own checkpoints need)."""
-    try:
-        checkpoint_globals = run_reader("mmengine").checkpoint_globals
-    except ImportError:  # no MMEngine here: its checkpoints' extra globals cannot be in the file either
-        checkpoint_globals = contextlib.nullcontext
-    try:
-        with checkpoint_globals():
-            return torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (reported with the file's name, nothing run)
-        raise CheckpointError(f"{checkpoint}: not a readable MMEngine checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
-def _no_config(checkpoint: Path) -> RestoreError:
-    return RestoreError(
-        f"--config: no config recorded for {checkpoint} by its trainer (BasicSR's options copy in "
-        f"experiments/<name>/ for a checkpoint in experiments/<name>/models/, or the config MMEngine "
-        f"recorded in the checkpoint and dumped into its work dir); other files beside it are never "
-        f"used. Pass the training config with --config")
-
-
-def _mismatch(checkpoint: Path, config: str, net: nn.Module, state: Mapping[str, Tensor]) -> CheckpointError:
-    """Which keys differ between ``state`` and ``net``: the first few of each kind and the counts."""
-    own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    misshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-                 if k in state and state[k].shape != v.shape]
-    parts = [f"{len(items)} {what} key(s), first: {', '.join(items[:3])}"
-             for what, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
-             if items]
-    hint = ""
-    if unexpected and all(k.startswith(("net.", "data_preprocessor.")) for k in unexpected):
-        hint = " (an MMEngine checkpoint: pass the MMEngine config of its run)"
-    return CheckpointError(f"{checkpoint}: does not fit the network of {config}: {'; '.join(parts)}{hint}")
-
-
-@dataclass
-class TrainingRun:
-    """A trainer's checkpoint with the network its config builds (weights not loaded yet)."""
-
-    net: nn.Module
-    states: Dict[str, Dict[str, Tensor]]  # "model", and "ema" where the run kept an EMA copy
-    source: str  # the config the network was built from
-    backbone_options: Optional[Dict[str, Any]] = None  # {type, registry, **options} of a wrapped backbone
-    checkpoint: Optional[Path] = None
-
-    def load(self, variant: str = "model") -> nn.Module:
-        """Load ``states[variant]`` into ``net`` (strict; a mismatch is named in one line); returns ``net``."""
-        state = self.states[variant]
-        try:
-            self.net.load_state_dict(state, strict=True)
-        except RuntimeError:
-            raise _mismatch(self.checkpoint or Path("?"), self.source, self.net, state) from None
-        return self.net
-
-
 def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str, os.PathLike]] = None,
                  device: Union[str, torch.device] = "cpu") -> Any:
     """Rebuild a trained network from its checkpoint, in eval mode on ``device``.
@@ -390,10 +172,8 @@ def load_network(checkpoint: Union[str, os.PathLike], config: Optional[Union[str
 
         return load_onnx(checkpoint, device=device)
     if checkpoint.is_dir():
-        from ..core.pretrained import is_pretrained_dir, load_pretrained
-
         if is_pretrained_dir(checkpoint):
-            return load_pretrained(checkpoint, map_location=device)
+            return ConStyleUNet.from_pretrained(checkpoint, map_location=device)
     run = read_training_run(checkpoint, config)
     return run.load("ema" if "ema" in run.states else "model").to(device).eval()
 
@@ -404,112 +184,27 @@ def read_training_run(checkpoint: Union[str, os.PathLike],
     recorded, as :func:`load_network` finds it) and the checkpoint's weights, EMA copy apart."""
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
-        raise FileNotFoundError(f"--checkpoint: {checkpoint} is a directory; pass the checkpoint file in it")
+        raise MissingFileError(f"--checkpoint: {checkpoint} is a directory; pass the checkpoint file in it")
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint: {checkpoint} not found")
+        raise MissingFileError(f"--checkpoint: {checkpoint} not found")
     if config is not None:
         config = Path(config)
         if not config.is_file():
-            raise FileNotFoundError(f"--config: {config} " + ("is a directory" if config.is_dir() else "not found"))
+            raise MissingFileError(f"--config: {config} " + ("is a directory" if config.is_dir() else "not found"))
         if config.suffix in (".yml", ".yaml"):
-            net, backbone = _build_basicsr(config)
-            return TrainingRun(net, _basicsr_states(checkpoint), str(config), backbone, checkpoint)
+            return run_reader("basicsr").read_run(checkpoint, config)
         if config.suffix == ".py":
-            cfg = run_reader("mmengine").load_config(str(config))
-            net = _build_mmengine(cfg, str(config))
-            states = _mmengine_states(checkpoint, _read_mmengine_checkpoint(checkpoint))
-            return TrainingRun(net, states, str(config), _mmengine_backbone(cfg), checkpoint)
-        raise ValueError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
-    options = _recorded_basicsr_options(checkpoint)
+            return run_reader("mmengine").read_run(checkpoint, config)
+        raise RestoreError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
+    basicsr = run_reader("basicsr")
+    options = basicsr.recorded_options(checkpoint)
     if options is not None:
-        net, backbone = _build_basicsr(options)
-        return TrainingRun(net, _basicsr_states(checkpoint), str(options), backbone, checkpoint)
-    raw = _read_mmengine_checkpoint(checkpoint)
-    meta = raw.get("meta") if isinstance(raw, dict) else None
-    recorded = _recorded_mmengine_config(checkpoint, meta) if isinstance(meta, Mapping) else None
-    if recorded is None:
-        raise _no_config(checkpoint)
-    source, text = recorded
-    cfg = run_reader("mmengine").config_from_dict(read_dumped_config(text, source))
-    net = _build_mmengine(cfg, source)
-    logger.info("config of %s: %s", checkpoint, source)
-    return TrainingRun(net, _mmengine_states(checkpoint, raw), source, _mmengine_backbone(cfg), checkpoint)
-
-
-def _basicsr_states(checkpoint: Path) -> Dict[str, Dict[str, Tensor]]:
-    """``params`` as "model" and ``params_ema`` as "ema" (a file with one of them: "model")."""
-    preferred = read_state_dict(checkpoint)  # errors name the file; params_ema preferred
-    if checkpoint.suffix == ".safetensors":
-        return {"model": preferred}
-    raw = torch.load(checkpoint, map_location="cpu", weights_only=True)  # readable: read_state_dict read it
-    if isinstance(raw, dict) and isinstance(raw.get("params"), dict) and isinstance(raw.get("params_ema"), dict):
-        return {"model": flatten_checkpoint({"params": raw["params"]}, str(checkpoint)), "ema": preferred}
-    return {"model": preferred}
-
-
-def _without_prompter_file(prompter_opt: Any) -> Any:
-    """The checkpoint holds the prompter's weights: the file the training run loaded is not needed."""
-    if isinstance(prompter_opt, Mapping) and prompter_opt.get("pretrained") is not None:
-        return {**prompter_opt, "pretrained": None}
-    return prompter_opt
-
-
-def _build_basicsr(config: Path) -> Tuple[nn.Module, Optional[Dict[str, Any]]]:
-    """The network of a BasicSR options file, and its backbone's options (``registry: basicsr``)."""
-    # Through the basicsr importable here, whichever its flavour: PyPI BasicSR's registries or a
-    # 1.2-era fork's module scans (a fork's own NAFNet is the one its checkpoints hold).
-    reader = run_reader("basicsr")
-    opt = _basicsr_options(config)
-    network_opt = dict(opt["network_g"])
-    if "prompter" in network_opt:
-        network_opt["prompter"] = _without_prompter_file(network_opt["prompter"])
-    arch_type = network_opt.pop("type", None)
-    backbone = network_opt.get("backbone")
-    backbone = {**backbone, "registry": "basicsr"} if isinstance(backbone, Mapping) else None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
-        return reader.build_arch(arch_type, network_opt, str(config)), backbone
-
-
-def _mmengine_backbone(cfg: Any) -> Optional[Dict[str, Any]]:
-    model = cfg.get("model")
-    backbone = model.get("backbone") if isinstance(model, Mapping) else None
-    return {**dict(backbone), "registry": "mmengine"} if isinstance(backbone, Mapping) else None
-
-
-def _build_mmengine(cfg: Any, source: str) -> nn.Module:
-    if not isinstance(cfg.get("model"), Mapping):
-        raise ValueError(f"--config {source}: no model section: not an MMEngine training config")
-    model_cfg = dict(cfg.model)
-    if "prompter" in model_cfg:
-        model_cfg["prompter"] = _without_prompter_file(model_cfg["prompter"])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*prompter is untrained.*")
-        model = run_reader("mmengine").build_model(model_cfg)
-    if not hasattr(model, "net"):
-        raise ValueError(f"--config {source}: model type {cfg.model.get('type')!r} is not a restorer "
-                         f"(expected ConStyleRestorer)")
-    return model.net
-
-
-def _mmengine_states(checkpoint: Path, raw: Any) -> Dict[str, Dict[str, Tensor]]:
-    """The restorer's weights from a Runner checkpoint: "model", and "ema" when the run kept one.
-
-    MMEngine's ``EMAHook`` swaps the two when it saves (so that ``state_dict`` loads the average for
-    deployment): ``state_dict`` holds the EMA weights and ``ema_state_dict`` (``module.*`` keys around
-    ``steps``) the trained model's own."""
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{checkpoint}: expected an MMEngine checkpoint dict")
-
-    def net_weights(state: Mapping[str, Any]) -> Dict[str, Tensor]:
-        state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()
-                 if isinstance(v, Tensor) and k != "steps"}
-        return {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-
-    saved = net_weights(raw.get("state_dict") or raw)
-    if raw.get("ema_state_dict"):
-        return {"model": net_weights(raw["ema_state_dict"]), "ema": saved}
-    return {"model": saved}
+        return basicsr.read_run(checkpoint, options)
+    try:
+        mmengine = run_reader("mmengine")
+    except ImportError:  # a core install: nothing here could have recorded an MMEngine config
+        raise no_recorded_config(checkpoint) from None
+    return mmengine.read_run(checkpoint, None)
 
 
 # ------------------------------------------------------------------------------------------ the job

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConStyleError, ConStyleTypeError
+
 __all__ = [
     "ClassificationLoss",
     "ContentLoss",
@@ -36,20 +38,20 @@ _REDUCTIONS = ("none", "mean", "sum")
 
 def _check_reduction(reduction: str) -> str:
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
+        raise ConStyleError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
     return reduction
 
 
 def _check_2d(t: Tensor, name: str) -> None:
     if not isinstance(t, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        raise ConStyleTypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2:
-        raise ValueError(f"{name}: expected a 2-D tensor, got shape {tuple(t.shape)}")
+        raise ConStyleError(f"{name}: expected a 2-D tensor, got shape {tuple(t.shape)}")
 
 
 def _check_same_shape(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
     if a.shape != b.shape:
-        raise ValueError(f"{b_name}: shape {tuple(b.shape)} does not match {a_name} {tuple(a.shape)}")
+        raise ConStyleError(f"{b_name}: shape {tuple(b.shape)} does not match {a_name} {tuple(a.shape)}")
 
 
 def gram_matrix(z: Tensor) -> Tensor:
@@ -81,7 +83,7 @@ class InfoNCELoss(nn.Module):
                  reduction: str = "mean") -> None:
         super().__init__()
         if not temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature}")
+            raise ConStyleError(f"temperature: must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.normalize = bool(normalize)
         self.loss_weight = float(loss_weight)
@@ -94,7 +96,7 @@ class InfoNCELoss(nn.Module):
         _check_2d(queue, "queue")
         _check_same_shape(q, "q", k, "k")
         if queue.shape[0] != q.shape[1]:
-            raise ValueError(f"queue: its {queue.shape[0]} rows do not match the latent dimension "
+            raise ConStyleError(f"queue: its {queue.shape[0]} rows do not match the latent dimension "
                              f"{q.shape[1]} of q (expected a D x K queue, got {tuple(queue.shape)})")
         k = k.detach()
         queue = queue.detach()
@@ -173,7 +175,7 @@ class DistillKLLoss(nn.Module):
     def __init__(self, temperature: float = 1.0, loss_weight: float = 1.0) -> None:
         super().__init__()
         if not temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature}")
+            raise ConStyleError(f"temperature: must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.loss_weight = float(loss_weight)
 
@@ -197,7 +199,7 @@ class ClassificationLoss(nn.Module):
                  reduction: str = "mean") -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing: must be in [0, 1), got {label_smoothing}")
+            raise ConStyleError(f"label_smoothing: must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
         self.loss_weight = float(loss_weight)
         self.reduction = _check_reduction(reduction)
@@ -212,12 +214,12 @@ def check_labels(logits: Tensor, labels: Optional[Tensor]) -> None:
     """Refuse ``labels`` that are not class indices (``B``, integer, in range) for ``B x K`` ``logits``."""
     _check_2d(logits, "logits")
     if not isinstance(labels, Tensor):
-        raise TypeError(f"labels: expected a torch.Tensor of class indices, got {type(labels).__name__}")
+        raise ConStyleTypeError(f"labels: expected a torch.Tensor of class indices, got {type(labels).__name__}")
     if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
-        raise ValueError(f"labels: expected shape ({logits.shape[0]},) to match logits "
+        raise ConStyleError(f"labels: expected shape ({logits.shape[0]},) to match logits "
                          f"{tuple(logits.shape)}, got {tuple(labels.shape)}")
     if labels.dtype != torch.long:
-        raise TypeError(f"labels: expected int64 class indices, got {labels.dtype}")
+        raise ConStyleTypeError(f"labels: expected int64 class indices, got {labels.dtype}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
-        raise ValueError(f"labels: class indices must lie in [0, {logits.shape[1]}), "
+        raise ConStyleError(f"labels: class indices must lie in [0, {logits.shape[1]}), "
                          f"got values in [{int(labels.min())}, {int(labels.max())}]")

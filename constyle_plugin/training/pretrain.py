@@ -23,6 +23,7 @@ from .losses import (ClassificationLoss, ContentLoss, DistillKLLoss, InfoNCELoss
                      check_labels)
 from ..core.prompter import (LATENT_DIM, NUM_CLASSES, CheckpointError, ConStyleV2, Encoding,
                        extract_prompter_state, flatten_checkpoint, read_state_dict)
+from ..errors import ConStyleError, ConStyleTypeError
 
 __all__ = [
     "ConStyleMoCo",
@@ -77,9 +78,9 @@ def _world_size() -> int:
 
 def _check_image(x: Tensor, name: str) -> None:
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        raise ConStyleTypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
-        raise ValueError(f"{name}: expected a B x 3 x H x W image batch, got shape {tuple(x.shape)}")
+        raise ConStyleError(f"{name}: expected a B x 3 x H x W image batch, got shape {tuple(x.shape)}")
 
 
 class ConStyleMoCo(nn.Module):
@@ -118,22 +119,22 @@ class ConStyleMoCo(nn.Module):
                  degradation_classes: int = 0) -> None:
         super().__init__()
         if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
-            raise ValueError(f"queue_size: expected a positive integer, got {queue_size!r}")
+            raise ConStyleError(f"queue_size: expected a positive integer, got {queue_size!r}")
         if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"momentum: must be in [0, 1], got {momentum}")
+            raise ConStyleError(f"momentum: must be in [0, 1], got {momentum}")
         if not temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature}")
+            raise ConStyleError(f"temperature: must be > 0, got {temperature}")
         if (not isinstance(degradation_classes, int) or isinstance(degradation_classes, bool)
                 or degradation_classes < 0):
-            raise ValueError(f"degradation_classes: expected an integer >= 0, got {degradation_classes!r}")
+            raise ConStyleError(f"degradation_classes: expected an integer >= 0, got {degradation_classes!r}")
         if enqueue not in ("query", "key"):
-            raise ValueError(f"enqueue: expected 'query' (authors) or 'key' (MoCo), got {enqueue!r}")
+            raise ConStyleError(f"enqueue: expected 'query' (authors) or 'key' (MoCo), got {enqueue!r}")
         if encoder_q is None:
             encoder_q = ConStyleV2(num_classes=num_classes)
         elif not isinstance(encoder_q, ConStyleV2):
-            raise TypeError(f"encoder_q: expected a ConStyleV2, got {type(encoder_q).__name__}")
+            raise ConStyleTypeError(f"encoder_q: expected a ConStyleV2, got {type(encoder_q).__name__}")
         elif encoder_q.frozen:
-            raise ValueError("encoder_q: this prompter is frozen; load it with "
+            raise ConStyleError("encoder_q: this prompter is frozen; load it with "
                              "ConStyleV2.from_pretrained(path, frozen=False) to pre-train it further")
         self.queue_size = queue_size
         self.momentum = float(momentum)
@@ -181,7 +182,7 @@ class ConStyleMoCo(nn.Module):
         """
         if not isinstance(latents, Tensor) or latents.dim() != 2 or latents.shape[1] != self.queue.shape[0]:
             shape = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
-            raise ValueError(f"latents: expected B x {self.queue.shape[0]} (the queue's latent "
+            raise ConStyleError(f"latents: expected B x {self.queue.shape[0]} (the queue's latent "
                              f"dimension), got {shape}")
         latents = latents.detach()
         world = _world_size()
@@ -191,7 +192,7 @@ class ConStyleMoCo(nn.Module):
             latents = torch.cat(gathered, dim=0)
         n, size = latents.shape[0], self.queue.shape[1]
         if n > size:
-            raise ValueError(f"latents: {n} latents (all ranks) do not fit a queue of {size}")
+            raise ConStyleError(f"latents: {n} latents (all ranks) do not fit a queue of {size}")
         if self.normalize:
             latents = F.normalize(latents, dim=1)
         cols = (self.queue_ptr + torch.arange(n, device=self.queue.device)) % size
@@ -208,14 +209,14 @@ class ConStyleMoCo(nn.Module):
         _check_image(key_img, "key_img")
         b = query_img.shape[0]
         if key_img.shape[0] != b:
-            raise ValueError(f"key_img: batch size {key_img.shape[0]} does not match query_img's {b}")
+            raise ConStyleError(f"key_img: batch size {key_img.shape[0]} does not match query_img's {b}")
         if self.training:
             if b < 2:
-                raise ValueError(f"query_img: training needs a batch of at least 2 images "
+                raise ConStyleError(f"query_img: training needs a batch of at least 2 images "
                                  f"(BatchNorm1d in mlp1/mlp2), got {b}")
             total = b * _world_size()
             if self.queue_size % total:
-                raise ValueError(f"queue_size {self.queue_size} is not a multiple of the batch size "
+                raise ConStyleError(f"queue_size {self.queue_size} is not a multiple of the batch size "
                                  f"{total} (batch {b} x {total // b} rank(s)); choose a queue size "
                                  f"divisible by it")
 
@@ -341,7 +342,7 @@ def _read_state(path: PathLike, param_key: Optional[str],
     if param_key is None:
         return read_state_dict(path, map_location=map_location)
     if str(path).endswith(".safetensors"):
-        raise ValueError(f"param_key: {path} is a flat .safetensors file; leave param_key=None")
+        raise ConStyleError(f"param_key: {path} is a flat .safetensors file; leave param_key=None")
     # read_state_dict first: it raises the informative error for missing, unsafe or broken files.
     read_state_dict(path, map_location=map_location)
     raw = torch.load(path, map_location=map_location, weights_only=True)
@@ -383,7 +384,7 @@ class ConStylePretrainLoss(nn.Module):
         weights = dict(weights or {})
         unknown = sorted(set(weights) - set(LOSS_NAMES))
         if unknown:
-            raise ValueError(f"weights: unknown loss name(s) {unknown}; expected some of {list(LOSS_NAMES)}")
+            raise ConStyleError(f"weights: unknown loss name(s) {unknown}; expected some of {list(LOSS_NAMES)}")
         w = {name: float(weights.get(name, 1.0)) for name in LOSS_NAMES}
         self.class_iter = class_iter
         self.kl_iter = kl_iter
@@ -415,9 +416,9 @@ class ConStylePretrainLoss(nn.Module):
     def forward(self, out: MoCoOutput, labels: Optional[Tensor], iteration: int,
                 degradation_labels: Optional[Tensor] = None) -> Dict[str, Tensor]:
         if not isinstance(out, MoCoOutput):
-            raise TypeError(f"out: expected the MoCoOutput of ConStyleMoCo.forward, got {type(out).__name__}")
+            raise ConStyleTypeError(f"out: expected the MoCoOutput of ConStyleMoCo.forward, got {type(out).__name__}")
         if degradation_labels is not None and out.q_degradation_logits is None:
-            raise ValueError("degradation_labels: given, but the model has no degradation head; build "
+            raise ConStyleError("degradation_labels: given, but the model has no degradation head; build "
                              "ConStyleMoCo with degradation_classes > 0 (network_g.degradation_classes)")
         losses: Dict[str, Tensor] = {}
         for name in self.active(iteration, labels is not None, degradation_labels is not None):
@@ -434,7 +435,7 @@ class ConStylePretrainLoss(nn.Module):
             else:
                 losses[name] = self.kl(out.q_logits, out.k_logits)
         if not losses:
-            raise ValueError("no loss is active: every weight is 0 or switched off at this iteration")
+            raise ConStyleError("no loss is active: every weight is 0 or switched off at this iteration")
         losses["total"] = sum(losses.values())
         return losses
 
@@ -454,10 +455,10 @@ def accuracy(logits: Tensor, labels: Tensor, topk: Sequence[int] = (1, 5)) -> Tu
     """Top-k accuracies in percent: ``logits`` ``B x C``, ``labels`` ``B`` -> one float per k."""
     check_labels(logits, labels)
     if logits.shape[0] == 0:
-        raise ValueError("logits: empty batch")
+        raise ConStyleError("logits: empty batch")
     ks = tuple(int(k) for k in topk)
     if not ks or min(ks) < 1 or max(ks) > logits.shape[1]:
-        raise ValueError(f"topk: values must lie in [1, {logits.shape[1]}] (the number of classes), got {ks}")
+        raise ConStyleError(f"topk: values must lie in [1, {logits.shape[1]}] (the number of classes), got {ks}")
     top = logits.topk(max(ks), dim=1).indices
     hit = top.eq(labels[:, None])
     return tuple(100.0 * hit[:, :k].any(dim=1).float().mean().item() for k in ks)
@@ -472,7 +473,7 @@ def latent_spread(latents: Tensor) -> float:
     prompter), about 1 when the latents vary as much as they are large.
     """
     if latents.ndim != 2 or latents.shape[0] < 2:
-        raise ValueError(f"latents: expected B x D with B >= 2, got {tuple(latents.shape)}")
+        raise ConStyleError(f"latents: expected B x D with B >= 2, got {tuple(latents.shape)}")
     z = latents.detach().float()
     rms = z.pow(2).mean().sqrt()
     if rms == 0:

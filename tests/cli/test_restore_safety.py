@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from constyle_plugin.tools.restore import RestoreError, load_network, read_dumped_config, read_image
+from constyle_plugin.integrations.mmengine.restore import read_dumped_config
+from constyle_plugin.tools.restore import RestoreError, load_network, read_image
 
 from cli_runs import STRAY, constyle, run_cli, tree, write_png
 

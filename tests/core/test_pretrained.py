@@ -20,7 +20,7 @@ from constyle_plugin.archs import NAFNet
 from constyle_plugin.core.pretrained import PrompterMismatchError, prompter_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "checkpoints-and-export.md"
+DOC = ROOT / "docs" / "checkpoints.md"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
@@ -237,7 +237,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_save_loadable(tmp_path, mo
 
 # ---------------------------------------------------------------------------- the docs page's snippets
 def _doc_blocks(marker: str):
-    """The python blocks of docs/checkpoints-and-export.md marked ``<!-- run: ...::marker -->``."""
+    """The python blocks of docs/checkpoints.md marked ``<!-- run: ...::marker -->``."""
     text = DOC.read_text()
     pattern = re.compile(r"<!--\s*run:\s*tests/core/test_pretrained\.py::" + marker
                          + r"\s*-->\s*\n```python\n(.*?)\n```", re.S)
@@ -245,7 +245,7 @@ def _doc_blocks(marker: str):
 
 
 def test_docs_own_loop_snippet_then_load_in_a_fresh_process(tmp_path):
-    """docs/checkpoints-and-export.md, as written: a file block (first line ``# NAME.py``) is saved,
+    """docs/checkpoints.md, as written: a file block (first line ``# NAME.py``) is saved,
     the others run, each in a fresh interpreter: the own-loop training that ends with
     net.save_pretrained(...), then loading onto the user's class and restoring an image."""
     import cv2

@@ -1,4 +1,10 @@
-"""The package's layers import one way: core <- training <- integrations <- command line.
+"""The package's layers are its folders, and imports run one way: down, never in a circle.
+
+The layers, bottom to top: the ground floor (the modules directly in ``constyle_plugin/``: errors,
+files, runs, patches, ...), then the folders in :data:`ORDER` (``adapters/``, installed as
+``constyle_plugin.adapters``, counts with the core), then the command line (``constyle_plugin/cli.py``
+and the package's ``__init__``, which installs the integrations). A module's layer is the folder it
+lives in, so a new module is checked where it is put, and a new folder must be given its place here.
 
 Read from the source (``ast``), nothing imported: every ``import`` of a ``constyle_plugin`` module,
 at module level or inside a function (``if TYPE_CHECKING:`` blocks are not imports at run time).
@@ -12,11 +18,10 @@ from typing import Dict, List, Set, Tuple
 ROOT = Path(__file__).resolve().parents[next(i for i, p in enumerate(Path(__file__).resolve().parents)
                                              if (p / "setup.cfg").is_file())]
 PACKAGE = "constyle_plugin"
-TRAINING = {f"{PACKAGE}.{m}" for m in ("training.losses", "training.pretrain", "data.degradations",
-                                       "data.datasets", "data.samples", "data.benchmark_datasets")}
-INTEGRATIONS = f"{PACKAGE}.integrations"
-# The command line, and the package's __init__, which installs the integrations' import hooks.
-TOP = {f"{PACKAGE}.cli", f"{INTEGRATIONS}.basicsr.cli", PACKAGE}
+ORDER = ("core", "archs", "data", "training", "tools", "integrations")  # the folders, bottom to top
+GROUND, TOP = "ground floor", "command line"
+RANK = {GROUND: 0, **{folder: i + 1 for i, folder in enumerate(ORDER)}, TOP: len(ORDER) + 1}
+TOP_MODULES = {PACKAGE, f"{PACKAGE}.cli"}
 
 
 def _modules() -> Dict[str, Path]:
@@ -94,56 +99,92 @@ def _imports() -> Dict[str, List[Tuple[str, List[str], int, bool]]]:
 IMPORTS = _imports()
 
 
+def _module_of(target: str) -> str:
+    """The module an import names (``constyle_plugin.core.unet.wrap_unet`` -> ``constyle_plugin.core.unet``)."""
+    while target not in MODULES and "." in target:
+        target = target.rpartition(".")[0]
+    return target
+
+
 def _layer(module: str) -> str:
-    if module in TOP:
-        return "top"
-    if module == INTEGRATIONS or module.startswith(INTEGRATIONS + "."):
-        return "integrations"
-    if module in TRAINING:
-        return "training"
-    return "core"
+    if module in TOP_MODULES:
+        return TOP
+    parts = module.split(".")
+    if len(parts) == 2 and not (ROOT / PACKAGE / parts[1]).is_dir() and parts[1] != "adapters":
+        return GROUND
+    return "core" if parts[1] == "adapters" else parts[1]
+
+
+# module -> {imported module: [(line, at module level)]}, imports of the module itself left out
+EDGES: Dict[str, Dict[str, List[Tuple[int, bool]]]] = {}
+for _m, _found in IMPORTS.items():
+    for _t, _, _line, _top in _found:
+        _target = _module_of(_t)
+        if _target != _m:
+            EDGES.setdefault(_m, {}).setdefault(_target, []).append((_line, _top))
 
 
 def test_the_graph_sees_the_package():
-    assert {f"{PACKAGE}.core.unet", f"{PACKAGE}.adapters", f"{INTEGRATIONS}.basicsr.registry",
-            f"{INTEGRATIONS}.mmengine.scope", f"{PACKAGE}.data.datasets"} <= set(MODULES)
-    assert any(target == f"{PACKAGE}.core.stages" for target, *_ in IMPORTS[f"{PACKAGE}.adapters"])
+    assert {f"{PACKAGE}.core.unet", f"{PACKAGE}.adapters", f"{PACKAGE}.integrations.basicsr.registry",
+            f"{PACKAGE}.integrations.mmengine.scope", f"{PACKAGE}.data.datasets", f"{PACKAGE}.errors"} <= set(MODULES)
+    assert f"{PACKAGE}.core.stages" in EDGES[f"{PACKAGE}.adapters"]
+    # function-level imports are seen too
+    assert any(not top for found in EDGES.values() for lines in found.values() for _, top in lines)
 
 
-def test_only_the_integrations_and_the_command_line_import_the_integrations():
-    bad = [f"{m} imports {t} (line {line})" for m, found in IMPORTS.items() for t, _, line, _ in found
-           if _layer(m) in ("core", "training") and _layer(t) == "integrations"]
+def test_every_folder_of_the_package_is_a_layer_with_a_docstring_saying_what_it_may_import():
+    folders = {p.name for p in (ROOT / PACKAGE).iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(ORDER), f"folders without a place in ORDER (or gone): {sorted(folders ^ set(ORDER))}"
+    for folder in ORDER:
+        doc = ast.get_docstring(ast.parse((ROOT / PACKAGE / folder / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and "import" in doc, f"{PACKAGE}/{folder}/__init__.py: say what the layer holds and may import"
+
+
+def test_no_import_goes_up_a_layer_at_any_level():
+    bad = [f"{m} ({_layer(m)}) imports {t} ({_layer(t)}), line {line}{'' if top else ' (inside a function)'}"
+           for m, targets in EDGES.items() for t, lines in targets.items() for line, top in lines
+           if RANK[_layer(t)] > RANK[_layer(m)]]
     assert not bad, bad
 
 
-def test_core_imports_no_training_module():
-    bad = [f"{m} imports {t} (line {line})" for m, found in IMPORTS.items() for t, _, line, _ in found
-           if _layer(m) == "core" and _layer(t) == "training"]
-    assert not bad, bad
-
-
-def test_no_import_cycles_among_module_level_imports():
-    graph: Dict[str, Set[str]] = {m: {t for t, _, _, top in found if top and t in MODULES and t != m}
-                                  for m, found in IMPORTS.items()}
-    state: Dict[str, int] = {}
+def test_no_import_cycles_at_any_level():
+    graph: Dict[str, Set[str]] = {m: set(EDGES.get(m, {})) & set(MODULES) for m in MODULES}
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
     cycles: List[List[str]] = []
 
-    def visit(node: str, stack: List[str]) -> None:
-        state[node] = 1
+    def strongly_connected(node: str) -> None:  # Tarjan: every component of two or more modules is a loop
+        index[node] = low[node] = len(index)
+        stack.append(node)
         for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
-            elif nxt not in state:
-                visit(nxt, stack + [nxt])
-        state[node] = 2
+            if nxt not in index:
+                strongly_connected(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
 
     for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
-    assert not cycles, [" -> ".join(c) for c in cycles]
+        if module not in index:
+            strongly_connected(module)
+    assert not cycles, [" <-> ".join(c) for c in cycles]
 
 
 def test_no_module_imports_another_modules_private_names():
     bad = [f"{m} imports {t}.{n} (line {line})" for m, found in IMPORTS.items() for t, names, line, _ in found
            for n in names if t != m and n.startswith("_") and not n.startswith("__")]
     assert not bad, bad
+
+
+def test_no_module_is_over_600_lines():
+    long = {m: n for m, path in MODULES.items() if (n := len(path.read_text(encoding="utf-8").splitlines())) > 600}
+    assert not long, f"split by concern: {long}"

@@ -20,7 +20,7 @@ import torch
 from scipy import stats
 
 from constyle_plugin import degradations as D
-from constyle_plugin.data.degradations import _bsr
+from constyle_plugin.data.realesrgan import _bsr
 from constyle_plugin.data.samples import sample_photos
 
 torch.set_num_threads(1)

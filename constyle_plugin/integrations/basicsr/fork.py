@@ -43,7 +43,8 @@ import torch
 
 from ...core.builder import OptionError, check_file, join_keys
 from .patching import Patches
-from .registry import ForkHost, check_network_options, point_sample_datasets
+from .options import point_sample_datasets
+from .registry import ForkHost, check_network_options
 from ...safe_loading import safe_torch_load
 
 __all__ = ["ForkRunFixes", "apply_overrides", "cuda_calls_on_cpu", "prepare_fork_run", "split_command_flags"]

@@ -28,7 +28,7 @@ from mmengine.structures import BaseDataElement
 from torch.utils import data
 
 from ...compat import ensure_basicsr_importable
-from ...errors import ConStyleError, OptionError, did_you_mean
+from ...errors import ConStyleError, ConStyleKeyError, ConStyleTypeError, MissingFileError, OptionError, did_you_mean
 from ...data.imageio import IMAGE_EXTENSIONS
 
 __all__ = ["AllInOneTestDataset", "AllInOneTrainDataset", "ConStylePretrainDataset", "MixDegradationDataset", "PSNR",
@@ -44,7 +44,7 @@ def _check_options(owner: str, opt: Dict[str, Any], known: Tuple[str, ...]) -> N
     if unknown:
         hints = "; ".join(f"{k!r}" + (f" ({h})" if h else "") for k, h in ((k, did_you_mean(k, known))
                                                                            for k in unknown))
-        raise TypeError(f"{owner}: unknown option(s) {hints}; valid: {sorted(known)}")
+        raise ConStyleTypeError(f"{owner}: unknown option(s) {hints}; valid: {sorted(known)}")
 
 
 def default_cache_dir() -> Path:
@@ -66,7 +66,7 @@ def _stems(folder: Optional[str], sample: bool) -> List[str]:
 
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataroot_gt: {folder!r} is not a folder")
+        raise MissingFileError(f"dataroot_gt: {folder!r} is not a folder")
     return sorted(p.stem for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
@@ -104,7 +104,7 @@ class MixDegradationDataset(data.Dataset):
         photos = opt.get("photos")
         if isinstance(photos, str):
             if photos not in ("train", "val"):
-                raise ValueError(f"photos: expected a list of file stems, 'train' or 'val', got {photos!r}")
+                raise ConStyleError(f"photos: expected a list of file stems, 'train' or 'val', got {photos!r}")
             train, val = split_by_photo(_stems(opt.get("dataroot_gt"), sample), val_fraction, split_seed)
             opt["photos"] = train if photos == "train" else val
         self.dataset = _Mix(opt)
@@ -280,18 +280,18 @@ class PairedFolderDataset(data.Dataset):
 
         for key, folder in (("lq_folder", lq_folder), ("gt_folder", gt_folder)):
             if not folder or not Path(folder).is_dir():
-                raise FileNotFoundError(f"{key}: {folder!r} is not a folder")
+                raise MissingFileError(f"{key}: {folder!r} is not a folder")
         if phase == "train" and not gt_size:
-            raise ValueError("gt_size: phase='train' needs a crop size")
+            raise ConStyleError("gt_size: phase='train' needs a crop size")
         opt = dict(dataroot_lq=str(lq_folder), dataroot_gt=str(gt_folder), io_backend=dict(type="disk"),
                    filename_tmpl=filename_tmpl, phase=phase, gt_size=gt_size, use_hflip=use_hflip,
                    use_rot=use_rot, scale=1)
         try:
             self.dataset = PairedImageDataset(opt)
         except AssertionError as exc:  # BasicSR reports mismatched folders with asserts
-            raise ValueError(f"lq_folder / gt_folder: {exc}") from None
+            raise ConStyleError(f"lq_folder / gt_folder: {exc}") from None
         if len(self.dataset) == 0:
-            raise ValueError(f"gt_folder: no image pairs in {gt_folder!r} and {lq_folder!r}")
+            raise ConStyleError(f"gt_folder: no image pairs in {gt_folder!r} and {lq_folder!r}")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -309,7 +309,7 @@ def _to_hwc255(img: torch.Tensor, name: str) -> np.ndarray:
     """``3 x H x W`` RGB in [0, 1] -> ``H x W x 3`` BGR float64 on the 0..255 grid (BasicSR's
     ``tensor2img`` rounding; BGR because BasicSR's Y channel expects OpenCV's order)."""
     if not isinstance(img, torch.Tensor) or img.dim() != 3:
-        raise ValueError(f"{name}: expected a C x H x W tensor, got "
+        raise ConStyleError(f"{name}: expected a C x H x W tensor, got "
                          f"{tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__}")
     arr = (img.detach().float().clamp(0, 1) * 255.0).round().cpu().numpy().transpose(1, 2, 0)
     if arr.shape[2] == 3:
@@ -351,12 +351,12 @@ class _ImageMetric(BaseMetric):
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for i, ds in enumerate(data_samples):
             if "pred_img" not in ds or "gt_img" not in ds:
-                raise KeyError(f"{self.key}: data sample {i} needs 'pred_img' and 'gt_img' "
+                raise ConStyleKeyError(f"{self.key}: data sample {i} needs 'pred_img' and 'gt_img' "
                                f"(got keys {sorted(ds)})")
             pred = _to_hwc255(ds["pred_img"], "pred_img")
             gt = _to_hwc255(ds["gt_img"], "gt_img")
             if pred.shape != gt.shape:
-                raise ValueError(f"{self.key}: pred_img {pred.shape} and gt_img {gt.shape} differ in size")
+                raise ConStyleError(f"{self.key}: pred_img {pred.shape} and gt_img {gt.shape} differ in size")
             task = ds.get("task")
             column = ds.get("column") if task is not None else None
             self.results.append((float(self._compute(pred, gt)), None if task is None else str(task),
@@ -427,7 +427,7 @@ class PretextAccuracy(BaseMetric):
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for i, ds in enumerate(data_samples):
             if "pred_logits" not in ds or "gt_label" not in ds:
-                raise KeyError(f"PretextAccuracy: data sample {i} needs 'pred_logits' and 'gt_label'")
+                raise ConStyleKeyError(f"PretextAccuracy: data sample {i} needs 'pred_logits' and 'gt_label'")
             latent = ds["pred_latent"].detach().float().cpu() if "pred_latent" in ds else None
             self.results.append((ds["pred_logits"].detach().float().cpu(),
                                  int(torch.as_tensor(ds["gt_label"]).reshape(())), latent))

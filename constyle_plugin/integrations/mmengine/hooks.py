@@ -7,6 +7,7 @@ from typing import Optional
 from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
+from ...errors import ConStyleError, ConStyleTypeError
 
 __all__ = ["PrompterExportHook", "StopOnSignalHook"]
 
@@ -27,7 +28,7 @@ class PrompterExportHook(Hook):
     def __init__(self, filename: str = "constyle_v2_prompter.safetensors", use_ema: bool = True,
                  on_checkpoint: bool = True) -> None:
         if not filename.endswith((".safetensors", ".pth", ".pt")):
-            raise ValueError(f"filename: choose a .safetensors or .pth name, got {filename!r}")
+            raise ConStyleError(f"filename: choose a .safetensors or .pth name, got {filename!r}")
         self.filename = filename
         self.use_ema = use_ema
         self.on_checkpoint = on_checkpoint
@@ -42,7 +43,7 @@ class PrompterExportHook(Hook):
                     break
         moco = getattr(model, "moco", None)
         if moco is None or not hasattr(moco, "export_prompter"):
-            raise TypeError(f"PrompterExportHook: the model ({type(model).__name__}) is not a ConStylePretrainer")
+            raise ConStyleTypeError(f"PrompterExportHook: the model ({type(model).__name__}) is not a ConStylePretrainer")
         return moco
 
     @master_only

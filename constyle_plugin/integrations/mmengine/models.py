@@ -29,6 +29,7 @@ from ...core.builder import OptionError, wrap_from_options
 from ...core.stages import check_inject, check_stages_option
 from ...core.prompter import ConStyleV2
 from .scope import MODELS, OPTIM_WRAPPERS, OPTIMIZERS
+from ...errors import ConStyleError, ConStyleKeyError, ConStyleTypeError, MissingFileError
 
 __all__ = ["ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor", "ConStylePretrainer",
            "ConStyleRestorer"]
@@ -41,7 +42,7 @@ def _build(cfg: ConfigType, what: str) -> nn.Module:
     if isinstance(cfg, nn.Module):
         return cfg
     if not isinstance(cfg, Mapping) or "type" not in cfg:
-        raise TypeError(f"{what}: expected a config dict with a 'type' key (or an nn.Module), got {cfg!r}")
+        raise ConStyleTypeError(f"{what}: expected a config dict with a 'type' key (or an nn.Module), got {cfg!r}")
     return MODELS.build(dict(cfg))
 
 
@@ -59,7 +60,7 @@ def _to_float01(img: Tensor, what: str) -> Tensor:
         return img.float().div_(255.0)
     if img.is_floating_point():
         return img.float() if img.dtype == torch.float64 else img
-    raise TypeError(f"{what}: expected uint8 (0..255) or float ([0, 1]) images, got {img.dtype}")
+    raise ConStyleTypeError(f"{what}: expected uint8 (0..255) or float ([0, 1]) images, got {img.dtype}")
 
 
 def _as_list(images: Union[Tensor, Sequence[Tensor]], what: str) -> List[Tensor]:
@@ -68,13 +69,13 @@ def _as_list(images: Union[Tensor, Sequence[Tensor]], what: str) -> List[Tensor]
             return [images]
         if images.dim() == 4:
             return list(images.unbind(0))
-        raise ValueError(f"{what}: expected C x H x W images or a B x C x H x W batch, got {tuple(images.shape)}")
+        raise ConStyleError(f"{what}: expected C x H x W images or a B x C x H x W batch, got {tuple(images.shape)}")
     if isinstance(images, (list, tuple)) and images and all(isinstance(t, Tensor) for t in images):
         for t in images:
             if t.dim() != 3:
-                raise ValueError(f"{what}: expected C x H x W images, got one of shape {tuple(t.shape)}")
+                raise ConStyleError(f"{what}: expected C x H x W images, got one of shape {tuple(t.shape)}")
         return list(images)
-    raise TypeError(f"{what}: expected a tensor or a non-empty list of tensors, got {type(images).__name__}")
+    raise ConStyleTypeError(f"{what}: expected a tensor or a non-empty list of tensors, got {type(images).__name__}")
 
 
 class ConStyleDataPreprocessor(BaseDataPreprocessor):
@@ -99,9 +100,9 @@ class ConStyleDataPreprocessor(BaseDataPreprocessor):
                  non_blocking: bool = False) -> None:
         super().__init__(non_blocking=non_blocking)
         if size_multiple is not None and (int(size_multiple) != size_multiple or size_multiple < 1):
-            raise ValueError(f"data_preprocessor.size_multiple: expected a positive integer, got {size_multiple!r}")
+            raise ConStyleError(f"data_preprocessor.size_multiple: expected a positive integer, got {size_multiple!r}")
         if pad_mode not in ("reflect", "replicate", "zeros"):
-            raise ValueError(f"data_preprocessor.pad_mode: expected 'reflect', 'replicate' or 'zeros', "
+            raise ConStyleError(f"data_preprocessor.pad_mode: expected 'reflect', 'replicate' or 'zeros', "
                              f"got {pad_mode!r}")
         self.size_multiple = None if size_multiple is None else int(size_multiple)
         self.pad_mode = pad_mode
@@ -117,7 +118,7 @@ class ConStyleDataPreprocessor(BaseDataPreprocessor):
     def forward(self, data: dict, training: bool = False) -> dict:
         data = self.cast_data(data)
         if not isinstance(data, Mapping) or "inputs" not in data:
-            raise TypeError(f"data: expected a dict with an 'inputs' key (and 'data_samples'), got "
+            raise ConStyleTypeError(f"data: expected a dict with an 'inputs' key (and 'data_samples'), got "
                             f"{type(data).__name__}{'' if not isinstance(data, Mapping) else ' keys ' + str(list(data))}")
         inputs = data["inputs"]
         samples = data.get("data_samples")
@@ -127,7 +128,7 @@ class ConStyleDataPreprocessor(BaseDataPreprocessor):
                 imgs = [_to_float01(t, f"inputs.{key}") for t in _as_list(value, f"inputs.{key}")]
                 shapes = {tuple(t.shape) for t in imgs}
                 if len(shapes) != 1:
-                    raise ValueError(f"inputs.{key}: images of different sizes {sorted(shapes)} in one batch")
+                    raise ConStyleError(f"inputs.{key}: images of different sizes {sorted(shapes)} in one batch")
                 stacked[key] = torch.stack(imgs)
             return {"inputs": stacked, "data_samples": samples}
 
@@ -137,7 +138,7 @@ class ConStyleDataPreprocessor(BaseDataPreprocessor):
         elif isinstance(samples, BaseDataElement):
             samples = [samples]
         if len(samples) != len(imgs):
-            raise ValueError(f"data_samples: {len(samples)} samples for {len(imgs)} input images")
+            raise ConStyleError(f"data_samples: {len(samples)} samples for {len(imgs)} input images")
         m = self.multiple
         hp = max(t.shape[-2] for t in imgs)
         wp = max(t.shape[-1] for t in imgs)
@@ -214,7 +215,7 @@ class ConStyleRestorer(BaseModel):
                 net = wrap_from_options(net, prompter=prompter, inject=inject, stages=stages, probe_size=probe_size)
             except OptionError as exc:
                 if exc.key == "prompter.pretrained" and "not found" in exc.message:
-                    raise FileNotFoundError(str(exc)) from None
+                    raise MissingFileError(str(exc)) from None
                 raise
         self.net = net
         self.pixel_loss = _build(pixel_loss, "pixel_loss")
@@ -230,21 +231,21 @@ class ConStyleRestorer(BaseModel):
     def forward(self, inputs: Tensor, data_samples: Optional[List[BaseDataElement]] = None,
                 mode: str = "tensor") -> Union[Dict[str, Tensor], List[BaseDataElement], Tensor]:
         if not isinstance(inputs, Tensor) or inputs.dim() != 4:
-            raise ValueError(f"inputs: expected a B x 3 x H x W tensor (run the data preprocessor first), "
+            raise ConStyleError(f"inputs: expected a B x 3 x H x W tensor (run the data preprocessor first), "
                              f"got {type(inputs).__name__}{tuple(inputs.shape) if isinstance(inputs, Tensor) else ''}")
         if mode not in ("loss", "predict", "tensor"):
-            raise ValueError(f"mode: expected 'loss', 'predict' or 'tensor', got {mode!r}")
+            raise ConStyleError(f"mode: expected 'loss', 'predict' or 'tensor', got {mode!r}")
         out = self.net(inputs)
         if mode == "tensor":
             return out
         preds = ConStyleDataPreprocessor.crop(out, data_samples)
         if mode == "loss":
             if not data_samples or any("gt_img" not in ds for ds in data_samples):
-                raise ValueError("data_samples: mode='loss' needs a gt_img in every data sample")
+                raise ConStyleError("data_samples: mode='loss' needs a gt_img in every data sample")
             gts = [ds.gt_img for ds in data_samples]
             for i, (p, g) in enumerate(zip(preds, gts)):
                 if p.shape != g.shape:
-                    raise ValueError(f"data_samples[{i}].gt_img: shape {tuple(g.shape)} does not match the "
+                    raise ConStyleError(f"data_samples[{i}].gt_img: shape {tuple(g.shape)} does not match the "
                                      f"input's {tuple(p.shape)}")
             if len({tuple(p.shape) for p in preds}) == 1:
                 loss = self.pixel_loss(torch.stack(preds), torch.stack(gts))
@@ -304,7 +305,7 @@ class ConStylePretrainer(BaseModel):
             try:
                 self.moco = ConStyleMoCo.from_pretrained(pretrained, strict=False, **moco_kwargs)
             except FileNotFoundError as exc:
-                raise FileNotFoundError(f"pretrained: {exc}") from None
+                raise MissingFileError(f"pretrained: {exc}") from None
         else:
             self.moco = ConStyleMoCo(queue_size=queue_size, num_classes=num_classes, **moco_kwargs)
         self.losses = self.moco.pretrain_loss(class_iter=class_iter, kl_iter=kl_iter,
@@ -347,10 +348,10 @@ class ConStylePretrainer(BaseModel):
                 data_samples: Optional[List[BaseDataElement]] = None,
                 mode: str = "tensor") -> Union[Dict[str, Tensor], List[BaseDataElement], Tensor]:
         if mode not in ("loss", "predict", "tensor"):
-            raise ValueError(f"mode: expected 'loss', 'predict' or 'tensor', got {mode!r}")
+            raise ConStyleError(f"mode: expected 'loss', 'predict' or 'tensor', got {mode!r}")
         if isinstance(inputs, Mapping):
             if "query" not in inputs:
-                raise KeyError(f"inputs: expected a 'query' view (and 'key' for training), got keys {list(inputs)}")
+                raise ConStyleKeyError(f"inputs: expected a 'query' view (and 'key' for training), got keys {list(inputs)}")
             query, key = inputs["query"], inputs.get("key")
         else:
             query, key = inputs, None
@@ -371,7 +372,7 @@ class ConStylePretrainer(BaseModel):
                 results.append(res)
             return results
         if key is None:
-            raise KeyError("inputs: mode='loss' needs both the 'query' and the 'key' views")
+            raise ConStyleKeyError("inputs: mode='loss' needs both the 'query' and the 'key' views")
         query = self.degrade_queries(query, data_samples)
         out = self.moco(query, key)
         losses = self.losses(out, self._labels(data_samples, query.device), self.current_iter())
@@ -403,7 +404,7 @@ class ConStyleOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         first_arg = next(iter(inspect.signature(optimizer_cls).parameters))
         trainable = [p for p in model.parameters() if p.requires_grad]
         if not trainable:
-            raise ValueError("optim_wrapper: the model has no trainable parameter")
+            raise ConStyleError("optim_wrapper: the model has no trainable parameter")
         optimizer_cfg[first_arg] = trainable
         optimizer = OPTIMIZERS.build(optimizer_cfg)
         return OPTIM_WRAPPERS.build(optim_wrapper_cfg, default_args=dict(optimizer=optimizer))

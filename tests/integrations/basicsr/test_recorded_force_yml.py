@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from constyle_plugin.compat import ensure_basicsr_importable
-from constyle_plugin.tools.restore import _basicsr_options
+from constyle_plugin.integrations.basicsr.restore import read_options as _basicsr_options
 
 ITEMS = {  # --force_yml item as typed -> where it lands
     "network_g:backbone:width=16": ("network_g", "backbone", "width"),
