@@ -23,7 +23,7 @@ MOVED: Dict[str, str] = {
     "benchmark_datasets": "data.benchmark_datasets",
     "pretrain": "training.pretrain", "losses": "training.losses",
     "inference": "tools.restore", "evaluate": "tools.evaluate", "export": "tools.export",
-    "convert": "tools.convert",
+    "convert": "tools.convert", "integrations.basicsr.patching": "patches",
 }
 
 

@@ -7,7 +7,7 @@ BasicSR's own and reaches its parser unchanged: ``-opt``, ``--launcher``, ``--au
 ``--debug``, ``--local_rank``, ``--force_yml key:sub=value ...``.
 
 For the duration of the run, and nowhere else, a few of basicsr 1.4.2's functions are wrapped
-(:class:`RunFixes`; each replaced function's signature is checked first, :mod:`.patching`; what the
+(:class:`RunFixes`; each replaced function's signature is checked first, :mod:`constyle_plugin.patches`; what the
 plugin's own model classes can do is theirs, :mod:`.models`):
 
 - the command line and options are checked before anything is built or created on disk
@@ -59,7 +59,7 @@ from os import path as osp
 from typing import Optional, Sequence
 
 
-from .patching import HostChanged
+from ...patches import HostChanged
 from ...interrupt import StopSignals, TrainingStopped, signal_name
 from .registry import (ForkHost, OptionError, current_host, format_registration_report, register_here,
                        registration_report)

@@ -6,7 +6,7 @@ fork's module scans (:func:`~.basicsr.register_with_fork_module`), so only ``net
 the fork's own options file (``type: ConStyleUNet``, ``backbone:`` the fork's arch entry).
 
 For the duration of the run, and nowhere else (:class:`ForkRunFixes`; each replaced function's
-signature is checked first, :mod:`.patching`):
+signature is checked first, :mod:`constyle_plugin.patches`):
 
 - the command's own flags are taken off before the fork's parser sees them: ``--force_yml
   key:sub=value ...`` (BasicSR 1.4's syntax; 1.2 has no such flag) and ``--auto_resume`` (1.2-era
@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from ...core.builder import OptionError, check_file, join_keys
-from .patching import Patches
+from ...patches import Patches
 from .options import point_sample_datasets
 from .registry import ForkHost, check_network_options
 from ...safe_loading import safe_torch_load

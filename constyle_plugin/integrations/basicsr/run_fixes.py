@@ -20,7 +20,7 @@ import torch
 from ...errors import ConStyleError
 from ...files import atomic_write
 from ...safe_loading import safe_torch_load
-from .patching import Patches
+from ...patches import Patches
 from ...interrupt import StopSignals, TrainingStopped, ignore_stop_signals, signal_name
 from .registry import OptionError
 

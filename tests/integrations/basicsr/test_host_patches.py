@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from constyle_plugin.errors import ConStyleError
-from constyle_plugin.integrations.basicsr.patching import HostChanged, Patches, host_version
+from constyle_plugin.patches import HostChanged, Patches, host_version
 
 
 def test_a_host_function_with_another_signature_is_refused_naming_the_version():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, List, Sequence, Tuple
 
-from ...errors import ConStyleError
+from .errors import ConStyleError
 
 __all__ = ["HostChanged", "Patches", "host_version"]
 
