@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from .patches import Patches
+
 __all__ = ["STATE_SAFE_GLOBALS", "safe_torch_load", "weights_only_loading"]
 
 # The classes a BasicSR .state file may hold beside tensors and plain containers.
@@ -37,10 +39,12 @@ def safe_torch_load(load: Callable, cpu_only: bool = False) -> Callable:
 
 @contextlib.contextmanager
 def weights_only_loading(cpu_only: bool = False) -> Iterator[None]:
-    """Within the block, ``torch.load`` is :func:`safe_torch_load` (restored afterwards)."""
-    original = torch.load
-    torch.load = safe_torch_load(original, cpu_only)
+    """Within the block, ``torch.load`` is :func:`safe_torch_load` (replaced through :class:`Patches`,
+    restored afterwards)."""
+    patches = Patches()
+    patches.replace(torch, "load", ("f", "map_location"), lambda load: safe_torch_load(load, cpu_only), host="torch",
+                    written_for="torch 2.x", more=True)
     try:
         yield
     finally:
-        torch.load = original
+        patches.restore()

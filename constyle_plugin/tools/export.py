@@ -4,7 +4,7 @@
 (``batch x C x height x width``, all three dynamic, floats in [0, 1]) and one output ``restored``
 of the same size. Opset 17, which onnxruntime 1.14 and later run. Inside the graph the reference
 archs pad to their size multiple and the prompt maps are resized to each stage at any input size
-(under tracing both always run, see ``padding.py`` and ``injection.py``), so sizes the trace never
+(under tracing both always run, see ``core/padding.py`` and ``core/injection.py``), so sizes the trace never
 saw give the eager output. The file's metadata records ``size_multiple``, which
 ``constyle restore`` uses to pad tiles as it does for the torch network.
 

@@ -312,7 +312,8 @@ class RunFixes:
             from basicsr.data.data_sampler import EnlargedSampler
 
             if type(train_sampler) is EnlargedSampler:  # this run's sampler only: no host name is replaced
-                train_sampler.__class__ = resumable_sampler(EnlargedSampler)
+                self._patches.replace(train_sampler, "__class__", ("dataset", "num_replicas", "rank", "ratio"),
+                                      resumable_sampler)
             self._train_sampler = train_sampler
             self._iters_per_epoch = len(train_loader) if train_loader is not None else 1
             if self.stop is not None and train_loader is not None and train_loader.num_workers > 0:
@@ -360,10 +361,13 @@ class RunFixes:
                 with preserved_rng():
                     return validation(*args, **kwargs)
 
-            model.save = save_with_rng
-            model.validation = rng_neutral_validation
+            replace = self._patches.replace
+            replace(model, "save", ("epoch", "current_iter"), lambda _: save_with_rng)
+            replace(model, "validation", ("dataloader", "current_iter", "tb_logger", "save_img"),
+                    lambda _: rng_neutral_validation, more=True)
             if self.stop is not None:
-                model.optimize_parameters = self._stop_after(model.optimize_parameters, save_with_rng, opt)
+                replace(model, "optimize_parameters", ("current_iter",),
+                        lambda optimize: self._stop_after(optimize, save_with_rng, opt), more=True)
             return model
         return wrapped
 
@@ -429,19 +433,20 @@ def atomic_torch_save() -> Iterator[None]:
     Saves to file objects are unchanged. BasicSR's ``save_network`` / ``save_training_state`` write
     with ``torch.save`` straight to the final path; the ``basicsr`` command runs a model's ``save``
     inside this block."""
-    original = torch.save
+    def atomic(save: Callable) -> Callable:
+        def wrapped(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+            if isinstance(f, (str, os.PathLike)):
+                atomic_write(f, lambda tmp: save(obj, tmp, *args, **kwargs))
+            else:
+                save(obj, f, *args, **kwargs)
+        return wrapped
 
-    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        if isinstance(f, (str, os.PathLike)):
-            atomic_write(f, lambda tmp: original(obj, tmp, *args, **kwargs))
-        else:
-            original(obj, f, *args, **kwargs)
-
-    torch.save = save
+    patches = Patches()
+    patches.replace(torch, "save", ("obj", "f"), atomic, host="torch", written_for="torch 2.x", more=True)
     try:
         yield
     finally:
-        torch.save = original
+        patches.restore()
 
 
 def _locate(exc: OptionError, opt: Dict[str, Any]) -> OptionError:

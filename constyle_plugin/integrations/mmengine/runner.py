@@ -21,6 +21,7 @@ from typing import Any, Iterator, List, Mapping, Optional
 import numpy as np
 import torch
 from mmengine.config import Config
+from mmengine.fileio import LocalBackend, register_backend
 from mmengine.runner import Runner
 
 from ...errors import ConfigError, OptionError
@@ -30,8 +31,10 @@ from . import scope
 from .scope import SCOPE
 from .config_checks import check_config, fit_dataloaders
 
-__all__ = ["ConStyleRunner", "ConfigError", "atomic_local_writes", "check_config", "fit_dataloaders",
+__all__ = ["ConStyleRunner", "ConfigError", "ATOMIC_BACKEND", "AtomicLocalBackend", "check_config", "fit_dataloaders",
            "mmengine_checkpoint_globals", "train"]
+
+ATOMIC_BACKEND = "constyle_atomic_local"  # the MMEngine file backend ConStyleRunner saves checkpoints with
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +99,7 @@ class ConStyleRunner(Runner):
       before anything is built, naming the config key;
     - checkpoints (``resume`` and ``load_from``) load with safe loading plus exactly the globals
       MMEngine's own checkpoints need (:func:`mmengine_checkpoint_globals`);
-    - checkpoints are saved atomically (:func:`atomic_local_writes`);
+    - checkpoints are saved atomically (:class:`AtomicLocalBackend`, registered with MMEngine's ``register_backend``);
     - ``launcher='pytorch'`` works without CUDA (gloo, DistributedDataParallel on the CPU).
     """
 
@@ -161,9 +164,12 @@ class ConStyleRunner(Runner):
                               f"({blocked}); nothing in it was run") from None
 
     def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
-        """Runner.save_checkpoint, with local files written atomically (:func:`atomic_local_writes`)."""
-        with atomic_local_writes():
-            return super().save_checkpoint(*args, **kwargs)
+        """Runner.save_checkpoint, written atomically (:class:`AtomicLocalBackend`) unless the caller
+        names a file backend of its own (``backend_args`` / ``file_client_args``)."""
+        file_client_args = args[2] if len(args) > 2 else kwargs.get("file_client_args")
+        if file_client_args is None and kwargs.get("backend_args") is None:
+            kwargs["backend_args"] = {"backend": ATOMIC_BACKEND}
+        return super().save_checkpoint(*args, **kwargs)
 
     def setup_env(self, env_cfg: Mapping[str, Any]) -> None:
         """Runner.setup_env; without CUDA, a distributed launch sets up a gloo process group itself
@@ -218,27 +224,21 @@ def _resume_candidates(latest: str, work_dir: str) -> List[str]:
     return [latest, *others]
 
 
-@contextlib.contextmanager
-def atomic_local_writes() -> Iterator[None]:
-    """Within the block, MMEngine's local file backend (``LocalBackend.put``, which checkpoint saving
-    uses) writes a temporary file beside the target, fsyncs it and renames it into place
-    (:func:`constyle_plugin.files.atomic_write`): a crash mid-write keeps the previous file of that
-    name intact and never leaves a partial file under the name."""
-    from mmengine.fileio.backends.local_backend import LocalBackend
+class AtomicLocalBackend(LocalBackend):
+    """MMEngine's local file backend whose ``put`` (how checkpoints are written) writes a temporary
+    file beside the target, fsyncs it and renames it into place (:func:`constyle_plugin.files.atomic_write`):
+    a crash mid-write keeps the previous file of that name intact and never leaves a partial file under
+    the name. Registered with MMEngine as :data:`ATOMIC_BACKEND`; :class:`ConStyleRunner` saves
+    checkpoints through it."""
 
-    original = LocalBackend.put
-
-    def put(self: Any, obj: bytes, filepath: Any) -> None:
+    def put(self, obj: bytes, filepath: Any) -> None:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:
                 fh.write(obj)
         atomic_write(filepath, write)
 
-    LocalBackend.put = put
-    try:
-        yield
-    finally:
-        LocalBackend.put = original
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)  # the plugin's own name: idempotent
 
 
 # --------------------------------------------------------------------------------------------
