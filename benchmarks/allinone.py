@@ -311,7 +311,7 @@ def fixed_crops(photos: Dict[str, np.ndarray], names: Sequence[str], per_photo: 
     Returns a list of ``{'photo', 'crop', 'top', 'left', 'degradation', 'gt', 'lq'}`` with
     ``gt`` / ``lq`` float32 ``size x size x 3`` arrays in [0, 1]. A pure function of its arguments.
     """
-    from constyle_plugin import degradations as deg
+    from constyle_plugin.data import degradations as deg
 
     items = []
     for name in sorted(names):
@@ -908,7 +908,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from constyle_plugin.compat import ensure_basicsr_importable
 
     ensure_basicsr_importable()
-    from constyle_plugin import degradations as deg
+    from constyle_plugin.data import degradations as deg
     from constyle_plugin.data.datasets import MixDegradationDataset
     from constyle_plugin.data.samples import sample_photos, split_by_photo
 

@@ -132,7 +132,7 @@ def make_optimizer(params, fused: bool) -> torch.optim.Optimizer:
 @contextlib.contextmanager
 def no_label_check():
     """The pretext loss without its label range check (a read-back of the labels), for measuring."""
-    from constyle_plugin import losses
+    from constyle_plugin.training import losses
 
     saved = losses.check_labels
     losses.check_labels = lambda logits, labels: None

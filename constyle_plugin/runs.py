@@ -109,15 +109,11 @@ def no_recorded_config(checkpoint: Path) -> RestoreError:
         f"used. Pass the training config with --config")
 
 
-
-
 def without_prompter_file(prompter_opt: Any) -> Any:
     """The checkpoint holds the prompter's weights: the file the training run loaded is not needed."""
     if isinstance(prompter_opt, Mapping) and prompter_opt.get("pretrained") is not None:
         return {**prompter_opt, "pretrained": None}
     return prompter_opt
-
-
 
 
 # kind -> "module:attribute" of the reader

@@ -22,7 +22,7 @@ from typing import Callable, List, Tuple
 import cv2
 import numpy as np
 
-from constyle_plugin import degradations as deg
+from constyle_plugin.data import degradations as deg
 from constyle_plugin.data.samples import sample_photos
 
 __all__ = ["PHOTOS", "SIZES", "make_constyle_v2_suite", "make_five_task", "make_three_task", "picture", "write"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from constyle_plugin import ConStyleV2
-from constyle_plugin import degradations as deg
+from constyle_plugin.data import degradations as deg
 from constyle_plugin.data.samples import sample_photos
 
 HELD_OUT = ["camera", "chelsea", "coffee", "text"]  # benchmarks/allinone.py's test photos

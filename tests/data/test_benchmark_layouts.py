@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from constyle_plugin import benchmark_layouts as bl
+from constyle_plugin.data import benchmark_layouts as bl
 from constyle_plugin.errors import ConStyleError, LayoutError, OptionError
 from layouts import make_constyle_v2_suite, make_five_task, make_three_task, write
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from constyle_plugin import degradations as D
-from constyle_plugin import samples as S
+from constyle_plugin.data import degradations as D
+from constyle_plugin.data import samples as S
 from constyle_plugin.data.datasets import (BadImageWarning, ConStylePretrainDataset,
                                       MixDegradationDataset, read_image)
 

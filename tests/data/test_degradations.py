@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from constyle_plugin import degradations as D
+from constyle_plugin.data import degradations as D
 from constyle_plugin.data.samples import sample_photos
 
 

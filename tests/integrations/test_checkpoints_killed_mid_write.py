@@ -328,7 +328,8 @@ MMENGINE_CHILD = textwrap.dedent(r'''
     folder, mode = sys.argv[1:3]
 
     def runner_save(self, out_dir, filename, **kwargs):  # Runner.save_checkpoint's writing part
-        save_checkpoint({"state_dict": self.state, "meta": {"iter": self.step}}, os.path.join(out_dir, filename))
+        save_checkpoint({"state_dict": self.state, "meta": {"iter": self.step}}, os.path.join(out_dir, filename),
+                        backend_args=kwargs.get("backend_args"))
 
     Runner.save_checkpoint = runner_save
     runner = ConStyleRunner.__new__(ConStyleRunner)

@@ -52,8 +52,10 @@ def wheel_files(tmp_path_factory):
 def test_wheel_ships_the_package_and_adapters_inside_it(wheel_files):
     names, metadata, _ = wheel_files
     assert "constyle_plugin/adapters/__init__.py" in names
-    for module in ("prompter", "injection", "unet", "compat"):
+    for module in ("core/prompter", "core/injection", "core/unet", "compat"):
         assert f"constyle_plugin/{module}.py" in names
+    for layer in ("core", "data", "training", "tools"):  # every layer folder is in the wheel
+        assert f"constyle_plugin/{layer}/__init__.py" in names
     assert any(n.startswith("constyle_plugin/archs/") for n in names)
     assert "constyle_plugin/weights/constyle_v2_prompter.safetensors" in names  # the packaged prompter
     assert "constyle_plugin/weights/constyle_v2_prompter.json" in names  # and its card

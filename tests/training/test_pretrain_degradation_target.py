@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from constyle_plugin import ConStyleV2
-from constyle_plugin import degradations as deg
+from constyle_plugin.data import degradations as deg
 from constyle_plugin.compat import ensure_basicsr_importable
 from constyle_plugin.training.pretrain import ConStyleMoCo
 from constyle_plugin.data.samples import dead_leaves, export_dead_leaves

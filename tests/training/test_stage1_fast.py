@@ -19,7 +19,7 @@ import pytest
 import torch
 from scipy import stats
 
-from constyle_plugin import degradations as D
+from constyle_plugin.data import realesrgan as D
 from constyle_plugin.data.realesrgan import _bsr
 from constyle_plugin.data.samples import sample_photos
 

@@ -121,8 +121,6 @@ def _basicsr_states(checkpoint: Path) -> Dict[str, Dict[str, Tensor]]:
     return {"model": preferred}
 
 
-
-
 def _build_basicsr(config: Path) -> Tuple[nn.Module, Optional[Dict[str, Any]]]:
     """The network of a BasicSR options file, and its backbone's options (``registry: basicsr``)."""
     # Through the basicsr importable here, whichever its flavour: PyPI BasicSR's registries or a

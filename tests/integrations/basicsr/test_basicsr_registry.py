@@ -17,7 +17,7 @@ from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTR
 
 from constyle_plugin import ConStyleUNet, ConStyleV2  # noqa: E402
 from constyle_plugin import archs as ref_archs  # noqa: E402
-from constyle_plugin import losses as plugin_losses  # noqa: E402
+from constyle_plugin.training import losses as plugin_losses  # noqa: E402
 from constyle_plugin.integrations import basicsr as bsr  # noqa: E402
 from constyle_plugin.integrations import register_all  # noqa: E402
 
