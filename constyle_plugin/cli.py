@@ -3,7 +3,7 @@
 Subcommands:
 
 - ``constyle restore --checkpoint CKPT [--config CFG] --input DIR_OR_FILE --output DIR [--tile N
-  --tile-overlap N] [--compare]``: restore images with a trained network (see
+  --tile-overlap N] [--prompt-size full|N] [--compare]``: restore images with a trained network (see
   :mod:`constyle_plugin.tools.restore`).
 - ``constyle train CONFIG [--work-dir D] [--cfg-options k=v ...] [--resume [CKPT]] [--amp]
   [--launcher none|pytorch|slurm|mpi]``: train from an MMEngine config with MMEngine's Runner
@@ -14,8 +14,8 @@ Subcommands:
 - ``constyle export --checkpoint CKPT_OR_DIR [--config CFG] --onnx OUT.onnx``: ONNX export, checked with
   onnxruntime (see :mod:`constyle_plugin.tools.export`).
 - ``constyle evaluate --checkpoint CKPT_OR_DIR (--benchmark SETTING --root DIR | --lq DIR --gt DIR [--name TASK])
-  [--y-channel] [--crop-border N] [--tile N] --output DIR``: PSNR / SSIM of a restored test set, as BasicSR
-  computes them, in the papers' table (see :mod:`constyle_plugin.tools.evaluate`).
+  [--y-channel] [--crop-border N] [--tile N] [--prompt-size full|N] --output DIR``: PSNR / SSIM of a restored test set,
+  as BasicSR computes them, in the papers' table (see :mod:`constyle_plugin.tools.evaluate`).
 
 More subcommands are added with :func:`add_subcommand`-style functions in :data:`SUBCOMMANDS`.
 """

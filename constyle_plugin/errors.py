@@ -10,8 +10,8 @@ from typing import Any, Iterable, List
 
 __all__ = ["CheckpointError", "ConStyleError", "ConStyleKeyError", "ConStyleRuntimeError", "ConStyleTypeError",
            "ConfigError", "EvaluateError", "ImageReadError", "ImageWriteError", "LayoutError", "MissingDependencyError",
-           "MissingFileError", "OptionError", "RestoreError", "UNetStructureError", "WrapError", "close_matches",
-           "did_you_mean", "join_keys"]
+           "MissingFileError", "OptionError", "PromptError", "RestoreError", "UNetStructureError", "WrapError",
+           "close_matches", "did_you_mean", "join_keys"]
 
 
 class ConStyleError(ValueError):
@@ -40,6 +40,10 @@ class LayoutError(ConStyleError):
     """A benchmark data folder that is not laid out as its setting expects (a missing folder, a file
     without its partner, another setting's layout); the message names the file or folder at fault and
     the layout expected."""
+
+
+class PromptError(ConStyleError):
+    """A prompt given to a wrapped net (``use_prompt``) that does not fit the input it is applied to."""
 
 
 class ConfigError(ConStyleError):

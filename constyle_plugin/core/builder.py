@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import CheckpointError, OptionError, UNetStructureError, join_keys
 from .prompter import ConStyleV2
+from .promptmaps import check_prompt_size
 from .stages import check_inject, check_stage_names
 from .unet import ConStyleUNet, wrap_unet
 
@@ -23,7 +24,7 @@ __all__ = ["WRAP_OPTIONS", "OptionError", "check_inject", "check_stage_names", "
            "prompter_path", "wrap_from_options"]
 
 # The options of a wrapped network beside its backbone (BasicSR's ConStyleUNet, MMEngine's ConStyleRestorer).
-WRAP_OPTIONS = ("prompter", "inject", "stages", "probe_size", "in_channels")
+WRAP_OPTIONS = ("prompter", "inject", "stages", "probe_size", "in_channels", "prompt_size")
 
 
 def check_file(key: str, path: Any, what: str) -> str:
@@ -71,7 +72,7 @@ def load_prompter_option(prompter: Any, key: str = "prompter") -> Optional[ConSt
 def wrap_from_options(backbone: nn.Module, prompter: Any = None,
                       inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
                       stages: Optional[Any] = None, probe_size: Optional[Union[int, Sequence[int]]] = None,
-                      in_channels: Optional[int] = None) -> ConStyleUNet:
+                      in_channels: Optional[int] = None, prompt_size: Optional[int] = None) -> ConStyleUNet:
     """:func:`~constyle_plugin.core.unet.wrap_unet` with its arguments given as options (as read from a
     YAML or config file), each checked and named in the error when bad.
 
@@ -82,10 +83,12 @@ def wrap_from_options(backbone: nn.Module, prompter: Any = None,
         stages: ``{encoder: [...], bottleneck: ..., decoder: [...]}``, or ``~`` for a known family's
             ready spec, else discovery by a probe forward.
         probe_size, in_channels: as in ``wrap_unet``.
+        prompt_size: the longer side the prompter sees (pixels), ``~`` for full resolution.
 
     Returns a :class:`~constyle_plugin.core.unet.ConStyleUNet`.
     """
     targets = check_inject(inject)
+    prompt_size = check_prompt_size(prompt_size)
     if stages is not None:
         check_stage_names(stages, backbone)
     prompter_net = load_prompter_option(prompter)
@@ -101,6 +104,7 @@ def wrap_from_options(backbone: nn.Module, prompter: Any = None,
             raise OptionError("in_channels", f"expected a positive int, got {in_channels!r}")
         kwargs["in_channels"] = in_channels
     try:
-        return wrap_unet(backbone, prompter=prompter_net, stages=stages, inject=targets, **kwargs)
+        return wrap_unet(backbone, prompter=prompter_net, stages=stages, inject=targets, prompt_size=prompt_size,
+                         **kwargs)
     except UNetStructureError as exc:
         raise OptionError("stages", str(exc)) from exc

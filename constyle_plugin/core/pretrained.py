@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ConStyleError, ConStyleTypeError, MissingFileError
+from ..errors import CheckpointError, ConStyleError, ConStyleTypeError, MissingFileError, OptionError
 from .init_args import init_args
 from .prompter import ConStyleV2, default_prompter, default_prompter_path
 from ..files import atomic_write
@@ -195,6 +195,7 @@ def save_pretrained(net: nn.Module, directory: PathLike, *, include_prompter: bo
                         "output_index": i.output_index, "layout": i.layout} for i in net.stage_info],
         "inject": list(net.inject),
         "image_key": getattr(net, "image_key", None),
+        "prompt_size": net.prompt_size,
         "probe_note": net.probe_note,
         "prompter": {"sha256": sha, "source": source, "stored": include_prompter, "key_prefix": prompter_group,
                      "num_classes": int(net.prompter.classifier[-1].out_features)},
@@ -365,6 +366,10 @@ def load_pretrained(net_class: Callable[..., nn.Module], directory: PathLike, ba
     net = net_class(backbone, prompter_net, stages, infos, tuple(config["inject"]), config.get("probe_note", ""))
     if config.get("image_key") is not None:
         net.image_key = config["image_key"]
+    try:
+        net.prompt_size = config.get("prompt_size")
+    except OptionError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
     if param is not None and param.is_floating_point():
         for child in net.children():  # the injection modules take the backbone's dtype, as in wrap_unet
             if child is not backbone and child is not prompter_net:

@@ -17,13 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters import stage_spec_for
-from ..errors import ConStyleTypeError, UNetStructureError, WrapError
+from ..errors import ConStyleTypeError, PromptError, UNetStructureError, WrapError
 from .discovery import (DEFAULT_PROBE_SIZE, IMAGE_KEYWORDS, discover, discover_stages, input_conv,
                         read_example_inputs, resolve_spec)
 from .hooks import HookSet, PromptLedger, capturing, mark_wrapped, wrapper_of
 from .injection import FeatureInjector, LatentFiLM, LatentModulator
 from .pretrained import load_pretrained, save_pretrained
-from .prompter import FEATURE_CHANNELS, LATENT_DIM, ConStyleV2, default_prompter, prepare_image
+from .prompter import FEATURE_CHANNELS, LATENT_DIM, ConStyleV2, Prompt, default_prompter, prepare_image
+from .promptmaps import check_prompt_size, crop_prompt, resize_for_prompter
 from .stages import DEFAULT_INJECT, INJECT_TARGETS, StageInfo, StageSpec, check_inject
 
 __all__ = ["INJECT_TARGETS", "ConStyleUNet", "StageInfo", "StageSpec", "UNetStructureError", "wrap_unet",
@@ -56,14 +57,21 @@ class ConStyleUNet(nn.Module):
     Precision: the prompter keeps its own dtype (``wrap_unet`` leaves the loaded fp32 weights as they
     are, also for a half-precision backbone); the image is cast to the prompter's dtype, and each
     injection module casts the prompt to its stage's dtype. ``net.half()`` afterwards converts everything.
+
+    Prompt resolution: ``prompt_size`` (settable; ``None``: full resolution) is the longer side of the
+    copy of the image the prompter sees (antialiased downscale, never an upscale); the injectors resize
+    the prompt's maps to each stage. :meth:`compute_prompt` and :meth:`use_prompt` let a caller compute
+    one prompt and apply it to several calls (tiled inference: one prompt per image).
     """
 
     def __init__(self, backbone: nn.Module, prompter: ConStyleV2, stages: StageSpec,
                  infos: Sequence[StageInfo], inject: Sequence[str], probe_note: str = "",
-                 image_key: Optional[str] = None) -> None:
+                 image_key: Optional[str] = None, prompt_size: Optional[int] = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.image_key = image_key
+        self.prompt_size = prompt_size
+        self._given: Optional[Tuple[Prompt, Optional[Tuple[int, int]], Tuple[int, int]]] = None
         # the range check reads two numbers back from the device: done on the first forwards only
         self._range_checks_left = RANGE_CHECKS
         self.prompter = prompter.freeze()
@@ -132,11 +140,8 @@ class ConStyleUNet(nn.Module):
             if note is not None:
                 self._range_checks_left = 0
                 warnings.warn(note, UserWarning, stacklevel=2)
-        weight = next(iter(self.prompter.parameters()), None)
-        if weight is not None and image.dtype != weight.dtype and weight.is_floating_point():
-            image = image.to(weight.dtype)
-        with torch.no_grad(), _autocast_off(image.device.type):
-            prompt = self.prompter(image)
+        given = getattr(self, "_given", None)
+        prompt = self.compute_prompt(image) if given is None else _window_of(given, image)
         self._ledger.begin(prompt, tuple(image.shape[-2:]), self.injections)
         try:
             output = self.backbone(*args, **kwargs)
@@ -150,6 +155,61 @@ class ConStyleUNet(nn.Module):
         super().train(mode)
         self.prompter.eval()
         return self
+
+    @property
+    def prompt_size(self) -> Optional[int]:
+        """The longer side (pixels) of the image copy the prompter sees; ``None``: full resolution."""
+        return self.__dict__.get("_prompt_size")
+
+    @prompt_size.setter
+    def prompt_size(self, value: Optional[int]) -> None:
+        self.__dict__["_prompt_size"] = check_prompt_size(value)
+
+    def compute_prompt(self, image: Tensor) -> Prompt:
+        """The prompt of ``image`` (``B x C x H x W`` in [0, 1]) as ``forward`` computes it: the frozen
+        prompter on the image resized to ``prompt_size``, without gradients, in the prompter's dtype.
+
+        Returns a :class:`~constyle_plugin.core.prompter.Prompt`: ``latent`` ``B x 128``, ``features`` at
+        1/2, 1/4 and 1/8 of the prompter's input.
+        """
+        image = prepare_image(image, "x")
+        weight = next(iter(self.prompter.parameters()), None)
+        if weight is not None and image.dtype != weight.dtype and weight.is_floating_point():
+            image = image.to(weight.dtype)
+        with torch.no_grad(), _autocast_off(image.device.type):
+            return self.prompter(resize_for_prompter(image, self.prompt_size))
+
+    @contextlib.contextmanager
+    def use_prompt(self, prompt: Prompt, image_size: Optional[Sequence[int]] = None,
+                   offset: Sequence[int] = (0, 0)) -> Iterator["ConStyleUNet"]:
+        """Within the block, forwards apply ``prompt`` instead of running the prompter.
+
+        Args:
+            prompt: a :class:`~constyle_plugin.core.prompter.Prompt` of the same batch size as the inputs,
+                e.g. ``net.compute_prompt(image)``.
+            image_size: ``(H, W)`` of the image ``prompt`` was computed from, when the inputs are
+                windows of it (tiles): each input then gets the image's ``latent`` and the part of the
+                feature maps under it (:func:`~constyle_plugin.core.promptmaps.crop_prompt`). ``None``: the
+                prompt belongs to the inputs themselves (its maps are resized to each stage).
+            offset: ``(top, left)`` of the inputs in the image (with ``image_size``); an input may
+                reach past the image's bottom and right edges (padding).
+
+        Example, one prompt for all tiles of an image::
+
+            prompt = net.compute_prompt(image)
+            with net.use_prompt(prompt, image.shape[-2:], offset=(top, left)):
+                out = net(image[..., top:top + 256, left:left + 256])
+        """
+        if not isinstance(prompt, Prompt):
+            raise ConStyleTypeError(f"use_prompt: prompt: expected a Prompt (net.compute_prompt(image)), got "
+                                    f"{type(prompt).__name__}")
+        size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        previous = getattr(self, "_given", None)
+        self._given = (prompt, size, (int(offset[0]), int(offset[1])))
+        try:
+            yield self
+        finally:
+            self._given = previous
 
     def prompt_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters the plugin added (the injection modules); the prompter's are frozen."""
@@ -166,7 +226,8 @@ class ConStyleUNet(nn.Module):
                 + f"\n{self.stages!r}")
 
     def extra_repr(self) -> str:
-        return f"stages={self.stages!r}, inject={self.inject}"
+        size = f", prompt_size={self.prompt_size}" if self.prompt_size is not None else ""
+        return f"stages={self.stages!r}, inject={self.inject}{size}"
 
     def save_pretrained(self, directory: Any, *, include_prompter: bool = False, ema: Any = None,
                         backbone_config: Optional[Mapping[str, Any]] = None) -> Any:
@@ -183,6 +244,17 @@ class ConStyleUNet(nn.Module):
         reference / registered arch rebuilt from the config; ``prompter``: the stored, packaged or a given one,
         checked against the recorded SHA-256. See :func:`constyle_plugin.core.pretrained.load_pretrained`."""
         return load_pretrained(cls, directory, backbone=backbone, prompter=prompter, **kwargs)
+
+
+def _window_of(given: Tuple[Prompt, Optional[Tuple[int, int]], Tuple[int, int]], image: Tensor) -> Prompt:
+    """The prompt :meth:`ConStyleUNet.use_prompt` fixed, for this input (its window of the image)."""
+    prompt, size, (top, left) = given
+    if prompt.latent.shape[0] != image.shape[0]:
+        raise PromptError(f"use_prompt: the prompt is for a batch of {prompt.latent.shape[0]} but the input "
+                          f"x has {image.shape[0]} image(s)")
+    if size is None:
+        return prompt
+    return crop_prompt(prompt, size, (top, left, image.shape[-2], image.shape[-1]))
 
 
 RANGE_CHECKS = 16  # forwards of a wrapped net whose input range is checked (each reads back from the device)
@@ -252,7 +324,8 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
               inject: Union[str, Sequence[str]] = DEFAULT_INJECT,
               probe_size: Union[int, Tuple[int, int]] = DEFAULT_PROBE_SIZE,
               in_channels: Optional[int] = None,
-              example_inputs: Optional[Union[Sequence[Any], Mapping[str, Any]]] = None) -> ConStyleUNet:
+              example_inputs: Optional[Union[Sequence[Any], Mapping[str, Any]]] = None,
+              prompt_size: Optional[int] = None) -> ConStyleUNet:
     """Put the frozen ConStyle v2 prompter into a U-Net, without editing its code.
 
     Args:
@@ -272,6 +345,11 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
             arguments, the image first, or a dict of keyword arguments (the image under ``x``, ``inp``,
             ``img``, ``input`` or ``image``, else the first 4-d tensor). Used for the probe only; the
             wrapped net is then called as ``unet`` is. Outputs may be tensors, tuples or dicts.
+        prompt_size: the longer side, in pixels, of the copy of the image the prompter sees (an
+            antialiased downscale; smaller images are not upscaled); ``None`` (default): the full
+            resolution. The prompt is mostly global, so 256 costs little quality for a fraction of
+            the prompter's cost on large images (see docs/prompt-size.md). Settable later:
+            ``net.prompt_size = 256``.
 
     A ``torch.compile``'d module is unwrapped first: the module inside (``_orig_mod``) is wrapped,
     with a warning; compile after wrapping instead (``torch.compile(wrap_unet(unet))``).
@@ -289,7 +367,9 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
             probe saw and how to pass a StageSpec).
         ValueError: the network is already wrapped, on the meta device, or takes other than 1, 3 or
             4 input channels.
+        OptionError: ``prompt_size`` is neither ``None`` nor an int >= 16.
     """
+    prompt_size = check_prompt_size(prompt_size)
     unet = _uncompiled(unet)
     if isinstance(unet, ConStyleUNet) or wrapper_of(unet) is not None:
         raise WrapError("wrap_unet: this network is already wrapped; unwrap_unet it first")
@@ -317,7 +397,7 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
     if param is not None:
         prompter = prompter.to(param.device)
     net = ConStyleUNet(unet, prompter, stages, infos, inject, note,
-                       image_key=example.image_key if example is not None else None)
+                       image_key=example.image_key if example is not None else None, prompt_size=prompt_size)
     if param is not None:
         net.injections.to(param.device)
         if param.is_floating_point():

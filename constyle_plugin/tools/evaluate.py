@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..core.unet import ConStyleUNet
 from ..data.benchmark_layouts import SETTINGS, benchmark_test_sets, check_setting
 from ..errors import EvaluateError, RestoreError
 from ..data.imageio import IMAGE_EXTENSIONS, read_image
-from .restore import (check_device, check_output_folder, check_tiling, load_network, size_multiple_of,
-                        tiled_forward, write_image)
+from .restore import (PROMPT_SIZE_HELP, apply_prompt_size, check_device, check_output_folder, check_tiling,
+                      load_network, size_multiple_of, tiled_forward, write_image)
 from ..files import atomic_write
 from ..runs import run_reader
 
@@ -295,6 +296,8 @@ def add_evaluate_arguments(parser) -> None:
                              "ones run whole (default: every image whole)")
     parser.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=32,
                         help="overlap between tiles (default 32)")
+    parser.add_argument("--prompt-size", dest="prompt_size", default=None, metavar="full|PIXELS",
+                        help=PROMPT_SIZE_HELP)
     parser.add_argument("--samples", type=int, default=3,
                         help="side-by-side panels (input | output | ground truth) for this many first images "
                              "(default 3)")
@@ -374,6 +377,7 @@ def evaluate_main(args) -> int:
     tasks, columns = _check_inputs(args, output)
     basicsr_metrics()  # before loading the network: say what to install first
     net = load_network(args.checkpoint, args.config, device=device)
+    apply_prompt_size(net, getattr(args, "prompt_size", None), error=EvaluateError)
     metrics = evaluate_tasks(net, tasks, y_channel=args.y_channel, crop_border=args.crop_border,
                              tile=args.tile, overlap=args.tile_overlap, device=device, samples=args.samples,
                              output=output, save_images=args.save_images, columns=columns)
@@ -382,6 +386,8 @@ def evaluate_main(args) -> int:
     if args.max_images is not None:
         metrics["max_images"] = args.max_images
     metrics["checkpoint"] = str(args.checkpoint)
+    if isinstance(net, ConStyleUNet):
+        metrics["prompt_size"] = net.prompt_size
     argv = getattr(args, "argv", None)
     metrics["command"] = "constyle " + shlex.join(argv) if argv else "constyle evaluate"
     write_reports(metrics, output)

@@ -208,8 +208,12 @@ def export_onnx(net: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
         except Exception as exc:  # noqa: BLE001  (reported with the operator and module)
             raise _explain(exc, graph, sample, opset) from exc
     model = onnx.load_from_string(tmp_model)
-    for key, value in {"format": FORMAT, "size_multiple": str(multiple), "in_channels": str(sample.shape[1]),
-                       "producer": "constyle_plugin"}.items():
+    metadata = {"format": FORMAT, "size_multiple": str(multiple), "in_channels": str(sample.shape[1]),
+                "producer": "constyle_plugin"}
+    prompt_size = getattr(net, "prompt_size", None)
+    if prompt_size is not None:  # informative: the graph itself resizes the prompter's input
+        metadata["prompt_size"] = str(prompt_size)
+    for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     atomic_write(path, lambda tmp: onnx.save(model, tmp))

@@ -23,7 +23,7 @@ from ..core.padding import pad_to_multiple, size_multiple_of
 from ..core.pretrained import is_pretrained_dir
 from ..core.unet import ConStyleUNet
 from ..data.imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_image_file
-from ..errors import ConStyleTypeError, MissingFileError, RestoreError
+from ..errors import ConStyleTypeError, MissingFileError, OptionError, RestoreError
 from ..files import atomic_write
 from ..runs import TrainingRun, no_recorded_config, run_reader
 
@@ -87,20 +87,27 @@ def tiled_forward(net: Callable[[Tensor], Any], x: Tensor, tile: Optional[int] =
     and the next ``overlap / 2`` ramp linearly, so a network whose receptive field reaches no further
     than ``overlap / 4`` gives exactly the whole-image result, and seams do not show. Each tile is padded to
     ``multiple`` and cropped back. ``tile=None`` (or an image no larger than one tile) runs whole.
-    With a prompter, every tile gets its own prompt (it sees only that tile).
+
+    A wrapped net (:class:`~constyle_plugin.core.unet.ConStyleUNet`) gets one prompt per image: the prompter
+    runs once on the whole image (at the net's ``prompt_size``) and each tile gets the image's latent
+    and the part of the feature maps under it (:meth:`~constyle_plugin.core.unet.ConStyleUNet.use_prompt`).
+    Other callables (an exported ONNX graph, which holds its prompter inside) prompt each tile alone.
     """
     h, w = x.shape[-2:]
     if tile is None or (h <= tile and w <= tile):
         return padded_forward(net, x, multiple)
     if tile <= 0 or overlap < 0 or overlap >= tile:
         raise RestoreError(f"tile: need tile > overlap >= 0, got tile={tile}, overlap={overlap}")
+    prompt = net.compute_prompt(x) if isinstance(net, ConStyleUNet) else None
     stride = tile - overlap
     out: Optional[Tensor] = None
     weight = torch.zeros(1, 1, h, w, device=x.device, dtype=torch.float32)
     for top in _starts(h, tile, stride):
         for left in _starts(w, tile, stride):
             patch = x[..., top:top + tile, left:left + tile]
-            y = padded_forward(net, patch, multiple).float()
+            with (net.use_prompt(prompt, (h, w), offset=(top, left)) if prompt is not None
+                  else contextlib.nullcontext()):
+                y = padded_forward(net, patch, multiple).float()
             ph, pw = y.shape[-2:]
             rows = _window(ph, overlap, top > 0, top + ph < h, y.device, y.dtype)
             cols = _window(pw, overlap, left > 0, left + pw < w, y.device, y.dtype)
@@ -208,6 +215,31 @@ def read_training_run(checkpoint: Union[str, os.PathLike],
 
 
 # ------------------------------------------------------------------------------------------ the job
+PROMPT_SIZE_HELP = ("longer side (pixels) of the image copy the prompter sees, or 'full'; default: the network's "
+                    "own setting (prompt_size of its options, full resolution unless set)")
+
+
+def apply_prompt_size(net: Any, value: Optional[str], option: str = "--prompt-size",
+                      error: type = RestoreError) -> None:
+    """Set a loaded network's ``prompt_size`` from a command-line value (``'full'`` or pixels); ``None``
+    leaves the network's own. :class:`RestoreError` (or ``error``) naming ``option`` for a bad value or a
+    network without a prompter to resize for."""
+    if value is None:
+        return
+    if not isinstance(net, ConStyleUNet):
+        what = ("an exported ONNX graph, whose prompt size was fixed at export" if hasattr(net, "session")
+                else "a network without the prompter")
+        raise error(f"{option}: the network is {what}; nothing to set")
+    text = str(value).strip().lower()
+    if text == "full":
+        net.prompt_size = None
+        return
+    try:
+        net.prompt_size = int(text) if text.isdigit() else text
+    except OptionError as exc:
+        raise error(f"{option}: {exc.message}") from None
+
+
 def check_tiling(tile: Optional[int], overlap: int) -> None:
     """``--tile`` / ``--tile-overlap`` must allow tiling any image: ``tile > overlap >= 0``."""
     if overlap < 0:
@@ -375,6 +407,8 @@ def add_restore_arguments(parser) -> None:
     parser.add_argument("--tile", type=int, default=None,
                         help="run in tiles of this size (pixels) for images too large for memory")
     parser.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles (default 32)")
+    parser.add_argument("--prompt-size", dest="prompt_size", default=None, metavar="full|PIXELS",
+                        help=PROMPT_SIZE_HELP)
     parser.add_argument("--compare", action="store_true", help="also write NAME_compare.png: input | output")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
 
@@ -395,6 +429,7 @@ def restore_main(args) -> int:
             print(f"note: {path} is written as {target.name} (another input differs from it only in extension)",
                   file=sys.stderr)
     net = load_network(args.checkpoint, args.config, device=device)
+    apply_prompt_size(net, getattr(args, "prompt_size", None))
     written = restore_images(net, inputs, output, tile=args.tile, overlap=args.tile_overlap,
                              compare=args.compare, device=device, root=root)
     print(f"restored {len(written)} image(s) into {args.output}")

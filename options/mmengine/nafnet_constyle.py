@@ -14,6 +14,7 @@ model = dict(
     prompter=dict(pretrained=None),
     inject=['encoder', 'bottleneck'],
     stages=None,  # None: the ready NAFNet spec (downs.0-2, middle_blks)
+    prompt_size=None,  # longer side (px) of the image copy the prompter sees; None: full resolution
     pixel_loss=dict(type='L1Loss', loss_weight=1.0),
     # Inputs are padded to a multiple of 32 (as the authors evaluate) and cropped back.
     data_preprocessor=dict(type='ConStyleDataPreprocessor', size_multiple=32, pad_mode='reflect'),

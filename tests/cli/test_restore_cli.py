@@ -111,3 +111,31 @@ def test_restore_errors_name_the_option(tmp_path, images):
     torch.save({"params": {"w": torch.zeros(1)}}, lone)
     proc = restore("--checkpoint", str(lone), "--input", str(images), "--output", str(tmp_path / "o"), ok=False)
     assert proc.returncode == 2 and "--config" in proc.stderr
+
+
+def test_restore_prompt_size_option(tmp_path, capsys):
+    from constyle_plugin import wrap_unet
+    from constyle_plugin.archs import ConvUNet
+    from constyle_plugin.cli import main
+    from unets import live_adapters
+
+    torch.manual_seed(0)
+    net = live_adapters(wrap_unet(ConvUNet(width=8, depth=3, blocks_per_level=1)), scale=0.5)  # packaged prompter
+    net.eval().save_pretrained(tmp_path / "run", include_prompter=True)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "photo.png"), (rng.random((96, 128, 3)) * 255).astype(np.uint8))
+    x = torch.from_numpy(read_image(tmp_path / "photo.png")).permute(2, 0, 1)[None]
+    outputs = {}
+    for size in ("32", "full"):
+        assert main(["restore", "--checkpoint", str(tmp_path / "run"), "--input", str(tmp_path / "photo.png"),
+                     "--output", str(tmp_path / size), "--prompt-size", size, "--device", "cpu"]) == 0
+        outputs[size] = read_image(tmp_path / size / "photo.png")
+        net.prompt_size = None if size == "full" else int(size)
+        with torch.no_grad():
+            expected = net(x)[0].clamp(0, 1).permute(1, 2, 0).numpy()
+        assert np.abs(outputs[size] - expected).max() <= 1 / 255 + 1e-6, size  # 8-bit rounding
+    assert np.abs(outputs["32"] - outputs["full"]).max() > 2 / 255
+    capsys.readouterr()
+    assert main(["restore", "--checkpoint", str(tmp_path / "run"), "--input", str(tmp_path / "photo.png"),
+                 "--output", str(tmp_path / "bad"), "--prompt-size", "8", "--device", "cpu"]) == 2
+    assert "--prompt-size: must be at least 16" in capsys.readouterr().err

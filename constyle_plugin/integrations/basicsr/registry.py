@@ -38,6 +38,7 @@ from ...compat import ensure_basicsr_importable
 from ...errors import (CheckpointError, ConStyleRuntimeError, ConStyleTypeError, MissingDependencyError, OptionError, did_you_mean, join_keys)
 from ...training.pretrain import ConStyleMoCo
 from ...core.prompter import ConStyleV2, default_prompter
+from ...core.promptmaps import check_prompt_size
 from ...core.stages import check_inject, check_stage_names
 
 __all__ = ["ARCH", "DATASET", "LOSS", "MODEL", "BasicSRHost", "ForkHost", "OptionError", "RegistryHost", "available",
@@ -198,7 +199,7 @@ def _build_backbone(host: BasicSRHost, backbone: Any, key: str) -> Any:
         raise OptionError(key, f"{arch_type}(...) could not be built: {exc}") from exc
 
 
-_UNET_OPTIONS = {"type", "backbone", "prompter", "inject", "stages", "probe_size", "in_channels"}
+_UNET_OPTIONS = {"type", "backbone", "prompter", "inject", "stages", "probe_size", "in_channels", "prompt_size"}
 
 
 def check_network_options(opt: Mapping[str, Any], key: str = "", build: bool = True,
@@ -226,6 +227,7 @@ def check_network_options(opt: Mapping[str, Any], key: str = "", build: bool = T
         prompter_path(opt.get("prompter"))
         if "inject" in opt:
             check_inject(opt["inject"])
+        check_prompt_size(opt.get("prompt_size"))
     except OptionError as exc:
         raise exc.under(key) from None
     if build:
@@ -242,7 +244,7 @@ def _unet_builder(host_of: Callable[[], BasicSRHost]) -> Callable:
                      inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
                      stages: Optional[Mapping[str, Any]] = None,
                      probe_size: Optional[Union[int, Sequence[int]]] = None,
-                     in_channels: Optional[int] = None):
+                     in_channels: Optional[int] = None, prompt_size: Optional[int] = None):
         """The ``ConStyleUNet`` architecture: a backbone of this code base wrapped by ``wrap_unet``.
 
         Options (``network_g: {type: ConStyleUNet, ...}``):
@@ -254,17 +256,18 @@ def _unet_builder(host_of: Callable[[], BasicSRHost]) -> Callable:
             stages: ``{encoder: [...], bottleneck: ..., decoder: [...]}`` (module names), or ``~`` for
                 the ready spec of a known family, else discovery by a probe forward.
             probe_size, in_channels: passed to ``wrap_unet``.
+            prompt_size: the longer side (pixels) of the image copy the prompter sees; ``~``: full resolution.
 
         Returns a :class:`constyle_plugin.core.unet.ConStyleUNet`: ``B x C x H x W`` in, the backbone's
         output out. Bad options raise :class:`OptionError` naming the option.
         """
         host = host_of()
         opt = {"type": "ConStyleUNet", "backbone": backbone, "prompter": prompter, "inject": inject,
-               "stages": stages}
+               "stages": stages, "prompt_size": prompt_size}
         check_network_options(opt, build=False, host=host)
         net = _build_backbone(host, backbone, "backbone")
         return wrap_from_options(net, prompter=prompter, inject=inject, stages=stages, probe_size=probe_size,
-                                 in_channels=in_channels)
+                                 in_channels=in_channels, prompt_size=prompt_size)
     return ConStyleUNet
 
 

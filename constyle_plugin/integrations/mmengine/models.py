@@ -28,6 +28,7 @@ from ...core.padding import pad_bottom_right
 from ...core.builder import OptionError, wrap_from_options
 from ...core.stages import check_inject, check_stages_option
 from ...core.prompter import ConStyleV2
+from ...core.promptmaps import check_prompt_size
 from .scope import MODELS, OPTIM_WRAPPERS, OPTIMIZERS
 from ...errors import ConStyleError, ConStyleKeyError, ConStyleTypeError, MissingFileError
 
@@ -171,8 +172,9 @@ class ConStyleRestorer(BaseModel):
         prompter: ``dict(pretrained=None | path)`` (default): wrap the backbone with :func:`wrap_unet`
             and the prompter loaded from ``path`` (``None``: the packaged pre-trained one).
             ``None``: no prompter, the bare backbone (the "origin" baseline trained on the same data).
-        inject, stages, probe_size: passed to :func:`wrap_unet` (``stages=None``: the ready spec of a
-            known family, else discovery). Ignored without a prompter.
+        inject, stages, probe_size, prompt_size: passed to :func:`wrap_unet` (``stages=None``: the ready
+            spec of a known family, else discovery; ``prompt_size=None``: the prompter sees the full
+            resolution). Ignored without a prompter.
         pixel_loss: config of the pixel loss, built from MODELS (``L1Loss``, ``CharbonnierLoss``,
             ``MSELoss``: BasicSR's classes); called as ``loss(pred, gt)``.
         data_preprocessor: default :class:`ConStyleDataPreprocessor`.
@@ -197,11 +199,12 @@ class ConStyleRestorer(BaseModel):
         if "inject" in node:
             check_inject(node["inject"])
         check_stages_option(node.get("stages"))
+        check_prompt_size(node.get("prompt_size"))
 
     def __init__(self, backbone: ConfigType, prompter: Optional[Mapping[str, Any]] = {"pretrained": None},
                  inject: Union[str, Sequence[str]] = ("encoder", "bottleneck"),
                  stages: Optional[Mapping[str, Any]] = None, probe_size: Optional[Any] = None,
-                 pixel_loss: ConfigType = dict(type="L1Loss", loss_weight=1.0),
+                 prompt_size: Optional[int] = None, pixel_loss: ConfigType = dict(type="L1Loss", loss_weight=1.0),
                  data_preprocessor: Optional[ConfigType] = None, init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=_preprocessor(data_preprocessor), init_cfg=init_cfg)
         net = _build(backbone, "backbone")
@@ -212,7 +215,8 @@ class ConStyleRestorer(BaseModel):
             if not isinstance(prompter, Mapping):
                 raise OptionError("prompter", f"expected dict(pretrained=None | path) or None, got {prompter!r}")
             try:
-                net = wrap_from_options(net, prompter=prompter, inject=inject, stages=stages, probe_size=probe_size)
+                net = wrap_from_options(net, prompter=prompter, inject=inject, stages=stages, probe_size=probe_size,
+                                        prompt_size=prompt_size)
             except OptionError as exc:
                 if exc.key == "prompter.pretrained" and "not found" in exc.message:
                     raise MissingFileError(str(exc)) from None
