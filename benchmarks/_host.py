@@ -3,11 +3,13 @@ folder is on ``sys.path``): the device, its name, the load average, synchronisat
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import shlex
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -54,3 +56,15 @@ def report_header(script: str, argv: Sequence[str], device: torch.device) -> Dic
         "device": device.type, "device_name": device_name(device), "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "load_average_start": load_average(),
     }
+
+
+def finish_report(report: Dict[str, Any], started: float, out: Path, stem: str,
+                  write_markdown: Callable[[Path, Dict[str, Any]], None]) -> Path:
+    """Close a report (load average at the end, wall time since ``started``) and write ``stem.json`` and
+    ``stem.md`` into ``out``; returns ``out / stem``."""
+    report["load_average_end"] = load_average()
+    report["wall_time_s"] = time.time() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    write_markdown(out / f"{stem}.md", report)
+    return out / stem

@@ -21,11 +21,23 @@ train step <= 1.05x and inference <= 1.10x the bare backbone, on NAFNet width 32
 
 Outputs in ``--out``: ``overhead_<device>.json`` (command, versions, device, load average, every
 sample), ``overhead_<device>.md`` (tables) and ``overhead_<device>.png`` (bar chart of the ratios).
+``--prompt-size full 512 256 128`` measures the wrapped net once per prompt size (the longer side of the
+image copy the prompter sees, ``wrap_unet(..., prompt_size=N)``), each against the bare backbone in its own
+interleaved pairs; such a run writes ``overhead_<device>_prompt_size.*`` instead (``..._forward.*`` or
+``..._train.*`` with ``--modes forward`` or ``--modes train`` alone).
+
 ``--smoke`` runs in seconds (tiny widths, 32 px, one repeat) for CI; its numbers mean nothing.
 
 Example (the CPU run recorded in benchmarks/results)::
 
     python benchmarks/overhead.py --device cpu --batch 1 --repeats 3 --preset restormer=reduced
+
+and the prompt-size curves of NAFNet-width32 (inference at 512 px, training steps at 256 px)::
+
+    python benchmarks/overhead.py --device cpu --batch 1 --repeats 8 --threads 1 --archs nafnet --sizes 512 \
+        --prompt-size full 512 256 128 --modes forward
+    python benchmarks/overhead.py --device cpu --batch 1 --repeats 3 --threads 1 --archs nafnet --sizes 256 \
+        --prompt-size full 128 --modes train
 """
 from __future__ import annotations
 
@@ -49,6 +61,7 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count  # noqa: E402
 
 from constyle_plugin import ConStyleV2, wrap_unet  # noqa: E402
+from constyle_plugin.core.promptmaps import parse_prompt_size  # noqa: E402
 from constyle_plugin.archs import MAXIM, ConvUNet, NAFNet, Restormer  # noqa: E402
 from constyle_plugin.core.unet import DEFAULT_INJECT, INJECT_TARGETS  # noqa: E402
 
@@ -136,13 +149,15 @@ class Case:
     """A bare backbone and its wrapped twin (same weights), their optimisers and a fixed batch."""
 
     def __init__(self, arch: str, preset: str, size: int, batch: int, device: torch.device,
-                 inject: Sequence[str], seed: int) -> None:
+                 inject: Sequence[str], seed: int, prompt_size: Optional[int] = None, clock: str = "wall") -> None:
         torch.manual_seed(seed)
+        self.clock = clock
         self.arch, self.preset, self.size, self.batch, self.device = arch, preset, size, batch, device
+        self.prompt_size = prompt_size
         self.config = PRESETS[arch][preset]
         bare = ARCHS[arch](**self.config).to(device)
         prompter = ConStyleV2().freeze()  # random weights: the cost does not depend on them
-        wrapped = wrap_unet(copy.deepcopy(bare), prompter=prompter, inject=tuple(inject))
+        wrapped = wrap_unet(copy.deepcopy(bare), prompter=prompter, inject=tuple(inject), prompt_size=prompt_size)
         self.models: Dict[str, nn.Module] = {"bare": bare, "wrapped": wrapped}
         self.opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-4,
                                           weight_decay=1e-4) for k, m in self.models.items()}
@@ -185,9 +200,10 @@ class Case:
             end.record()
             torch.cuda.synchronize(self.device)
             return start.elapsed_time(end) / 1000.0
-        t0 = time.perf_counter()
+        now = time.thread_time if self.clock == "cpu" else time.perf_counter
+        t0 = now()
         fn()
-        return time.perf_counter() - t0
+        return now() - t0
 
     def resident_bytes(self, mode: str, k: str) -> int:
         model = self.models[k]
@@ -301,12 +317,13 @@ def prompter_sanity(device_free_size: int = 128) -> Dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
-def run_case(case: Case, repeats: int, warmup: int, log: Callable[[str], None]) -> Dict[str, Any]:
+def run_case(case: Case, repeats: int, warmup: int, log: Callable[[str], None],
+             modes: Sequence[str] = MODES) -> Dict[str, Any]:
     wrapped = case.models["wrapped"]
     result: Dict[str, Any] = {
         "arch": case.arch, "preset": case.preset, "config": {k: list(v) if isinstance(v, tuple) else v
                                                             for k, v in case.config.items()},
-        "size": case.size, "batch": case.batch,
+        "size": case.size, "batch": case.batch, "prompt_size": case.prompt_size,
         "stages": repr(wrapped.stages),
         "params": {"bare": count_params(case.models["bare"].parameters()),
                    "adapters": count_params(wrapped.prompt_parameters()),
@@ -315,27 +332,27 @@ def run_case(case: Case, repeats: int, warmup: int, log: Callable[[str], None]) 
         "macs": count_macs(case),
     }
     # Warm-up: the first full-size call of each (mode, variant) is the memory measurement.
-    memory: Dict[str, Dict[str, Any]] = {m: {} for m in MODES}
-    for mode in MODES:
+    memory: Dict[str, Dict[str, Any]] = {m: {} for m in modes}
+    for mode in modes:
         for k in VARIANTS:
             memory[mode][k] = case.peak_memory(mode, k)
     for _ in range(warmup - 1):
-        for mode in MODES:
+        for mode in modes:
             for k in VARIANTS:
                 case.call(mode, k)()
-    for mode in MODES:
+    for mode in modes:
         b, w = memory[mode]["bare"]["peak"], memory[mode]["wrapped"]["peak"]
         memory[mode]["ratio"] = w / b if b and w else None
     result["memory"] = memory
-    times: Dict[str, Dict[str, List[float]]] = {m: {k: [] for k in VARIANTS} for m in MODES}
+    times: Dict[str, Dict[str, List[float]]] = {m: {k: [] for k in VARIANTS} for m in modes}
     for r in range(repeats):
         order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
-        for mode in MODES:
+        for mode in modes:
             for k in order:
                 times[mode][k].append(case.time_once(mode, k))
         log(f"  repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{mode} {times[mode]['bare'][-1]:.3f}s / {times[mode]['wrapped'][-1]:.3f}s" for mode in MODES))
-    for mode in MODES:
+            f"{mode} {times[mode]['bare'][-1]:.3f}s / {times[mode]['wrapped'][-1]:.3f}s" for mode in modes))
+    for mode in modes:
         ratios = [w / b for b, w in zip(times[mode]["bare"], times[mode]["wrapped"])]
         result[mode] = {"bare_s": times[mode]["bare"], "wrapped_s": times[mode]["wrapped"],
                         "bare": spread(times[mode]["bare"]), "wrapped": spread(times[mode]["wrapped"]),
@@ -346,7 +363,7 @@ def run_case(case: Case, repeats: int, warmup: int, log: Callable[[str], None]) 
 def check_targets(results: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     verdicts = []
     for res in results:
-        if res["arch"] != TARGETS["arch"]:
+        if res["arch"] != TARGETS["arch"] or not all(mode in res for mode in MODES):
             continue
         fwd, train = res["forward"]["ratio"]["median"], res["train"]["ratio"]["median"]
         verdicts.append({
@@ -371,13 +388,18 @@ def _mib(nbytes: Optional[int]) -> str:
     return "n/a" if nbytes is None else f"{nbytes / 2 ** 20:.1f}"
 
 
-def _ratio(s: Dict[str, float]) -> str:
-    return f"**{s['median']:.3f}** [{s['min']:.3f}-{s['max']:.3f}]"
+def _ratio(s: Optional[Dict[str, float]]) -> str:
+    return "not run" if s is None else f"**{s['median']:.3f}** [{s['min']:.3f}-{s['max']:.3f}]"
+
+
+def _median_ms(res: Dict[str, Any], mode: str, k: str) -> str:
+    return _ms(res[mode][k]["median"]) if mode in res else "-"
 
 
 def _label(res: Dict[str, Any]) -> str:
     preset = "" if res["preset"] == "full" else f" ({res['preset']})"
-    return f"{res['arch']}{preset}"
+    prompt = "" if res.get("prompt_size") is None else f", prompt {res['prompt_size']} px"
+    return f"{res['arch']}{preset}{prompt}"
 
 
 def write_markdown(path: Path, report: Dict[str, Any]) -> None:
@@ -388,7 +410,10 @@ def write_markdown(path: Path, report: Dict[str, Any]) -> None:
              f"{report['load_average_end']} at end; wall time {report['wall_time_s']:.0f} s; "
              f"batch {report['settings']['batch']}, {report['settings']['repeats']} timed repeats after "
              f"{report['settings']['warmup']} warm-up; inject {'+'.join(report['settings']['inject'])}.", "",
-             "Ratios are wrapped / bare: median of the per-pair ratios over the repeats, [min-max]. "
+             ("Times are CPU time of the measuring thread (time.thread_time, one torch thread), which leaves "
+              "out the time spent waiting for a core on the shared machine. "
+              if report["settings"].get("clock") == "cpu" else "")
+             + "Ratios are wrapped / bare: median of the per-pair ratios over the repeats, [min-max]. "
              "Times are medians in ms. MAC ratios are the device-independent count (convolutions and "
              "matmuls only).", "",
              "## Time", "",
@@ -396,14 +421,15 @@ def write_markdown(path: Path, report: Dict[str, Any]) -> None:
              "| train ratio | MAC ratio fwd | MAC ratio train |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for res in report["results"]:
-        f, t = res["forward"], res["train"]
-        lines.append(f"| {_label(res)} | {res['size']} | {_ms(f['bare']['median'])} | {_ms(f['wrapped']['median'])} "
-                     f"| {_ratio(f['ratio'])} | {_ms(t['bare']['median'])} | {_ms(t['wrapped']['median'])} "
-                     f"| {_ratio(t['ratio'])} | {res['macs']['forward']['ratio']:.3f} "
+        f, t = res.get("forward", {}), res.get("train", {})
+        lines.append(f"| {_label(res)} | {res['size']} | {_median_ms(res, 'forward', 'bare')} "
+                     f"| {_median_ms(res, 'forward', 'wrapped')} | {_ratio(f.get('ratio'))} "
+                     f"| {_median_ms(res, 'train', 'bare')} | {_median_ms(res, 'train', 'wrapped')} "
+                     f"| {_ratio(t.get('ratio'))} | {res['macs']['forward']['ratio']:.3f} "
                      f"| {res['macs']['train']['ratio']:.3f} |")
     lines += ["", "## Targets (NAFNet width 32: train step <= 1.05x, inference <= 1.10x)", ""]
     if not report["targets"]:
-        lines.append("NAFNet was not part of this run.")
+        lines.append("NAFNet was not part of this run, or not in both modes.")
     for v in report["targets"]:
         ref = "" if v["width32_reference_config"] else f" (preset {v['preset']}, not the reference config)"
         mac_f, mac_t = v["mac_forward_ratio"], v["mac_train_ratio"]
@@ -415,8 +441,9 @@ def write_markdown(path: Path, report: Dict[str, Any]) -> None:
     lines += ["", "## Peak memory (MiB)", "", f"Method: {report['memory_method']}", "",
               "| backbone | size | forward bare | forward wrapped | ratio | train bare | train wrapped | ratio |",
               "|---|---|---|---|---|---|---|---|"]
+    missing = {"ratio": None, "bare": {"peak": None}, "wrapped": {"peak": None}}
     for res in report["results"]:
-        mf, mt = res["memory"]["forward"], res["memory"]["train"]
+        mf, mt = res["memory"].get("forward", missing), res["memory"].get("train", missing)
         fr = "n/a" if mf["ratio"] is None else f"{mf['ratio']:.3f}"
         tr = "n/a" if mt["ratio"] is None else f"{mt['ratio']:.3f}"
         lines.append(f"| {_label(res)} | {res['size']} | {_mib(mf['bare']['peak'])} | {_mib(mf['wrapped']['peak'])} "
@@ -454,7 +481,9 @@ def write_plot(path: Path, report: Dict[str, Any]) -> Optional[str]:
         return f"no plot: matplotlib is not importable ({err})"
     results = report["results"]
     labels = [f"{_label(r)}\n{r['size']} px" for r in results]
-    series = [("forward (time)", lambda r: r["forward"]["ratio"]), ("train step (time)", lambda r: r["train"]["ratio"])]
+    nan = {"median": float("nan"), "min": float("nan"), "max": float("nan")}
+    series = [("forward (time)", lambda r: r["forward"]["ratio"] if "forward" in r else nan),
+              ("train step (time)", lambda r: r["train"]["ratio"] if "train" in r else nan)]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(results) + 2), 4.2))
     width = 0.2
     xs = range(len(results))
@@ -472,7 +501,7 @@ def write_plot(path: Path, report: Dict[str, Any]) -> Optional[str]:
     ax.set_xticks(list(xs))
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylabel("wrapped / bare")
-    lows = [min(r[m]["ratio"]["min"] for m in MODES) for r in results]
+    lows = [min(r[m]["ratio"]["min"] for m in MODES if m in r) for r in results]
     ax.set_ylim(min(0.9, min(lows) - 0.02), None)
     ax.set_title(f"ConStyle v2 prompter overhead, {report['device']} ({report['device_name']}), "
                  f"batch {report['settings']['batch']}\nmedian over {report['settings']['repeats']} paired repeats, "
@@ -506,6 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's; 1 with --smoke). On a CPU shared with other "
                              "processes, 1 avoids oversubscription (there, 2 threads ran 5-10x slower than 1)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu (CPU device, --threads 1): the measuring thread's CPU time "
+                             "(time.thread_time), which leaves out the time spent waiting for a core on a shared "
+                             "machine")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line for the report's notes (e.g. what else ran on the machine); repeatable")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                        help="what to time: forward (inference) and / or train (one training step); default both")
+    parser.add_argument("--prompt-size", dest="prompt_sizes", nargs="+", default=[None], metavar="full|PIXELS",
+                        type=parse_prompt_size,
+                        help="prompt sizes of the wrapped net, each measured against the bare one (default: full)")
     parser.add_argument("--smoke", action="store_true",
                         help="seconds-long CI run: tiny widths, 32 px, one repeat (numbers mean nothing)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -523,7 +563,7 @@ def render(path: Path, out: Path) -> Dict[str, Any]:
     if not isinstance(report, dict) or "results" not in report or "device" not in report:
         raise SystemExit(f"--render {path}: not an overhead_<device>.json report")
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"overhead_{report['device']}"
+    stem = report.get("stem", f"overhead_{report['device']}")
     plot_note = write_plot(out / f"{stem}.png", report)
     if plot_note:
         print(plot_note, flush=True)
@@ -550,12 +590,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     bad = [s for s in sizes if s < 16]
     if bad:
         raise SystemExit(f"--sizes: each size must be >= 16 pixels (got {bad})")
+    prompt_sizes = list(args.prompt_sizes)
     threads = args.threads if args.threads is not None else (1 if args.smoke else None)
     if threads is not None:
         if threads < 1:
             raise SystemExit(f"--threads: must be >= 1 (got {threads})")
         torch.set_num_threads(threads)
     device = resolve_device(args.device)
+    if args.clock == "cpu" and (device.type != "cpu" or threads != 1):
+        raise SystemExit("--clock cpu: measures one thread's CPU time; use it with --device cpu --threads 1")
 
     def log(msg: str) -> None:
         print(msg, flush=True)
@@ -564,13 +607,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     report: Dict[str, Any] = {
         **report_header("overhead.py", argv, device),
         "settings": {"batch": batch, "sizes": sizes, "archs": archs, "presets": {a: presets[a] for a in archs},
-                     "inject": list(args.inject), "repeats": repeats, "warmup": args.warmup, "seed": args.seed,
+                     "inject": list(args.inject), "prompt_sizes": prompt_sizes, "modes": list(args.modes),
+                     "clock": args.clock, "repeats": repeats, "warmup": args.warmup, "seed": args.seed,
                      "smoke": args.smoke, "optimizer": "AdamW(lr=3e-4, weight_decay=1e-4)", "loss": "L1"},
         "memory_method": MEMORY_METHODS[device.type],
         "prompter_weights": "random, frozen (eval mode); the cost does not depend on the weights",
         "prompter_check": prompter_sanity(),
         "results": [],
-        "notes": [],
+        "notes": list(args.note),
     }
     if device.type == "cpu":
         report["notes"].append("CPU timings: the prompter's dense 3x3 convolutions run efficiently on CPU while "
@@ -581,21 +625,27 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         f"{torch.get_num_threads()} threads, load average {report['load_average_start']}")
     for arch in archs:
         for size in sizes:
-            log(f"{arch} ({presets[arch]}) at {size} x {size}, batch {batch}")
-            case = Case(arch, presets[arch], size, batch, device, args.inject, args.seed)
-            report["results"].append(run_case(case, repeats, args.warmup, log))
-            res = report["results"][-1]
-            log(f"  ratios: forward {res['forward']['ratio']['median']:.3f}, train {res['train']['ratio']['median']:.3f}"
-                f" (MACs {res['macs']['forward']['ratio']:.3f}, {res['macs']['train']['ratio']:.3f})")
-            del case
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            for prompt_size in prompt_sizes:
+                log(f"{arch} ({presets[arch]}) at {size} x {size}, batch {batch}, prompt size "
+                    f"{prompt_size or 'full'}")
+                case = Case(arch, presets[arch], size, batch, device, args.inject, args.seed, prompt_size,
+                            args.clock)
+                report["results"].append(run_case(case, repeats, args.warmup, log, args.modes))
+                res = report["results"][-1]
+                log("  ratios: " + ", ".join(f"{m} {res[m]['ratio']['median']:.3f}" for m in args.modes)
+                    + f" (MACs {res['macs']['forward']['ratio']:.3f}, {res['macs']['train']['ratio']:.3f})")
+                del case
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     report["targets"] = check_targets(report["results"])
     report["load_average_end"] = load_average()
     report["wall_time_s"] = time.time() - started
 
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"overhead_{device.type}"
+    stem = (f"overhead_{device.type}" + ("" if prompt_sizes == [None] else "_prompt_size")
+            + ("" if list(args.modes) == list(MODES) else "_" + "_".join(args.modes))
+            + ("_cpu_clock" if args.clock == "cpu" else ""))
+    report["stem"] = stem
     plot_note = write_plot(args.out / f"{stem}.png", report)
     if plot_note:
         report["notes"].append(plot_note)

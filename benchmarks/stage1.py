@@ -48,7 +48,6 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -58,7 +57,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _host import load_average, report_header, resolve_device, sync  # noqa: E402  (benchmarks/_host.py)
+from _host import finish_report, report_header, resolve_device, sync  # noqa: E402  (benchmarks/_host.py)
 
 from constyle_plugin.data.degradations import RealESRGANDegradation  # noqa: E402
 from constyle_plugin.training.pretrain import ConStyleMoCo  # noqa: E402
@@ -557,13 +556,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if device.type == "cpu":
         report["notes"].append("CPU numbers: the relative cost of the parts on this CPU, not the GPU's; the issue's "
                                "targets are for a GPU (see the README for what a GPU run must record).")
-    report["load_average_end"] = load_average()
-    report["wall_time_s"] = time.time() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"stage1_{device.type}"
-    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-    write_markdown(args.out / f"{stem}.md", report)
-    log(f"wrote {args.out / stem}.json, .md ({report['wall_time_s']:.0f} s)")
+    path = finish_report(report, started, args.out, f"stage1_{device.type}", write_markdown)
+    log(f"wrote {path}.json, .md ({report['wall_time_s']:.0f} s)")
     return report
 
 

@@ -21,7 +21,8 @@ from torch import Tensor
 from ..errors import OptionError
 from .prompter import Prompt
 
-__all__ = ["MIN_PROMPT_SIZE", "check_prompt_size", "crop_prompt", "prompter_input_size", "resize_for_prompter"]
+__all__ = ["MIN_PROMPT_SIZE", "check_prompt_size", "crop_prompt", "parse_prompt_size", "prompter_input_size",
+           "resize_for_prompter"]
 
 MIN_PROMPT_SIZE = 16  # the prompter halves its input four times
 
@@ -38,6 +39,15 @@ def check_prompt_size(value: Any, key: str = "prompt_size") -> Optional[int]:
         raise OptionError(key, f"must be at least {MIN_PROMPT_SIZE} (the prompter halves its input four times) "
                                f"or None for full resolution; got {value}")
     return value
+
+
+def parse_prompt_size(text: Any, key: str = "--prompt-size") -> Optional[int]:
+    """A prompt size as typed on a command line: ``full`` (``None``) or a number of pixels, checked by
+    :func:`check_prompt_size` (:class:`~constyle_plugin.errors.OptionError` naming ``key``)."""
+    value = str(text).strip().lower()
+    if value == "full":
+        return None
+    return check_prompt_size(int(value) if value.isdigit() else value, key)
 
 
 def prompter_input_size(height: Any, width: Any, prompt_size: Optional[int]) -> Tuple[Any, Any]:

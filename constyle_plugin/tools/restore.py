@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..core.padding import pad_to_multiple, size_multiple_of
 from ..core.pretrained import is_pretrained_dir
+from ..core.promptmaps import parse_prompt_size
 from ..core.unet import ConStyleUNet
 from ..data.imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_image_file
 from ..errors import ConStyleTypeError, MissingFileError, OptionError, RestoreError
@@ -230,14 +231,10 @@ def apply_prompt_size(net: Any, value: Optional[str], option: str = "--prompt-si
         what = ("an exported ONNX graph, whose prompt size was fixed at export" if hasattr(net, "session")
                 else "a network without the prompter")
         raise error(f"{option}: the network is {what}; nothing to set")
-    text = str(value).strip().lower()
-    if text == "full":
-        net.prompt_size = None
-        return
     try:
-        net.prompt_size = int(text) if text.isdigit() else text
+        net.prompt_size = parse_prompt_size(value, option)
     except OptionError as exc:
-        raise error(f"{option}: {exc.message}") from None
+        raise error(str(exc)) from None
 
 
 def check_tiling(tile: Optional[int], overlap: int) -> None:

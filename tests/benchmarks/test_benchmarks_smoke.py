@@ -59,6 +59,43 @@ def test_overhead_smoke(tmp_path):
         assert (out / "overhead_cpu.png").stat().st_size > 1000
 
 
+
+def test_overhead_prompt_size_smoke(tmp_path):
+    out = tmp_path / "overhead"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--smoke", "--device", "cpu",
+                           "--archs", "nafnet", "--sizes", "64", "--prompt-size", "full", "32", "--modes", "forward",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "overhead_cpu_prompt_size_forward.json").read_text())
+    full, small = report["results"]
+    assert (full["prompt_size"], small["prompt_size"]) == (None, 32)
+    assert "train" not in full and _positive(small["forward"]["ratio"]["median"])
+    # The prompter sees a 32 x 32 copy of the 64 x 64 input: a quarter of its convolutions' multiply-adds;
+    # its two linear layers on the pooled vector (256 -> 128 -> 128) cost the same at any size.
+    linear = 256 * 128 + 128 * 128
+    assert small["macs"]["forward"]["prompter"] - linear == (full["macs"]["forward"]["prompter"] - linear) / 4
+    assert small["macs"]["forward"]["bare"] == full["macs"]["forward"]["bare"]
+    md = (out / "overhead_cpu_prompt_size_forward.md").read_text()
+    assert "| nafnet (smoke), prompt 32 px | 64 |" in md and "not run" in md
+
+
+def test_restore_speed_smoke(tmp_path):
+    out = tmp_path / "restore"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "restore_speed.py"), "--smoke", "--device", "cpu",
+                           "--threads", "1", "--prompt-size", "full", "32", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "restore_speed_cpu.json").read_text())
+    results = report["results"]
+    assert list(results) == ["bare", "wrapped, prompt full", "wrapped, prompt 32", "wrapped, prompt per tile (full)"]
+    for name, res in results.items():
+        assert _positive(res["tiled"]["median"]), name
+    # 96 x 128 in tiles of 64 overlapping by 16: 2 x 3 tiles; one prompt per image unless prompted per tile
+    assert results["wrapped, prompt 32"]["prompter_calls_tiled"] == 1
+    assert results["wrapped, prompt full"]["prompter_calls_whole"] == 1
+    assert results["wrapped, prompt per tile (full)"]["prompter_calls_tiled"] == 6
+    assert "python benchmarks/restore_speed.py --smoke" in (out / "restore_speed_cpu.md").read_text()
+
 def test_stage1_smoke(tmp_path):
     out = tmp_path / "stage1"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stage1.py"), "--smoke", "--device", "cpu",
