@@ -140,6 +140,8 @@ def test_constyle_unet_arch_loads_the_prompter_file_and_is_identity_at_start(pro
     ({"inject": ["encoder", "sideways"]}, "inject"),
     ({"stages": {"encoder": ["downs.0", "downs.9"], "bottleneck": "middle_blks"}}, "stages.encoder[1]"),
     ({"stages": {"encoder": ["downs.0"], "bottleneck": "middle_blks.0.beta"}}, "stages.bottleneck"),
+    ({"prompt_size": 8}, "prompt_size"),
+    ({"prompt_size": "256"}, "prompt_size"),
 ])
 def test_constyle_unet_bad_options_name_the_key(change, key):
     opt = {"type": "ConStyleUNet", "backbone": dict(TINY_NAFNET)}
@@ -151,6 +153,12 @@ def test_constyle_unet_bad_options_name_the_key(change, key):
     with pytest.raises(bsr.OptionError) as info:  # the options check names it under the network's key
         bsr.check_network_options(opt, "network_g")
     assert info.value.key == f"network_g.{key}"
+
+
+def test_constyle_unet_prompt_size_option():
+    net = build_network({"type": "ConStyleUNet", "backbone": dict(TINY_NAFNET), "prompt_size": 64})
+    assert isinstance(net, ConStyleUNet) and net.prompt_size == 64
+    assert build_network({"type": "ConStyleUNet", "backbone": dict(TINY_NAFNET), "prompt_size": None}).prompt_size is None
 
 
 def test_prompter_and_moco_archs(prompter_file):

@@ -12,6 +12,7 @@ from cli_runs import MMENGINE_CONFIG, TINY, run_cli
     ("model.stages=[downs.0,downs.1]", "model.stages", "encoder"),
     ("model.inject=[encoder,middle]", "model.inject", "'middle'"),
     ("model.stages.encoder=[nope.0]", "model.stages.encoder", "model.stages is None in the config"),
+    ("model.prompt_size=8", "model.prompt_size", "at least 16"),
 ])
 def test_bad_model_option_is_one_line_naming_the_full_key(option, key, says, tmp_path, capsys):
     work = tmp_path / "work"
