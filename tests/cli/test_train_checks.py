@@ -41,6 +41,7 @@ def test_fit_dataloaders_turns_persistent_workers_off_only_without_workers():
 
 
 # ------------------------------------ items 2 and 7, MMEngine: refuse before the work dir exists
+# (hooks, batch sizes, numbers, randomness and a backbone that refuses its arguments: issue 27, 2 and 10)
 @pytest.mark.parametrize("option, key, hint", [
     ("train_cfg.max_iter=2", "train_cfg.max_iter", "did you mean 'max_iters'"),
     ("train_dataloader.batchsize=4", "train_dataloader.batchsize", "did you mean 'batch_size'"),
@@ -48,10 +49,20 @@ def test_fit_dataloaders_turns_persistent_workers_off_only_without_workers():
     ("train_cfg.max_iters=-5", "train_cfg.max_iters", "positive"),
     ("optim_wrapper.optimizer.lrr=0.1", "optim_wrapper.optimizer.lrr", "did you mean 'lr'"),
     ("log_processor.windowsize=3", "log_processor.windowsize", "did you mean 'window_size'"),
+    ("default_hooks.checkpoint.intervall=2", "default_hooks.checkpoint.intervall", "did you mean 'interval'"),
+    ("default_hooks.loger.interval=5", "default_hooks.loger", "did you mean 'logger'"),
+    ("train_dataloader.batch_size=0", "train_dataloader.batch_size", "positive"),
+    ("val_dataloader.batch_size=0", "val_dataloader.batch_size", "positive"),
+    ("optim_wrapper.optimizer.lr=abc", "optim_wrapper.optimizer.lr", "expected a number"),
+    ("randomness.seeed=1", "randomness.seeed", "did you mean 'seed'"),
+    ("randomness=dict(seeed=1)", "randomness", "randomness.seed=0"),
+    ("model.backbone.enc_blk_nums=[1,1]", "model.backbone", "enc_blk_nums [1, 1] and dec_blk_nums"),
 ])
 def test_train_refuses_typos_and_empty_runs_before_the_work_dir(tmp_path, capsys, option, key, hint):
     work = tmp_path / "work"
-    code, _, err = run_cli(capsys, "train", str(MMENGINE_CONFIG), "--work-dir", str(work), "--cfg-options", option)
+    # after TINY: a check that let the option through would run two tiny iterations, not the config's 100 000
+    code, _, err = run_cli(capsys, "train", str(MMENGINE_CONFIG), "--work-dir", str(work), "--cfg-options", *TINY,
+                           option)
     assert code == 2, err
     assert err.startswith(f"constyle train: error: {key}:") and hint in err
     assert len(err.strip().splitlines()) == 1
@@ -131,3 +142,45 @@ def test_check_config_names_misspelt_scheduler_and_wrapper_arguments():
     message = str(info.value)
     assert "param_scheduler[0].eta_mn: CosineAnnealingLR takes no argument 'eta_mn'; did you mean 'eta_min'?" in message
     assert "optim_wrapper.clipgrad: OptimWrapper takes no argument 'clipgrad'; did you mean 'clip_grad'?" in message
+
+
+def test_check_config_names_misspelt_hook_arguments_and_keeps_priority():
+    from mmengine.config import Config
+
+    from constyle_plugin.integrations.mmengine.runner import ConfigError, check_config, load_config
+
+    cfg = Config(load_config(str(MMENGINE_CONFIG)).to_dict())
+    assert cfg.custom_hooks[0]["priority"] == "ABOVE_NORMAL"  # the shipped config passes with it
+    cfg.custom_hooks = [dict(type="EMAHook", momentun=0.001, priority="ABOVE_NORMAL"),
+                        dict(type="EMAHook", momentum="fast"), dict(type="IterTimerHook", priority="LOW")]
+    # default hooks without a type (MMEngine gives them the default's), as a config without _base_ writes them
+    cfg.default_hooks = dict(checkpoint=dict(intervall=2), loger=None, logger=dict(interval=5))
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    assert str(info.value).split("; custom_hooks")[0] == (
+        "default_hooks.checkpoint.intervall: CheckpointHook takes no argument 'intervall'; did you mean 'interval'?; "
+        "default_hooks.loger: None removes a default hook, and MMEngine has no default hook 'loger' (its default "
+        "hooks: runtime_info, timer, sampler_seed, logger, param_scheduler, checkpoint); did you mean 'logger'?")
+    assert "custom_hooks[0].momentun: EMAHook takes no argument 'momentun'; did you mean 'momentum'?; " \
+           "custom_hooks[1].momentum: expected a number" in str(info.value)
+    assert "priority" not in str(info.value) and "custom_hooks[2]" not in str(info.value)
+
+
+def test_train_load_from_a_save_pretrained_folder_says_how_to_convert_it(tmp_path, capsys):
+    from cli_runs import save_tiny_trained_net
+
+    folder = save_tiny_trained_net(tmp_path / "saved")
+    work = tmp_path / "work"
+    code, _, err = run_cli(capsys, "train", str(MMENGINE_CONFIG), "--work-dir", str(work), "--cfg-options", *TINY,
+                           f"load_from={folder}")
+    assert code == 2, err
+    assert err.startswith(f"constyle train: error: load_from: '{folder}' is a save_pretrained folder")
+    assert f"constyle convert --checkpoint {folder} --to mmengine" in err
+    assert len(err.strip().splitlines()) == 1 and not work.exists()
+
+
+def test_train_prints_no_failed_scope_import(mmengine_run):
+    """MMEngine imports ``constyle.registry`` for the default scope; it is found (no "Failed to import")."""
+    work, proc = mmengine_run
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Failed to import" not in proc.stdout + proc.stderr

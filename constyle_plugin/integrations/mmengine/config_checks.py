@@ -1,13 +1,14 @@
 """``check_config``: an MMEngine config checked before the Runner builds anything (unknown types with
 a did-you-mean, input paths that do not exist, a module config given as a string, dataloader keys,
-a training set without a batch), each refusal naming the config key; and :func:`fit_dataloaders`.
+hook and randomness arguments, text for a number, a training set without a batch), each refusal
+naming the config key; and :func:`fit_dataloaders`.
 """
 from __future__ import annotations
 
 import inspect
 import os
 import os.path as osp
-from typing import Any, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from mmengine.config import Config
@@ -15,6 +16,7 @@ from mmengine.registry import (DATA_SAMPLERS, DATASETS, EVALUATOR, FUNCTIONS, HO
                                METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, OPTIM_WRAPPERS, OPTIMIZERS,
                                PARAM_SCHEDULERS, RUNNERS, TRANSFORMS, VISBACKENDS, VISUALIZERS,
                                WEIGHT_INITIALIZERS, Registry)
+from mmengine.runner import Runner
 
 from ...errors import ConfigError, OptionError, did_you_mean
 
@@ -35,6 +37,13 @@ MODULE_CONFIG_KEYS = ("backbone", "pixel_loss", "data_preprocessor")
 # Dataloader keys that MMEngine's Runner.build_dataloader reads itself (the others go to DataLoader).
 MMENGINE_DATALOADER_KEYS = ("dataset", "sampler", "batch_sampler", "batch_size", "collate_fn", "worker_init_fn",
                             "num_batch_per_epoch", "disable_subprocess_warning", "persistent_workers")
+# MMEngine's default hooks, by name, as Runner.register_default_hooks merges ``default_hooks`` into them
+# (an entry without ``type`` takes the default's; an entry under another name is an extra hook).
+DEFAULT_HOOK_TYPES = dict(runtime_info="RuntimeInfoHook", timer="IterTimerHook", sampler_seed="DistSamplerSeedHook",
+                          logger="LoggerHook", param_scheduler="ParamSchedulerHook", checkpoint="CheckpointHook")
+# The keywords CheckpointHook passes to Runner.save_checkpoint itself; its other keywords go there too.
+CHECKPOINT_HOOK_PASSES = ("out_dir", "filename", "file_client_args", "save_optimizer", "save_param_scheduler", "meta",
+                          "by_epoch", "backend_args")
 
 
 def fit_dataloaders(cfg: Config) -> None:
@@ -81,6 +90,35 @@ def _argument_names(cls: Any, forwarded: bool = False) -> Optional[List[str]]:
     return None
 
 
+def _named_arguments(func: Any) -> List[str]:
+    """The named keyword arguments of ``func`` (a class: its ``__init__``), ``**kwargs`` or not."""
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return []
+    return [n for n, p in params.items() if p.kind in keyword and n != "self"]
+
+
+def _number_defaults(cls: Any) -> Dict[str, Any]:
+    """The arguments of ``cls`` (its ``__init__`` chain) whose default is a number (not a bool)."""
+    found: Dict[str, Any] = {}
+    for func in [vars(c)["__init__"] for c in getattr(cls, "__mro__", ()) if "__init__" in vars(c) and c is not object] \
+            or [cls]:
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            continue
+        for n, p in params.items():
+            if isinstance(p.default, (int, float)) and not isinstance(p.default, bool):
+                found.setdefault(n, p.default)
+    return found
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 class _Checker:
     def __init__(self, scope: Optional[str]) -> None:
         self.scope = scope
@@ -123,13 +161,74 @@ class _Checker:
                     self.errors.append(f"{key}.{k}: {cls.__name__} has no option {k!r}{hint}")
             return
         names = _argument_names(cls, forwarded=registry_forwards_kwargs(cls))
-        if names is None:
-            return
+        if names is not None:
+            self.names_in(node, names, key, f"{getattr(cls, '__name__', cls)} takes no argument")
+        self.numbers(cls, node, key)
+
+    def names_in(self, node: Mapping, names: List[str], key: str, says: str) -> None:
         for k in node:
             if k != "type" and k not in names:
                 hint = did_you_mean(k, names)
                 hint = f"; {hint}" if hint else ""
-                self.errors.append(f"{key}.{k}: {getattr(cls, '__name__', cls)} takes no argument {k!r}{hint}")
+                self.errors.append(f"{key}.{k}: {says} {k!r}{hint}")
+
+    def numbers(self, cls: Any, node: Mapping, key: str) -> None:
+        """A string given for an argument whose default is a number (``lr='abc'``, a ``--cfg-options``
+        value that did not parse) is named here; the class would fail only when training starts."""
+        defaults = _number_defaults(cls)
+        for k, v in node.items():
+            if k in defaults and isinstance(v, str):
+                self.errors.append(f"{key}.{k}: expected a number (the default is {defaults[k]!r}), got {v!r}")
+
+    def hook(self, node: Any, key: str, default_type: Optional[str] = None) -> None:
+        """A hook config: its type, and its arguments against the hook's ``__init__`` (plus ``priority``,
+        which the Runner reads). Of the hooks taking ``**kwargs``, CheckpointHook passes them to
+        ``Runner.save_checkpoint`` and EMAHook to its averaged model (``ema_type``): checked there."""
+        if not isinstance(node, Mapping):
+            return
+        if default_type is not None and "type" not in node:
+            node = {**node, "type": default_type}
+        cls = self.type_(HOOKS, node, key)
+        if cls is None:
+            return
+        from mmengine.hooks import CheckpointHook, EMAHook
+
+        names = _argument_names(cls)
+        if names is None and isinstance(cls, type) and issubclass(cls, (CheckpointHook, EMAHook)):
+            names = _named_arguments(cls)
+            if issubclass(cls, CheckpointHook):
+                passes = ("self", *CHECKPOINT_HOOK_PASSES)
+                names += [n for n in _named_arguments(Runner.save_checkpoint) if n not in passes]
+            else:
+                ema = self.type_(MODELS, {"type": node.get("ema_type", "ExponentialMovingAverage")},
+                                 f"{key}.ema_type")
+                forwarded = _argument_names(ema) if ema is not None else None
+                if forwarded is None:
+                    return
+                names += [n for n in forwarded if n != "model"]
+                self.numbers(ema, node, key)
+        if names is not None:
+            self.names_in(node, [*names, "priority"], key, f"{getattr(cls, '__name__', cls)} takes no argument")
+        self.numbers(cls, node, key)
+
+    def default_hooks(self, hooks: Any) -> None:
+        """``default_hooks``: each entry under a default name (type optional) or an extra hook with its
+        own ``type``; a name close to a default's without a type, or set to None, is a typo."""
+        if not isinstance(hooks, Mapping):
+            return
+        for name, hook in hooks.items():
+            key = f"default_hooks.{name}"
+            if name in DEFAULT_HOOK_TYPES:
+                self.hook(hook, key, DEFAULT_HOOK_TYPES[name])
+                continue
+            if hook is None or (isinstance(hook, Mapping) and "type" not in hook):
+                hint = did_you_mean(name, DEFAULT_HOOK_TYPES)
+                hint = f"; {hint}" if hint else ""
+                what = "None removes a default hook, and" if hook is None else "an extra hook needs a type, and"
+                self.errors.append(f"{key}: {what} MMEngine has no default hook {name!r} (its default hooks: "
+                                   f"{', '.join(DEFAULT_HOOK_TYPES)}){hint}")
+                continue
+            self.hook(hook, key)
 
     def path(self, value: Any, key: str) -> None:
         if isinstance(value, str) and value and value not in SPECIAL_ROOTS and "://" not in value:
@@ -260,10 +359,7 @@ class _Checker:
         if loader.get("batch_sampler") is not None:
             return
         batch_size = loader.get("batch_size", 1)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            self.errors.append(f"train_dataloader.batch_size: must be a positive whole number, got {batch_size!r}")
-            return
-        if not loader.get("drop_last", False) or batch_size == 1:
+        if not _positive_int(batch_size) or not loader.get("drop_last", False) or batch_size == 1:
             return
         import copy
 
@@ -283,6 +379,40 @@ class _Checker:
                                f"sample(s){where} of train_dataloader.dataset, and drop_last=True drops that "
                                f"one short batch: no batch would ever be trained. Lower batch_size or set "
                                f"train_dataloader.drop_last=False")
+
+    def batch_size(self, loader: Any, key: str) -> None:
+        if isinstance(loader, Mapping) and "batch_size" in loader and not _positive_int(loader["batch_size"]):
+            self.errors.append(f"{key}.batch_size: must be a positive whole number, got {loader['batch_size']!r}")
+
+    def randomness(self, node: Any) -> None:
+        """``randomness`` is a dict of ``Runner.set_randomness``'s arguments (``seed``, ...)."""
+        if node is None:
+            return
+        if not isinstance(node, Mapping):
+            self.errors.append(f"randomness: expected a dict such as dict(seed=0), got {node!r} (with --cfg-options, "
+                               f"set its keys one by one: randomness.seed=0)")
+            return
+        self.names_in(node, _named_arguments(Runner.set_randomness), "randomness", "Runner.set_randomness takes no "
+                      "argument")
+
+    def load_from(self, value: Any) -> None:
+        """``load_from`` is an MMEngine checkpoint file; a folder (a ``save_pretrained`` one included) is
+        named here with the conversion to use, where MMEngine would say it "can not be found"."""
+        if not isinstance(value, str) or not value or "://" in value:
+            return
+        path = osp.expanduser(value)
+        if not osp.exists(path):
+            self.errors.append(f"load_from: {value!r} does not exist")
+        elif osp.isdir(path):
+            from ...core.pretrained import is_pretrained_dir
+
+            if is_pretrained_dir(path):
+                self.errors.append(f"load_from: {value!r} is a save_pretrained folder, not an MMEngine checkpoint; "
+                                   f"convert it first: constyle convert --checkpoint {value} --to mmengine "
+                                   f"--output {value.rstrip('/' + os.sep)}.pth, then load_from=<that file>")
+            else:
+                self.errors.append(f"load_from: {value!r} is a folder; load_from takes an MMEngine checkpoint file "
+                                   f"(e.g. {osp.join(value, 'iter_1000.pth')})")
 
     def many(self, registry: Registry, node: Any, key: str, check_args: bool = False) -> None:
         if isinstance(node, (list, tuple)):
@@ -351,11 +481,11 @@ def check_config(cfg: Config) -> None:
     c.iterations(cfg.get("train_cfg"))
     for split in ("train", "val", "test"):
         c.dataloader_keys(cfg.get(f"{split}_dataloader"), f"{split}_dataloader")
-    hooks = cfg.get("default_hooks") or {}
-    if isinstance(hooks, Mapping):
-        for name, hook in hooks.items():
-            c.type_(HOOKS, hook, f"default_hooks.{name}", check_args=True)
-    c.many(HOOKS, cfg.get("custom_hooks") or [], "custom_hooks", check_args=True)
+        c.batch_size(cfg.get(f"{split}_dataloader"), f"{split}_dataloader")
+    c.default_hooks(cfg.get("default_hooks") or {})
+    custom = cfg.get("custom_hooks") or []
+    for i, hook in enumerate(custom if isinstance(custom, (list, tuple)) else [custom]):
+        c.hook(hook, f"custom_hooks[{i}]" if isinstance(custom, (list, tuple)) else "custom_hooks")
     vis = cfg.get("visualizer")
     c.type_(VISUALIZERS, vis, "visualizer")
     if isinstance(vis, Mapping):
@@ -364,9 +494,8 @@ def check_config(cfg: Config) -> None:
     runner_type = cfg.get("runner_type")
     if isinstance(runner_type, str):
         c.type_(RUNNERS, {"type": runner_type}, "runner_type")
-    load_from = cfg.get("load_from")
-    if load_from:
-        c.path(load_from, "load_from")
+    c.load_from(cfg.get("load_from"))
+    c.randomness(cfg.get("randomness"))
     if not c.errors:
         c.train_batches(cfg.get("train_dataloader"), cfg.get("train_cfg"))
     if c.errors:

@@ -44,7 +44,12 @@ def _build(cfg: ConfigType, what: str) -> nn.Module:
         return cfg
     if not isinstance(cfg, Mapping) or "type" not in cfg:
         raise ConStyleTypeError(f"{what}: expected a config dict with a 'type' key (or an nn.Module), got {cfg!r}")
-    return MODELS.build(dict(cfg))
+    try:
+        return MODELS.build(dict(cfg))
+    except OptionError as exc:
+        raise exc.under(what) from None
+    except (ValueError, TypeError) as exc:  # the class refused its arguments: named under the config key
+        raise OptionError(what, str(exc)) from exc
 
 
 def _preprocessor(cfg: Optional[ConfigType]) -> nn.Module:

@@ -96,7 +96,7 @@ class ConStyleRunner(Runner):
     """MMEngine's Runner with two additions (select it with ``runner_type = 'ConStyleRunner'``):
 
     - :meth:`from_cfg` runs :func:`check_config` first, so an unknown type or a missing file fails
-      before anything is built, naming the config key;
+      before anything is built, naming the config key; a model that fails to build leaves no new work dir;
     - checkpoints (``resume`` and ``load_from``) load with safe loading plus exactly the globals
       MMEngine's own checkpoints need (:func:`mmengine_checkpoint_globals`);
     - checkpoints are saved atomically (:class:`AtomicLocalBackend`, registered with MMEngine's ``register_backend``);
@@ -111,10 +111,12 @@ class ConStyleRunner(Runner):
         fresh = isinstance(work_dir, str) and not osp.exists(work_dir)
         try:
             return super().from_cfg(cfg)
-        except OptionError as exc:  # only the model is built here: its options are under ``model``
-            if fresh and osp.isdir(work_dir):  # the Runner made it before building the model
+        except BaseException as exc:
+            if fresh and osp.isdir(work_dir):  # the Runner made it before building the model: no run began
                 shutil.rmtree(work_dir, ignore_errors=True)
-            raise ConfigError(str(exc.under("model"))) from None
+            if isinstance(exc, OptionError):  # only the model is built here: its options are under ``model``
+                raise ConfigError(str(exc.under("model"))) from None
+            raise
 
     def load_or_resume(self) -> None:
         """Runner.load_or_resume, with two changes for ``resume=True`` without a checkpoint path:

@@ -7,6 +7,7 @@ types, ``IterBasedTrainLoop``, ``EMAHook``, ..., through the parent); any config
 """
 from __future__ import annotations
 
+import sys
 from typing import Dict
 
 import mmengine.registry as root
@@ -41,3 +42,9 @@ RUNNERS = REGISTRIES["RUNNERS"]
 OPTIMIZERS = REGISTRIES["OPTIMIZERS"]
 OPTIM_WRAPPERS = REGISTRIES["OPTIM_WRAPPERS"]
 OPTIM_WRAPPER_CONSTRUCTORS = REGISTRIES["OPTIM_WRAPPER_CONSTRUCTORS"]
+
+# MMEngine imports ``<default scope>.registry`` each time it builds under a default scope (an OpenMMLab
+# package is named as its scope and holds a registry.py) and logs "Failed to import `constyle.registry`"
+# when that fails. This scope is no package (PyPI's ``constyle`` is another project), so this module
+# answers to that name: the import finds the registries it is after.
+sys.modules.setdefault(f"{SCOPE}.registry", sys.modules[__name__])
