@@ -5,9 +5,10 @@ numpy and OpenCV only (core dependencies); importing this module does not happen
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import cv2
 import numpy as np
@@ -28,6 +29,29 @@ def _file_bytes(path: Union[str, os.PathLike]) -> np.ndarray:
         raise ImageReadError(f"{path}: not a readable image ({exc.strerror or exc})") from None
 
 
+@contextlib.contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """OpenCV's own log lines off (``[ WARN] ... PNG input buffer is incomplete``, ``[ERROR] ... IHDR``):
+    a file that does not decode is reported once, by the caller's error. The level is put back after."""
+    logging = getattr(getattr(cv2, "utils", None), "logging", None)
+    if logging is None:
+        yield
+        return
+    before = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(before)
+
+
+def _decode(buf: np.ndarray, flags: int) -> Optional[np.ndarray]:
+    if not buf.size:
+        return None
+    with _opencv_quiet():
+        return cv2.imdecode(buf, flags)
+
+
 @dataclass
 class ImageFile:
     """An image file as the network sees it (``rgb``) and what the network does not touch.
@@ -46,7 +70,7 @@ class ImageFile:
 def read_image_file(path: Union[str, os.PathLike]) -> ImageFile:
     """An image file with its alpha channel and bit depth (see :class:`ImageFile`); errors as :func:`read_image`."""
     buf = _file_bytes(path)
-    raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None
+    raw = _decode(buf, cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise ImageReadError(f"{path}: not a readable image (cannot decode it)")
     alpha = None
@@ -75,7 +99,7 @@ def read_image(path: Union[str, os.PathLike]) -> np.ndarray:
             and an ``OSError``), naming the file.
     """
     buf = _file_bytes(path)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH) if buf.size else None
+    img = _decode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if img is None:
         raise ImageReadError(f"{path}: not a readable image (cannot decode it)")
     img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / _SCALES.get(img.dtype, 1.0)

@@ -11,7 +11,9 @@ BasicSR's validation passes them), on RGB or on the Y channel, with a border cro
 is the mean over its images, the average the mean over tasks.
 
 Outputs in the output folder: ``metrics.json`` (per task and per image), ``metrics.md`` (the papers'
-table), ``metrics.csv`` and side-by-side panels (input | output | ground truth) of the first images.
+table), ``metrics.csv`` and side-by-side panels (input | output | ground truth) of the first images; an
+output folder that already holds these (another run's) is refused, and so is a border crop that would
+leave less than SSIM's window of the smallest image.
 basicsr is imported only here, when metrics are computed.
 """
 from __future__ import annotations
@@ -39,8 +41,8 @@ from .restore import (PROMPT_SIZE_HELP, apply_prompt_size, check_device, check_o
 from ..files import atomic_write
 from ..runs import run_reader
 
-__all__ = ["ImagePair", "TestItem", "basicsr_metrics", "benchmark_tasks", "evaluate_main", "evaluate_tasks",
-           "pair_folders", "to_bgr_uint8", "write_reports"]
+__all__ = ["ImagePair", "TestItem", "basicsr_metrics", "benchmark_tasks", "check_crop_border", "check_fresh_output",
+           "evaluate_main", "evaluate_tasks", "pair_folders", "to_bgr_uint8", "write_reports"]
 
 PathLike = Union[str, os.PathLike]
 INSTALL_HINT = 'pip install "constyle-plugin[basicsr]" (or run inside a BasicSR fork)'
@@ -115,7 +117,33 @@ def pair_folders(lq: PathLike, gt: PathLike) -> List[ImagePair]:
         a, b = _image_size(pair.lq), _image_size(pair.gt)
         if a != b:
             raise EvaluateError(f"--lq: {pair.lq} is {a[1]}x{a[0]} but its ground truth {pair.gt} is {b[1]}x{b[0]}")
+        if _stored_grey(pair.gt) and not _grey_content(pair.lq):
+            raise EvaluateError(f"--gt: {pair.gt} is greyscale but its input {pair.lq} is in colour: the colour output "
+                                f"would be measured against grey; give the colour ground truth (a grey test set "
+                                f"takes grey inputs, and grey pairs are measured as BasicSR reads them, as RGB)")
     return pairs
+
+
+def _stored_grey(path: Path) -> bool:
+    """Whether the file stores one grey channel (with or without alpha), from the header where Pillow is there."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.mode != "P" and len(im.getbands()) - ("A" in im.getbands()) == 1
+    except Exception:  # no Pillow, or a file Pillow cannot read: OpenCV decides
+        import cv2
+
+        raw = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+        return raw is not None and (raw.ndim == 2 or raw.shape[2] == 2)
+
+
+def _grey_content(path: Path) -> bool:
+    """Whether the image is grey: one stored channel, or three equal ones."""
+    if _stored_grey(path):
+        return True
+    rgb = read_image(path)
+    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -251,12 +279,27 @@ def _csv(metrics: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite as None: JSON has no NaN or Infinity (a PSNR of
+    identical images is infinite)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_reports(metrics: Mapping[str, Any], output: PathLike) -> List[Path]:
-    """``metrics.json``, ``metrics.md`` and ``metrics.csv`` in ``output``; returns their paths."""
+    """``metrics.json``, ``metrics.md`` and ``metrics.csv`` in ``output``; returns their paths. A value
+    that is not finite (the infinite PSNR of an image restored exactly) is ``null`` in metrics.json,
+    ``inf`` in the tables."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in (("metrics.json", json.dumps(metrics, indent=2) + "\n"), ("metrics.md", _markdown(metrics)),
+    for name, text in (("metrics.json", json.dumps(_finite(metrics), indent=2, allow_nan=False) + "\n"),
+                       ("metrics.md", _markdown(metrics)),
                        ("metrics.csv", _csv(metrics))):
         path = output / name
         atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text))
@@ -293,7 +336,7 @@ def add_evaluate_arguments(parser) -> None:
                         help="pixels cropped from each border before measuring (default 0)")
     parser.add_argument("--tile", type=int, default=None,
                         help="restore images larger than this in overlapping tiles of this size (pixels); smaller "
-                             "ones run whole (default: every image whole)")
+                             "ones run whole (0 or omitted: every image whole)")
     parser.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=32,
                         help="overlap between tiles (default 32)")
     parser.add_argument("--prompt-size", dest="prompt_size", default=None, metavar="full|PIXELS",
@@ -303,7 +346,9 @@ def add_evaluate_arguments(parser) -> None:
                              "(default 3)")
     parser.add_argument("--save-images", dest="save_images", action="store_true",
                         help="also write every restored image (8-bit PNG, as measured) to OUTPUT/restored/")
-    parser.add_argument("--output", required=True, help="folder for metrics.json / .md / .csv and the panels")
+    parser.add_argument("--output", required=True,
+                        help="folder for metrics.json / .md / .csv and the panels; one that holds another "
+                             "evaluation's files is refused")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
 
 
@@ -354,12 +399,59 @@ def _check_inputs(args, output: Path) -> Tuple[Dict[str, Sequence[TestItem]], Di
     if args.lq is None or args.gt is None:
         raise EvaluateError(f"{'--lq' if args.lq is None else '--gt'} is missing: --lq and --gt go together")
     lq, gt = Path(args.lq), Path(args.gt)
+    if lq.is_dir() and gt.is_dir() and lq.resolve() == gt.resolve():
+        raise EvaluateError(f"--gt: {gt} is the --lq folder: every input would be measured against itself; give "
+                            f"the folder of ground-truth images")
     for option, folder in (("--lq", lq), ("--gt", gt)):
         if folder.is_dir() and output.resolve() == folder.resolve():
             raise EvaluateError(f"--output: {output} is the {option} folder; choose another folder")
     pairs = pair_folders(lq, gt)
     task = args.name or _default_name(lq, gt)
     return {task: pairs[:args.max_images] if args.max_images else pairs}, {task: task}
+
+
+# What constyle evaluate writes in its output folder.
+OUTPUT_NAMES = ("metrics.json", "metrics.md", "metrics.csv", "samples", "restored")
+# BasicSR's SSIM: an 11 x 11 Gaussian window over the valid part of the (cropped) image.
+SSIM_WINDOW = 11
+
+
+def check_fresh_output(output: Path) -> None:
+    """``--output`` must not hold another evaluation's files: new metrics beside an earlier run's panels and
+    restored images would read as one run. Nothing is removed: the user chooses."""
+    found = [name + ("/" if (output / name).is_dir() else "") for name in OUTPUT_NAMES if (output / name).exists()]
+    if found:
+        raise EvaluateError(f"--output: {output} holds another evaluation's files ({', '.join(found)}); choose a new "
+                            f"folder, or remove them first (nothing is overwritten or mixed with this run)")
+
+
+def check_crop_border(tasks: Mapping[str, Sequence[TestItem]], crop_border: int) -> None:
+    """``--crop-border`` must leave SSIM's window of every measured image (its size as measured: a
+    benchmark's crop to its multiple included): named with the smallest image and the largest crop
+    that fits, before anything runs."""
+    if crop_border <= 0:
+        return
+    smallest: Optional[Tuple[int, int, Any]] = None
+    for items in tasks.values():
+        for item in items:
+            gt = getattr(item, "gt", None)
+            if gt is None:  # an item of another kind: its size as loaded
+                h, w = item.load()[1].shape[:2]
+            else:
+                m = int(getattr(item, "crop_multiple", 1) or 1)
+                h, w = _image_size(Path(gt))
+                h, w = h - h % m, w - w % m
+            if smallest is None or min(h, w) < min(smallest[:2]):
+                smallest = (h, w, gt or item.name)
+    if smallest is None:
+        return
+    h, w, path = smallest
+    left = (h - 2 * crop_border, w - 2 * crop_border)
+    if min(left) < SSIM_WINDOW:
+        largest = max((min(h, w) - SSIM_WINDOW) // 2, 0)
+        kept = f"{max(left[1], 0)}x{max(left[0], 0)} pixels" if min(left) > 0 else "no pixels"
+        raise EvaluateError(f"--crop-border: {crop_border} leaves {kept} of the smallest image, {path} ({w}x{h}); "
+                            f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} (its window): use at most {largest}")
 
 
 def evaluate_main(args) -> int:
@@ -374,7 +466,9 @@ def evaluate_main(args) -> int:
     check_tiling(args.tile, args.tile_overlap)
     device = check_device(args.device)
     output = check_output_folder(args.output)
+    check_fresh_output(output)
     tasks, columns = _check_inputs(args, output)
+    check_crop_border(tasks, args.crop_border)
     basicsr_metrics()  # before loading the network: say what to install first
     net = load_network(args.checkpoint, args.config, device=device)
     apply_prompt_size(net, getattr(args, "prompt_size", None), error=EvaluateError)

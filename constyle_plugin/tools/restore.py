@@ -87,7 +87,7 @@ def tiled_forward(net: Callable[[Tensor], Any], x: Tensor, tile: Optional[int] =
     Overlapping outputs are blended: on shared sides a tile's outer ``overlap / 4`` pixels are dropped
     and the next ``overlap / 2`` ramp linearly, so a network whose receptive field reaches no further
     than ``overlap / 4`` gives exactly the whole-image result, and seams do not show. Each tile is padded to
-    ``multiple`` and cropped back. ``tile=None`` (or an image no larger than one tile) runs whole.
+    ``multiple`` and cropped back. ``tile=None`` or ``0`` (or an image no larger than one tile) runs whole.
 
     A wrapped net (:class:`~constyle_plugin.core.unet.ConStyleUNet`) gets one prompt per image: the prompter
     runs once on the whole image (at the net's ``prompt_size``) and each tile gets the image's latent
@@ -95,9 +95,9 @@ def tiled_forward(net: Callable[[Tensor], Any], x: Tensor, tile: Optional[int] =
     Other callables (an exported ONNX graph, which holds its prompter inside) prompt each tile alone.
     """
     h, w = x.shape[-2:]
-    if tile is None or (h <= tile and w <= tile):
+    if not tile or (h <= tile and w <= tile):
         return padded_forward(net, x, multiple)
-    if tile <= 0 or overlap < 0 or overlap >= tile:
+    if tile < 0 or overlap < 0 or overlap >= tile:
         raise RestoreError(f"tile: need tile > overlap >= 0, got tile={tile}, overlap={overlap}")
     prompt = net.compute_prompt(x) if isinstance(net, ConStyleUNet) else None
     stride = tile - overlap
@@ -123,7 +123,7 @@ def tiled_forward(net: Callable[[Tensor], Any], x: Tensor, tile: Optional[int] =
 
 
 def count_tiles(h: int, w: int, tile: Optional[int], overlap: int) -> int:
-    if tile is None or (h <= tile and w <= tile):
+    if not tile or (h <= tile and w <= tile):
         return 1
     stride = tile - overlap
     return len(_starts(h, tile, stride)) * len(_starts(w, tile, stride))
@@ -238,10 +238,13 @@ def apply_prompt_size(net: Any, value: Optional[str], option: str = "--prompt-si
 
 
 def check_tiling(tile: Optional[int], overlap: int) -> None:
-    """``--tile`` / ``--tile-overlap`` must allow tiling any image: ``tile > overlap >= 0``."""
+    """``--tile`` / ``--tile-overlap`` must allow tiling any image: ``tile > overlap >= 0``; ``tile``
+    None or 0 (Real-ESRGAN's "no tiling") runs every image whole."""
     if overlap < 0:
         raise RestoreError(f"--tile-overlap: must be >= 0, got {overlap}")
-    if tile is not None and tile <= overlap:
+    if tile is not None and tile < 0:
+        raise RestoreError(f"--tile: must be >= 0 (0: no tiling), got {tile}")
+    if tile and tile <= overlap:
         raise RestoreError(f"--tile: must be larger than --tile-overlap ({overlap}), got {tile}")
 
 
@@ -402,7 +405,8 @@ def add_restore_arguments(parser) -> None:
                         help="folder for the restored PNG files (never read as input; inputs that differ only "
                              "in extension, photo.png and photo.jpg, become photo_png.png and photo_jpg.png)")
     parser.add_argument("--tile", type=int, default=None,
-                        help="run in tiles of this size (pixels) for images too large for memory")
+                        help="run in tiles of this size (pixels) for images too large for memory (0 or "
+                             "omitted: every image whole)")
     parser.add_argument("--tile-overlap", type=int, default=32, help="overlap between tiles (default 32)")
     parser.add_argument("--prompt-size", dest="prompt_size", default=None, metavar="full|PIXELS",
                         help=PROMPT_SIZE_HELP)

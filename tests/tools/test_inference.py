@@ -69,6 +69,34 @@ def test_tile_options_are_checked():
         tiled_forward(Pointwise(), torch.rand(1, 3, 64, 64), tile=16, overlap=16)
 
 
+def test_tile_0_means_whole_images_as_real_esrgan_reads_it():
+    from constyle_plugin.errors import RestoreError
+    from constyle_plugin.tools.restore import check_tiling
+
+    net, x = Pointwise(), torch.rand(1, 3, 40, 40)
+    check_tiling(0, 32)  # --tile 0 --tile-overlap 32 (the default) is accepted
+    torch.testing.assert_close(tiled_forward(net, x, tile=0, overlap=32), net(x), atol=0, rtol=0)
+    with pytest.raises(RestoreError, match="^--tile: must be >= 0"):
+        check_tiling(-1, 32)
+
+
+def test_reading_a_corrupt_image_prints_nothing_of_opencv_and_keeps_its_log_level(tmp_path, capfd):
+    """OpenCV's own ``[ERROR] ... IHDR`` / ``[ WARN] ...`` lines do not reach the terminal; the one error
+    names the file; the caller's OpenCV log level is as it was."""
+    from constyle_plugin.data.imageio import ImageReadError, read_image_file
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 5)  # a PNG signature, then no IHDR chunk
+    level = cv2.utils.logging.getLogLevel()
+    capfd.readouterr()
+    for reader in (read_image, read_image_file):
+        with pytest.raises(ImageReadError, match="broken.png: not a readable image"):
+            reader(bad)
+    err = capfd.readouterr().err
+    assert "IHDR" not in err and "WARN" not in err and "ERROR" not in err, err
+    assert cv2.utils.logging.getLogLevel() == level
+
+
 def test_read_image_forms(tmp_path):
     rgb = (np.random.default_rng(0).random((9, 7, 3)) * 255).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "rgb.png"), rgb[:, :, ::-1])
