@@ -8,6 +8,7 @@ pass (:mod:`.discovery`), or named explicitly with a :class:`StageSpec`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import math
 import warnings
@@ -304,6 +305,25 @@ def _check_backbone(unet: nn.Module, in_channels: Optional[int]) -> None:
             f"is not the input layer, pass in_channels=.")
 
 
+def _check_forward_arguments(unet: nn.Module) -> None:
+    """A forward that needs more than the image (``forward(x, mask)``) cannot be probed with an image
+    alone: say so, pointing to ``example_inputs``, before a probe fails for it."""
+    try:
+        params = list(inspect.signature(unet.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    named = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+             inspect.Parameter.KEYWORD_ONLY)
+    required = [p.name for p in params[1:] if p.kind in named and p.default is inspect.Parameter.empty]
+    if params and params[0].kind in named[:2] and required:
+        image = params[0].name
+        raise UNetStructureError(
+            f"wrap_unet: {type(unet).__name__}.forward({', '.join(p.name for p in params)}) needs "
+            f"{', '.join(map(repr, required))} besides the image, so the probe cannot run it on an image alone: pass "
+            f"example_inputs=({image}, {', '.join(required)}) with tensors like those it is called with (a tuple of "
+            f"its positional arguments, the image first, or a dict of its keyword arguments)")
+
+
 def _uncompiled(unet: nn.Module) -> nn.Module:
     """The module inside a ``torch.compile``'d one (with a warning), else ``unet`` itself.
 
@@ -376,6 +396,8 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
     inject = check_inject(inject)
     example = read_example_inputs(example_inputs) if example_inputs is not None else None
     _check_backbone(unet, in_channels if example is None else in_channels or example.image.shape[1])
+    if example is None:
+        _check_forward_arguments(unet)
     size = (probe_size, probe_size) if isinstance(probe_size, int) else tuple(probe_size)
     if stages is None:
         stages = stage_spec_for(unet)
@@ -387,8 +409,14 @@ def wrap_unet(unet: nn.Module, prompter: Optional[ConStyleV2] = None,
     roles = {i.role for i in infos}
     missing = [t for t in inject if t not in roles]
     if missing:
+        hint = ""
+        if "decoder" in missing:
+            hint = (". The probe finds a decoder stage where a module's output is larger than its input; a decoder "
+                    "that upsamples in forward (F.interpolate, pixel_shuffle) has no such module: name the modules "
+                    "that run at each decoder scale yourself, stages=StageSpec(encoder=[...], bottleneck=..., "
+                    "decoder=['up3', 'up2', 'up1']) with names from net.named_modules()")
         raise UNetStructureError(f"inject: asks for {missing} but the network has no such stage "
-                                 f"(found {stages!r})")
+                                 f"(found {stages!r}){hint}")
     if prompter is None:
         prompter = default_prompter()
     if not isinstance(prompter, ConStyleV2):

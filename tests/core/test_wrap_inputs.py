@@ -99,6 +99,48 @@ def test_example_inputs_must_start_with_an_image():
         wrap_unet(MaskedUNet(), prompter=prompter(), example_inputs=("not an image",))
 
 
+def test_a_forward_that_needs_more_than_the_image_points_to_example_inputs():
+    with pytest.raises(UNetStructureError) as info:
+        wrap_unet(MaskedUNet(), prompter=prompter())
+    message = str(info.value)
+    assert "MaskedUNet.forward(x, mask, scale) needs 'mask' besides the image" in message
+    assert "example_inputs=(x, mask)" in message and "probe_size" not in message
+
+
+class InterpolateDecoderUNet(nn.Module):
+    """Strided-conv encoder, a decoder that upsamples with F.interpolate in forward (no upsampling module)."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(3, width, 3, padding=1)
+        self.down1, self.down2 = nn.Conv2d(width, 2 * width, 2, 2), nn.Conv2d(2 * width, 4 * width, 2, 2)
+        self.mid = block(4 * width, 4 * width)
+        self.dec2, self.dec1 = block(6 * width, 2 * width), block(3 * width, width)
+        self.tail = nn.Conv2d(width, 3, 3, padding=1)
+
+    def forward(self, x):
+        s0 = self.head(x)
+        s1 = self.down1(s0)
+        y = self.mid(self.down2(s1))
+        y = self.dec2(torch.cat([F.interpolate(y, scale_factor=2.0), s1], 1))
+        y = self.dec1(torch.cat([F.interpolate(y, scale_factor=2.0), s0], 1))
+        return x + self.tail(y)
+
+
+def test_a_decoder_that_upsamples_in_forward_asked_for_gets_the_stage_spec_hint():
+    from constyle_plugin import StageSpec
+
+    with pytest.raises(UNetStructureError) as info:
+        wrap_unet(InterpolateDecoderUNet(), prompter=prompter(), inject=("encoder", "decoder"))
+    message = str(info.value)
+    assert "asks for ['decoder']" in message and "F.interpolate" in message
+    assert "stages=StageSpec(encoder=[...], bottleneck=..., decoder=[" in message
+    # the hint works: the decoder's modules named explicitly
+    net = wrap_unet(InterpolateDecoderUNet(), prompter=prompter(), inject=("encoder", "decoder"),
+                    stages=StageSpec(encoder=["down1", "down2"], bottleneck="mid", decoder=["dec2", "dec1"]))
+    assert [i.name for i in net.stage_info if i.role == "decoder"] == ["dec2", "dec1"]
+
+
 def range_warnings(net, *batches):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
