@@ -10,7 +10,8 @@ Subcommands:
   (both ConStyle v2 stages; configs in ``options/mmengine/``).
 
 - ``constyle convert --checkpoint CKPT_OR_DIR [--config CFG] --output DIR_OR_FILE [--to basicsr|mmengine]``:
-  a trainer checkpoint to a ``save_pretrained`` folder, or back (see :mod:`constyle_plugin.tools.convert`).
+  a trainer checkpoint to a ``save_pretrained`` folder, or back, or to the other trainer's checkpoint (see
+  :mod:`constyle_plugin.tools.convert`).
 - ``constyle export --checkpoint CKPT_OR_DIR [--config CFG] --onnx OUT.onnx``: ONNX export, checked with
   onnxruntime (see :mod:`constyle_plugin.tools.export`).
 - ``constyle evaluate --checkpoint CKPT_OR_DIR (--benchmark SETTING --root DIR | --lq DIR --gt DIR [--name TASK])
@@ -143,7 +144,8 @@ def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="trainer checkpoint <-> save_pretrained folder (config.json + model.safetensors)",
         description="Convert a BasicSR (params / params_ema) or MMEngine checkpoint of a wrapped net into a "
-                    "save_pretrained folder, or a folder into a BasicSR / MMEngine checkpoint, e.g. constyle "
+                    "save_pretrained folder (or, with --to, into the other trainer's checkpoint), or a folder into a "
+                    "BasicSR / MMEngine checkpoint, e.g. constyle "
                     "convert --checkpoint experiments/NAFNet_ConStyle_v2/models/net_g_latest.pth --output run/; "
                     "constyle convert --checkpoint run/ --to mmengine --output run.pth")
     p.add_argument("--checkpoint", required=True, help="a BasicSR / MMEngine .pth, or a save_pretrained folder")
@@ -151,19 +153,23 @@ def _add_convert(subparsers) -> None:
                    help="the run's BasicSR .yml or MMEngine .py (default: the config its trainer recorded)")
     p.add_argument("--output", required=True, help="the folder to write (from a checkpoint) or the .pth file "
                                                    "(from a folder)")
-    p.add_argument("--to", choices=["basicsr", "mmengine"], default="basicsr",
-                   help="the checkpoint layout written from a folder (default basicsr)")
+    p.add_argument("--to", choices=["basicsr", "mmengine"], default=None,
+                   help="write a trainer checkpoint of this layout: from a folder (default basicsr), or from the "
+                        "other trainer's checkpoint")
     p.add_argument("--include-prompter", dest="include_prompter", action="store_true", default=None,
                    help="store the prompter's weights in the folder (default: only when it is not the packaged one)")
     p.set_defaults(func=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .tools.convert import from_trainer_checkpoint, to_trainer_checkpoint
+    from .tools.convert import from_trainer_checkpoint, to_trainer_checkpoint, trainer_to_trainer
     from .core.pretrained import is_pretrained_dir
 
     if is_pretrained_dir(args.checkpoint):
-        out = to_trainer_checkpoint(args.checkpoint, args.output, trainer=args.to)
+        out = to_trainer_checkpoint(args.checkpoint, args.output, trainer=args.to or "basicsr")
+        print(f"wrote the {args.to or 'basicsr'} checkpoint {out}")
+    elif args.to is not None:
+        out = trainer_to_trainer(args.checkpoint, args.output, args.to, config=args.config)
         print(f"wrote the {args.to} checkpoint {out}")
     else:
         out = from_trainer_checkpoint(args.checkpoint, args.output, config=args.config,

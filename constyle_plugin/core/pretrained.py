@@ -36,8 +36,9 @@ from .prompter import ConStyleV2, default_prompter, default_prompter_path
 from ..files import atomic_write
 from .stages import StageInfo, StageSpec, check_stage_names
 
-__all__ = ["CONFIG_NAME", "EMA_WEIGHTS_NAME", "FORMAT", "PrompterMismatchError", "WEIGHTS_NAME", "is_pretrained_dir",
-           "load_pretrained", "packaged_prompter_sha256", "prompter_sha256", "read_config", "save_pretrained"]
+__all__ = ["CARRIED_CONFIG", "CONFIG_NAME", "EMA_WEIGHTS_NAME", "FORMAT", "PrompterMismatchError", "WEIGHTS_NAME",
+           "carried_config", "is_pretrained_dir", "load_carried", "load_pretrained", "packaged_prompter_sha256",
+           "prompter_sha256", "read_config", "save_pretrained"]
 
 PathLike = Union[str, os.PathLike]
 FORMAT = "constyle_plugin.ConStyleUNet/1"
@@ -384,3 +385,45 @@ def load_pretrained(net_class: Callable[..., nn.Module], directory: PathLike, ba
     prompter_state = {k: v for k, v in own.items() if k.startswith(prefix)}
     net.load_state_dict({**prompter_state, **state}, strict=True)
     return net.to(device).eval()
+
+
+# ------------------------------------------------------------------------------------------ carried configs
+# The key under which a trainer checkpoint written from a saved folder (constyle convert --to) carries that
+# folder's config.json (BasicSR: top level; MMEngine: in ``meta``), so that it converts and restores again
+# without the training config: both trainers ignore the extra entry.
+CARRIED_CONFIG = "constyle_pretrained"
+
+
+def carried_config(checkpoint: Any) -> Optional[Dict[str, Any]]:
+    """The saved folder's config.json a trainer checkpoint (as loaded) carries, or None."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    meta = checkpoint.get("meta")
+    found = checkpoint.get(CARRIED_CONFIG, meta.get(CARRIED_CONFIG) if isinstance(meta, Mapping) else None)
+    return dict(found) if isinstance(found, Mapping) and found.get("format") == FORMAT else None
+
+
+def load_carried(net_class: Callable[..., nn.Module], config: Mapping[str, Any], state: Mapping[str, Tensor],
+                 where: str) -> nn.Module:
+    """The net (of ``net_class``) a carried ``config`` describes with ``state`` (a full ``state_dict``)
+    loaded, through :func:`load_pretrained` on a temporary folder, so that it is checked as a saved
+    folder is."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    config = dict(config)
+    record = config.get("prompter") if isinstance(config.get("prompter"), Mapping) else {}
+    prefix = str(record.get("key_prefix", "prompter")) + "."
+    weights = {k: v.detach().cpu().contiguous() for k, v in state.items()
+               if record.get("stored") or not k.startswith(prefix)}
+    with tempfile.TemporaryDirectory(prefix="constyle-carried-") as tmp:
+        path = Path(tmp) / WEIGHTS_NAME
+        save_file(weights, str(path), metadata={"format": FORMAT})
+        config["weights"] = {"model": {"file": WEIGHTS_NAME, "bytes": path.stat().st_size,
+                                       "sha256": file_sha256(path)}}
+        (Path(tmp) / CONFIG_NAME).write_text(json.dumps(config), encoding="utf-8")
+        try:
+            return load_pretrained(net_class, tmp, ema=False)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: the config.json it carries: {exc}".replace(tmp, "<carried>")) from None

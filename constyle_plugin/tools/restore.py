@@ -20,11 +20,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..core.padding import pad_to_multiple, size_multiple_of
-from ..core.pretrained import is_pretrained_dir
+from ..core.pretrained import carried_config, is_pretrained_dir, load_carried
 from ..core.promptmaps import parse_prompt_size
 from ..core.unet import ConStyleUNet
 from ..data.imageio import IMAGE_EXTENSIONS, encode_png, read_image, read_image_file
-from ..errors import ConStyleTypeError, MissingFileError, OptionError, RestoreError
+from ..errors import CheckpointError, ConStyleTypeError, MissingFileError, OptionError, RestoreError
 from ..files import atomic_write
 from ..runs import TrainingRun, no_recorded_config, run_reader
 
@@ -195,6 +195,11 @@ def read_training_run(checkpoint: Union[str, os.PathLike],
         raise MissingFileError(f"--checkpoint: {checkpoint} is a directory; pass the checkpoint file in it")
     if not checkpoint.is_file():
         raise MissingFileError(f"--checkpoint: {checkpoint} not found")
+    raw = _plain_checkpoint(checkpoint)
+    if isinstance(raw, dict) and {"optimizers", "schedulers"} <= set(raw) and "params" not in raw:
+        raise CheckpointError(f"{checkpoint}: a BasicSR training state (optimisers and schedulers, for resuming), "
+                              f"not the network's weights; pass the checkpoint of the same iteration in the run's "
+                              f"models/ folder (net_g_{raw.get('iter', 'N')}.pth)")
     if config is not None:
         config = Path(config)
         if not config.is_file():
@@ -204,6 +209,9 @@ def read_training_run(checkpoint: Union[str, os.PathLike],
         if config.suffix == ".py":
             return run_reader("mmengine").read_run(checkpoint, config)
         raise RestoreError(f"--config {config}: expected a BasicSR .yml or an MMEngine .py config")
+    carried = carried_config(raw)
+    if carried is not None:  # written by constyle convert --to from a saved folder
+        return _carried_run(checkpoint, raw, carried)
     basicsr = run_reader("basicsr")
     options = basicsr.recorded_options(checkpoint)
     if options is not None:
@@ -213,6 +221,35 @@ def read_training_run(checkpoint: Union[str, os.PathLike],
     except ImportError:  # a core install: nothing here could have recorded an MMEngine config
         raise no_recorded_config(checkpoint) from None
     return mmengine.read_run(checkpoint, None)
+
+
+def _plain_checkpoint(checkpoint: Path) -> Any:
+    """The checkpoint as ``torch.load(weights_only=True)`` reads it with no extra globals, or None (a
+    safetensors file, a trainer's checkpoint that needs its reader's globals, a damaged file: the
+    readers name what is wrong)."""
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (left to the trainer's reader, which names the problem)
+        return None
+
+
+def _carried_run(checkpoint: Path, raw: Dict[str, Any], config: Dict[str, Any]) -> TrainingRun:
+    """A checkpoint :func:`~constyle_plugin.tools.convert.to_trainer_checkpoint` wrote, read back in its
+    layout: BasicSR's ``params`` / ``params_ema``, or MMEngine's ``state_dict`` (the EMA where there is
+    one) and ``ema_state_dict`` (``module.net.*``: the trained model's own); the net from its config.json."""
+    def weights(state: Any, prefix: str) -> Dict[str, Tensor]:
+        return {k[len(prefix):]: v for k, v in (state or {}).items() if isinstance(v, Tensor) and k.startswith(prefix)}
+
+    if "params" in raw:
+        states = {"model": weights(raw["params"], "")}
+        if isinstance(raw.get("params_ema"), dict):
+            states["ema"] = weights(raw["params_ema"], "")
+    elif raw.get("ema_state_dict"):
+        states = {"model": weights(raw["ema_state_dict"], "module.net."), "ema": weights(raw["state_dict"], "net.")}
+    else:
+        states = {"model": weights(raw.get("state_dict"), "net.")}
+    net = load_carried(ConStyleUNet, config, states["model"], str(checkpoint))
+    return TrainingRun(net, states, f"the config.json carried in {checkpoint}", None, checkpoint)
 
 
 # ------------------------------------------------------------------------------------------ the job
