@@ -32,8 +32,11 @@ plugin's own model classes can do is theirs, :mod:`.models`):
 - exact resumption: BasicSR restarts the interrupted epoch from its first batch and does not
   save random generator states, so a resumed run sees other data than an uninterrupted one. Here
   each checkpoint also saves the Python / NumPy / torch generator states
-  (``training_states/<iter>.rank<r>.rng``), and the resumed epoch skips the batches already
-  trained on, then restores the generators just before its first batch. With
+  (``training_states/<iter>.rank<r>.rng``, with where the epoch stood in samples), and the resumed
+  epoch skips the samples already trained on (as many samples, when the batch size changed), then
+  restores the generators just before its first batch. A resume at or past ``train.total_iter`` is
+  refused (it would end at once); a resume refused for a changed network names only the
+  ``--force_yml`` entries that differ from the run's own. With
   ``num_worker_per_gpu: 0`` the resumed run's losses equal an uninterrupted run's; with workers,
   the data order is the same but workers' random augmentations are re-seeded;
 - validation leaves the global random generators as it found them, so ``val_freq`` does not

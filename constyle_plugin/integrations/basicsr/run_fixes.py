@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 from os import path as osp
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
@@ -42,6 +43,7 @@ class RunFixes:
         self.stop = stop  # SIGINT / SIGTERM: save after the current iteration and raise TrainingStopped
         self._train_sampler: Any = None
         self._iters_per_epoch = 1
+        self._batch_size = 1
         self.resume: Optional[Resume] = None
         self.skipped: List[str] = []  # resume states passed over, with the reason
         self._patches = Patches()
@@ -195,6 +197,12 @@ class RunFixes:
             self._check_pretrained_fit(opt)
             return None
         self._check_networks_fit(opt, path, int(state["iter"]))
+        total = (opt.get("train") or {}).get("total_iter")
+        if isinstance(total, (int, float)) and int(state["iter"]) >= int(total):
+            raise OptionError("train.total_iter", f"{int(total)}, but the run being resumed ({path}) is already at "
+                              f"iteration {int(state['iter'])}: nothing would be trained. To train on, resume with a "
+                              f"longer schedule (--force_yml train:total_iter=N with N > {int(state['iter'])}, the "
+                              f"scheduler's periods or milestones to match); nothing in the run's folder was changed")
         check_resume(opt, state["iter"])
         for name, value in opt["path"].items():  # the checkpoints check_resume points at must exist
             if name.startswith("pretrain_network") and value is not None and not osp.isfile(value):
@@ -271,7 +279,7 @@ class RunFixes:
             missing = [k for k in wanted if k not in saved]
             if not wrong and not missing:
                 continue
-            forced = [item for dotted, item in self._forced.items() if dotted == key or dotted.startswith(key + ".")]
+            forced = self._forced_changes(opt, key, net_path)
             if wrong:
                 name, before, now = wrong[0]
                 what = (f"{net_path} holds {name} as {before}, the options now build {now} ({len(wrong)} "
@@ -282,6 +290,30 @@ class RunFixes:
                               + (f"; changed by --force_yml {', '.join(forced)}" if forced else "")
                               + ". Resume with the run's own network options, or start a new run under another "
                                 "name; nothing in the run's folder was changed")
+
+    def _forced_changes(self, opt: Dict[str, Any], key: str, net_path: str) -> List[str]:
+        """The ``--force_yml`` entries under ``key`` whose value differs from the one the run being resumed
+        started with (its options copy, ``--force_yml`` included); all of them when that copy is not there."""
+        import yaml
+
+        from .restore import read_options, recorded_options
+
+        try:
+            copy = recorded_options(Path(net_path))
+            recorded = read_options(copy) if copy is not None else None
+        except (ConStyleError, OSError, ValueError, yaml.YAMLError):  # no single readable copy: name every entry
+            recorded = None
+        missing = object()
+
+        def value(tree: Any, dotted: str) -> Any:
+            for part in dotted.split("."):
+                if not isinstance(tree, dict) or part not in tree:
+                    return missing
+                tree = tree[part]
+            return tree
+
+        return [item for dotted, item in self._forced.items() if (dotted == key or dotted.startswith(key + "."))
+                and (recorded is None or value(recorded, dotted) != value(opt, dotted))]
 
     def _load_state(self, opt: Dict[str, Any], path: str) -> Dict[str, Any]:
         """The state at ``path`` and a check that the networks saved with it load; :class:`Unloadable`
@@ -316,6 +348,7 @@ class RunFixes:
                                       resumable_sampler)
             self._train_sampler = train_sampler
             self._iters_per_epoch = len(train_loader) if train_loader is not None else 1
+            self._batch_size = int(getattr(train_loader, "batch_size", 1) or 1)
             if self.stop is not None and train_loader is not None and train_loader.num_workers > 0:
                 train_loader.worker_init_fn = ignore_stop_signals(train_loader.worker_init_fn)
             if train_loader is not None and len(train_loader) == 0:
@@ -323,10 +356,21 @@ class RunFixes:
             if self.resume is not None and train_loader is not None and hasattr(train_sampler, "resume_from"):
                 per_epoch = len(train_loader)
                 done = self.resume.iter - self.resume.epoch * per_epoch
-                if 0 <= done <= per_epoch:
+                position = (self.resume.rng or {}).get("position")
+                if isinstance(position, dict) and position.get("epoch") == self.resume.epoch \
+                        and position.get("batch_size") != train_loader.batch_size:
+                    skip, before = int(position["samples"]), int(position["batch_size"])
+                    train_sampler.resume_from(self.resume.epoch, skip, self.resume.rng)
+                    note = (f"Resuming inside epoch {self.resume.epoch} with batch size {train_loader.batch_size} "
+                            f"(it was {before}): skipping its first {skip} samples (already trained on: "
+                            f"{skip // max(before, 1)} batches of {before})")
+                elif 0 <= done <= per_epoch:
                     train_sampler.resume_from(self.resume.epoch, done * train_loader.batch_size, self.resume.rng)
                     note = (f"Resuming inside epoch {self.resume.epoch}: skipping its first {done} of {per_epoch} "
                             f"batches (already trained on)")
+                else:
+                    note = None
+                if note is not None:
                     if self.resume.rng is None:
                         note += "; no random generator state was saved with this checkpoint, so random " \
                                 "augmentations will differ from an uninterrupted run"
@@ -352,7 +396,12 @@ class RunFixes:
                 if current_iter != -1:  # first, so that a complete .state always has its .rng
                     states_dir = opt["path"]["training_states"]
                     os.makedirs(states_dir, exist_ok=True)
-                    atomic_write(rng_path(states_dir, current_iter, rank()), lambda tmp: torch.save(rng, tmp))
+                    # where the epoch stands in samples (of this rank): a resume with another batch size
+                    # skips the samples already trained on, not as many of its own batches
+                    done = max(current_iter - epoch * self._iters_per_epoch, 0)
+                    saved = {**rng, "position": {"epoch": int(epoch), "samples": int(done * self._batch_size),
+                                                 "batch_size": int(self._batch_size)}}
+                    atomic_write(rng_path(states_dir, current_iter, rank()), lambda tmp: torch.save(saved, tmp))
                 with atomic_torch_save():
                     save(epoch, current_iter)
                 restore_rng(rng)

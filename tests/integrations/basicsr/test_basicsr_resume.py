@@ -109,6 +109,32 @@ def test_a_finished_run_extended_with_a_longer_schedule_trains_on(finished_run, 
 
 
 
+def test_a_resume_at_or_past_total_iter_is_refused(finished_run, tmp_path, photos, prompter_file):
+    """Resuming the run at iteration 4 with total_iter 3 would end at once, exit 0, without a word: refused."""
+    run_dir = copy_of(finished_run, tmp_path)
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    proc = basicsr(run_dir, "train", "-opt", str(OPTIONS), "--auto_resume", "--force_yml",
+                   *tiny(photos, prompter_file, total_iter=3))
+    refused(proc, "train.total_iter: 3", "already at iteration 4", "nothing would be trained")
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
+
+
+def test_a_resume_with_another_batch_size_skips_the_samples_already_trained_on(finished_run, tmp_path, photos,
+                                                                              prompter_file):
+    """Iteration 2 of batch 2 used 4 samples of epoch 0: a resume with batch 1 skips 4 samples, not 2."""
+    run_dir = copy_of(finished_run, tmp_path)
+    for path in (run_dir / "experiments" / NAME).rglob("4.*"):
+        path.unlink()
+    (run_dir / "experiments" / NAME / "models" / "net_g_4.pth").unlink()
+    proc = ok(basicsr(run_dir, "train", "-opt", str(OPTIONS), "--auto_resume", "--force_yml",
+                      *tiny(photos, prompter_file), "datasets:train:batch_size_per_gpu=1"))
+    resumed = [log for log in logs(run_dir) if "Resuming training from" in log]
+    assert len(resumed) == 1, proc.stderr[-3000:]
+    assert "Resuming training from epoch: 0, iter: 2." in resumed[0]
+    assert "with batch size 1 (it was 2): skipping its first 4 samples" in resumed[0], resumed[0][-3000:]
+    assert sorted(losses(resumed[0])) == [3, 4]
+
+
 # ------------------------------------------------------------------------------------------------
 # --auto_resume after a SIGKILL
 # ------------------------------------------------------------------------------------------------

@@ -40,3 +40,15 @@ def test_resume_with_another_width_is_refused_before_anything_changes(width8_run
     assert "8, 3, 3, 3" in line.replace("x", ", ") or "[8, 3, 3, 3]" in line, line
     assert "16" in line
     assert fingerprint(width8_run) == before
+
+
+def test_a_changed_inject_names_only_the_options_that_changed(width8_run, photos, prompter_file):
+    """The run's own --force_yml entries (width, block counts, prompter file) are what it was trained with: the
+    refusal names only the entry that differs from them."""
+    before = fingerprint(width8_run)
+    proc = basicsr(width8_run, "train", "-opt", str(OPTIONS), "--auto_resume", "--force_yml",
+                   *tiny(photos, prompter_file, total_iter=4), "train:scheduler:periods=[4]",
+                   "network_g:inject=['encoder','bottleneck','decoder']")
+    line = refused(proc, "network_g", "changed by --force_yml network_g:inject=['encoder','bottleneck','decoder']")
+    assert "width" not in line.split("changed by")[1] and "enc_blk_nums" not in line and "prompter" not in line
+    assert fingerprint(width8_run) == before
