@@ -430,12 +430,14 @@ def check_config(cfg: Config) -> None:
     Checks the model (every nested ``type`` against MODELS), the datasets, samplers and collate
     functions of the three dataloaders, evaluators and metrics, the optimiser wrapper, optimiser,
     constructor and parameter schedulers, loops, hooks, visualiser, log processor and runner
-    type; the arguments of the loops and the keys of the dataloaders (a misspelt ``max_iter`` or
-    ``batchsize`` is named with a did-you-mean); a positive ``train_cfg.max_iters`` /
-    ``max_epochs``; that a finite training sampler with ``drop_last`` gets at least one full batch
-    (the training dataset is built to count it only then); and the paths under ``model`` and the
-    datasets in keys such as ``pretrained``, ``dataroot_gt``, ``lq_folder``, ``gt_folder``, plus
-    ``load_from``. Raises :class:`ConfigError` listing every problem found, before anything is written.
+    type; the arguments of the loops and hooks and the keys of the dataloaders and ``randomness`` (a
+    misspelt ``max_iter``, ``batchsize`` or ``intervall`` is named with a did-you-mean; a
+    ``default_hooks`` entry without a type is checked as the default hook of that name); text given
+    for a numeric argument; a positive ``train_cfg.max_iters`` / ``max_epochs`` and ``batch_size``;
+    that a finite training sampler with ``drop_last`` gets at least one full batch (the training
+    dataset is built to count it only then); and the paths under ``model`` and the datasets in keys
+    such as ``pretrained``, ``dataroot_gt``, ``lq_folder``, ``gt_folder``, plus ``load_from`` (a
+    checkpoint file, not a folder). Raises :class:`ConfigError` listing every problem found, before anything is written.
     """
     c = _Checker(cfg.get("default_scope"))
     if "model" not in cfg or cfg.get("model") is None:
