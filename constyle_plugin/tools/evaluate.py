@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -132,8 +133,6 @@ def _stored_grey(path: Path) -> bool:
         with Image.open(path) as im:
             return im.mode != "P" and len(im.getbands()) - ("A" in im.getbands()) == 1
     except Exception:  # no Pillow, or a file Pillow cannot read: OpenCV decides
-        import cv2
-
         raw = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
         return raw is not None and (raw.ndim == 2 or raw.shape[2] == 2)
 
