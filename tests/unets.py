@@ -377,3 +377,14 @@ def live_adapters(net: nn.Module, seed: int = 1, scale: float = 0.1) -> nn.Modul
         for p in net.injections.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * scale)
     return net
+
+
+def as_trained(net: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
+    """A wrapped net's weights (backbone and injections, not the prompter) moved off their initialisation
+    by normal noise times ``scale``, as after training; in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if not name.startswith("prompter."):
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return net.eval()

@@ -5,6 +5,7 @@ checked against the same probe (:func:`resolve_spec`). Torch and the standard li
 """
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from ..errors import UNetStructureError
 from .stages import StageInfo, StageSpec, check_stage_names
 
 __all__ = ["DEFAULT_PROBE_SIZE", "IMAGE_KEYWORDS", "discover", "discover_stages", "read_example_inputs", "input_conv",
-           "resolve_spec"]
+           "meta_tensor", "resolve_spec"]
 
 DEFAULT_PROBE_SIZE = (256, 192)  # not square, so a global pooling (1 x 1) never passes for a stage
 
@@ -308,6 +309,11 @@ class _Layouts:
 
 def _infer_in_channels(backbone: nn.Module) -> int:
     return input_conv(backbone)[1]
+
+
+def meta_tensor(module: nn.Module) -> Optional[str]:
+    """The name of the module's first parameter or buffer on the meta device (``None`` if there is none)."""
+    return next((n for n, t in itertools.chain(module.named_parameters(), module.named_buffers()) if t.is_meta), None)
 
 
 def input_conv(backbone: nn.Module) -> Tuple[Optional[str], int]:

@@ -224,6 +224,11 @@ class StageHook:
         injection = injections[self.key]
         stage = x
         x = to_channels_first(x, layout, image_hw, self.info.name)
+        if x.shape[1] != self.info.channels:
+            raise ConStyleRuntimeError(
+                f"ConStyle hook on {self.info.name!r} ({self.info.role}) gives {x.shape[1]} channels, but the hook "
+                f"point was recorded with {self.info.channels}: a StageSpec or a config.json stage_info that names "
+                f"another module than the one wrapped")
         if self.feature is not None:
             y = injection(x, prompt.features[self.feature])
         else:

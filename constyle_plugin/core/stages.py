@@ -10,11 +10,12 @@ from torch import nn
 
 from ..errors import ConStyleTypeError, OptionError, WrapError, did_you_mean, join_keys
 
-__all__ = ["DEFAULT_INJECT", "INJECT_TARGETS", "StageInfo", "StageSpec", "check_inject", "check_stage_names",
+__all__ = ["DEFAULT_INJECT", "INJECT_TARGETS", "LAYOUTS", "StageInfo", "StageSpec", "check_inject", "check_stage_names",
            "check_stages_option"]
 
 INJECT_TARGETS = ("encoder", "bottleneck", "decoder")
 DEFAULT_INJECT = ("encoder", "bottleneck")
+LAYOUTS = ("BCHW", "BHWC", "BLC")  # how a stage hands its feature on (see StageInfo)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ class StageSpec:
         return cls(encoder=tuple(spec.get("encoder") or ()), bottleneck=spec.get("bottleneck"),
                    decoder=tuple(spec.get("decoder") or ()))
 
+    @classmethod
+    def from_stage_info(cls, infos: Sequence["StageInfo"]) -> "StageSpec":
+        """The spec whose names are those of ``infos`` (hook points), role by role, in order."""
+        return cls(encoder=tuple(i.name for i in infos if i.role == "encoder"),
+                   bottleneck=next((i.name for i in infos if i.role == "bottleneck"), None),
+                   decoder=tuple(i.name for i in infos if i.role == "decoder"))
+
     def to_dict(self) -> Dict[str, Any]:
         return {"encoder": list(self.encoder), "bottleneck": self.bottleneck, "decoder": list(self.decoder)}
 
@@ -84,7 +92,9 @@ def check_inject(inject: Any, key: str = "inject") -> Tuple[str, ...]:
         raise OptionError(key, f"expected a list of {list(INJECT_TARGETS)}, got {inject!r}")
     for v in values:
         if v not in INJECT_TARGETS:
-            raise OptionError(key, f"{v!r} is not an injection target; choose from {list(INJECT_TARGETS)}")
+            hint = did_you_mean(v, INJECT_TARGETS)
+            raise OptionError(key, f"{v!r} is not an injection target; {hint + ' ' if hint else ''}"
+                                   f"choose from {list(INJECT_TARGETS)}")
     return tuple(values)
 
 

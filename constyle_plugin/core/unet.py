@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import itertools
 import math
 import warnings
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 
 from ..adapters import stage_spec_for
 from ..errors import ConStyleTypeError, PromptError, UNetStructureError, WrapError
-from .discovery import (DEFAULT_PROBE_SIZE, IMAGE_KEYWORDS, discover, discover_stages, input_conv,
+from .discovery import (DEFAULT_PROBE_SIZE, IMAGE_KEYWORDS, discover, discover_stages, input_conv, meta_tensor,
                         read_example_inputs, resolve_spec)
 from .hooks import HookSet, PromptLedger, capturing, mark_wrapped, wrapper_of
 from .injection import FeatureInjector, LatentFiLM, LatentModulator
@@ -230,11 +229,12 @@ class ConStyleUNet(nn.Module):
         size = f", prompt_size={self.prompt_size}" if self.prompt_size is not None else ""
         return f"stages={self.stages!r}, inject={self.inject}{size}"
 
-    def save_pretrained(self, directory: Any, *, include_prompter: bool = False, ema: Any = None,
+    def save_pretrained(self, directory: Any, *, include_prompter: Optional[bool] = None, ema: Any = None,
                         backbone_config: Optional[Mapping[str, Any]] = None) -> Any:
         """Write ``config.json`` (how it was wrapped) and ``model.safetensors`` (backbone and injection
-        modules; the prompter only with ``include_prompter``) into ``directory``, atomically; ``ema``: the
-        run's EMA copy. See :func:`constyle_plugin.core.pretrained.save_pretrained`."""
+        modules; the prompter too when it is not the packaged one, or with ``include_prompter=True``) into
+        ``directory``, swapped in as a whole; ``ema``: the run's EMA copy. See
+        :func:`constyle_plugin.core.pretrained.save_pretrained`."""
         return save_pretrained(self, directory, include_prompter=include_prompter, ema=ema,
                                backbone_config=backbone_config)
 
@@ -285,7 +285,7 @@ def _range_note(image: Tensor) -> Optional[str]:
 
 def _check_backbone(unet: nn.Module, in_channels: Optional[int]) -> None:
     """Refuse, before any probe, what the wrapper could not run: meta tensors, non-image inputs."""
-    meta = next((n for n, t in itertools.chain(unet.named_parameters(), unet.named_buffers()) if t.is_meta), None)
+    meta = meta_tensor(unet)
     if meta is not None:
         raise WrapError(
             f"wrap_unet: {type(unet).__name__} has tensors on the meta device ({meta!r}, ...): a meta model has no "

@@ -22,8 +22,7 @@ from torch import Tensor
 
 from ..errors import ConStyleError
 from ..core.init_args import init_args
-from ..core.pretrained import (CARRIED_CONFIG, FORMAT, is_pretrained_dir, packaged_prompter_sha256, prompter_sha256,
-                               read_config, save_pretrained)
+from ..core.pretrained import CARRIED_CONFIG, FORMAT, is_pretrained_dir, read_config, save_pretrained
 from ..files import atomic_write
 from ..core.unet import ConStyleUNet
 
@@ -55,8 +54,6 @@ def from_trainer_checkpoint(checkpoint: PathLike, output: PathLike, config: Opti
         run.load("ema")
         ema = {k: v.clone() for k, v in net.state_dict().items()}
     run.load("model")
-    if include_prompter is None:
-        include_prompter = prompter_sha256(net.prompter) != packaged_prompter_sha256()
     backbone = run.backbone_options if init_args(net.backbone) is None else None
     return save_pretrained(net, output, include_prompter=include_prompter, ema=ema, backbone_config=backbone)
 

@@ -19,6 +19,8 @@ from constyle_plugin import CheckpointError, ConStyleError, ConStyleUNet, ConSty
 from constyle_plugin.archs import NAFNet
 from constyle_plugin.core.pretrained import PrompterMismatchError, prompter_sha256
 
+from unets import as_trained
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "checkpoints.md"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -58,16 +60,6 @@ def _tiny_nafnet() -> NAFNet:
     return NAFNet(width=8, enc_blk_nums=[1, 1, 1, 1], dec_blk_nums=[1, 1, 1, 1])
 
 
-def _trained(net: ConStyleUNet, seed: int = 0) -> ConStyleUNet:
-    """Weights away from initialisation (injections and backbone), as after training."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if not name.startswith("prompter."):
-                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
-    return net.eval()
-
-
 def test_user_unet_saved_and_loaded_onto_a_fresh_instance_in_a_fresh_process(tmp_path):
     """The folder holds config.json (class, StageSpec, inject, prompter SHA-256) and model.safetensors
     without the prompter; a fresh interpreter that has only the user's class gets the same output, bit
@@ -79,12 +71,13 @@ def test_user_unet_saved_and_loaded_onto_a_fresh_instance_in_a_fresh_process(tmp
     finally:
         sys.path.remove(str(tmp_path))
     torch.manual_seed(0)
-    net = _trained(wrap_unet(MyUNet(), inject=("encoder", "bottleneck", "decoder")))
+    net = as_trained(wrap_unet(MyUNet(), inject=("encoder", "bottleneck", "decoder")))
     net.save_pretrained(tmp_path / "run")
 
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["backbone"]["class"] == "MyUNet" and config["backbone"]["kwargs"] is None
-    assert config["stages"] == net.stages.to_dict()
+    assert "stages" not in config  # the hook points are stage_info; the StageSpec is derived from it
+    assert [(i["role"], i["name"]) for i in config["stage_info"]] == [(i.role, i.name) for i in net.stage_info]
     assert config["inject"] == ["encoder", "bottleneck", "decoder"]
     assert config["prompter"]["sha256"] == prompter_sha256(net.prompter)
     assert config["prompter"]["source"] == "packaged" and config["prompter"]["stored"] is False
@@ -114,8 +107,8 @@ def test_reference_arch_rebuilt_from_the_config_and_the_ema_variant(tmp_path):
     """backbone=None rebuilds a reference arch from its recorded constructor arguments; the EMA copy is
     model_ema.safetensors, loaded by default, the raw weights with ema=False."""
     torch.manual_seed(0)
-    net = _trained(wrap_unet(_tiny_nafnet()), seed=1)
-    ema = _trained(wrap_unet(_tiny_nafnet()), seed=2)
+    net = as_trained(wrap_unet(_tiny_nafnet()), seed=1)
+    ema = as_trained(wrap_unet(_tiny_nafnet()), seed=2)
     net.save_pretrained(tmp_path / "run", ema=ema)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["backbone"]["kwargs"]["width"] == 8
     x = torch.rand(1, 3, 37, 45)
@@ -136,10 +129,11 @@ def test_prompter_hash_mismatch_is_refused_and_the_right_prompter_loads(tmp_path
     torch.manual_seed(3)
     own = ConStyleV2().freeze()
     own_file = own.save_pretrained(tmp_path / "own_prompter.safetensors")
-    net = _trained(wrap_unet(_tiny_nafnet(), prompter=ConStyleV2.from_pretrained(own_file)))
-    net.save_pretrained(tmp_path / "run")
+    net = as_trained(wrap_unet(_tiny_nafnet(), prompter=ConStyleV2.from_pretrained(own_file)))
+    with pytest.warns(UserWarning, match=r"records only its SHA-256, and loading it needs that prompter passed"):
+        net.save_pretrained(tmp_path / "run", include_prompter=False)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["prompter"]["source"] == str(own_file)
+    assert config["prompter"]["source"] == str(own_file) and config["prompter"]["stored"] is False
 
     with pytest.raises(PrompterMismatchError) as info:  # the default: the packaged prompter
         ConStyleUNet.from_pretrained(tmp_path / "run", backbone=_tiny_nafnet())
@@ -152,7 +146,7 @@ def test_prompter_hash_mismatch_is_refused_and_the_right_prompter_loads(tmp_path
     with torch.no_grad():
         expected = net(x)
         assert torch.equal(ConStyleUNet.from_pretrained(tmp_path / "run", prompter=own_file)(x), expected)
-        net.save_pretrained(tmp_path / "with_prompter", include_prompter=True)
+        net.save_pretrained(tmp_path / "with_prompter")  # not the packaged prompter: stored by default
         assert torch.equal(ConStyleUNet.from_pretrained(tmp_path / "with_prompter")(x), expected)
         forced = ConStyleUNet.from_pretrained(tmp_path / "run", prompter="packaged", check_prompter=False)
         assert not torch.equal(forced(x), expected)
@@ -160,7 +154,7 @@ def test_prompter_hash_mismatch_is_refused_and_the_right_prompter_loads(tmp_path
 
 def test_key_mismatch_messages_name_the_difference_in_one_line(tmp_path):
     torch.manual_seed(0)
-    net = _trained(wrap_unet(_tiny_nafnet()))
+    net = as_trained(wrap_unet(_tiny_nafnet()))
     net.save_pretrained(tmp_path / "run")
 
     with pytest.raises(CheckpointError) as info:  # another width
@@ -184,15 +178,16 @@ def test_key_mismatch_messages_name_the_difference_in_one_line(tmp_path):
     assert "\n" not in str(info.value)
     assert "other inject targets or StageSpec" in str(info.value) and "injections.bottleneck" in str(info.value)
 
-    stages = dict(config["stages"], bottleneck="middle_blk")  # a StageSpec naming no module of this backbone
-    config_path.write_text(json.dumps({**config, "stages": stages}))
-    with pytest.raises(CheckpointError, match="'middle_blk' is not a module of NAFNet; did you mean 'middle_blks'"):
+    infos = [dict(i, name="middle_blk") if i["role"] == "bottleneck" else i for i in config["stage_info"]]
+    config_path.write_text(json.dumps({**config, "stage_info": infos}))  # a hook point naming no module
+    with pytest.raises(CheckpointError, match="config.json: stage_info: 'middle_blk' is not a module of NAFNet; "
+                                              "did you mean 'middle_blks'"):
         ConStyleUNet.from_pretrained(tmp_path / "run")
 
 
 def test_truncated_or_damaged_model_safetensors_is_named(tmp_path):
     torch.manual_seed(0)
-    net = _trained(wrap_unet(_tiny_nafnet()))
+    net = as_trained(wrap_unet(_tiny_nafnet()))
     weights = net.save_pretrained(tmp_path / "run") / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
@@ -212,10 +207,10 @@ def test_truncated_or_damaged_model_safetensors_is_named(tmp_path):
 
 
 def test_a_save_that_fails_midway_leaves_the_previous_save_loadable(tmp_path, monkeypatch):
-    """Each file is replaced atomically and config.json last: a failure while writing the weights leaves
-    the previous folder as it was."""
+    """The files are written into a folder beside and swapped in as a whole: a failure while writing the
+    weights leaves the previous folder as it was."""
     torch.manual_seed(0)
-    first = _trained(wrap_unet(_tiny_nafnet()), seed=1)
+    first = as_trained(wrap_unet(_tiny_nafnet()), seed=1)
     first.save_pretrained(tmp_path / "run")
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
 
@@ -227,7 +222,7 @@ def test_a_save_that_fails_midway_leaves_the_previous_save_loadable(tmp_path, mo
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        _trained(wrap_unet(_tiny_nafnet()), seed=2).save_pretrained(tmp_path / "run")
+        as_trained(wrap_unet(_tiny_nafnet()), seed=2).save_pretrained(tmp_path / "run")
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
     x = torch.rand(1, 3, 32, 32)
@@ -278,7 +273,7 @@ def test_a_backbone_of_a_trainer_registry_is_rebuilt_from_its_recorded_options(t
     options = {"img_channel": 3, "width": 8, "middle_blk_num": 1, "enc_blk_nums": [1, 1, 1, 1],
                "dec_blk_nums": [1, 1, 1, 1]}
     torch.manual_seed(0)
-    net = _trained(wrap_unet(NAFNet(**options)))
+    net = as_trained(wrap_unet(NAFNet(**options)))
     net.save_pretrained(tmp_path / "run", backbone_config={"type": "NAFNet", "registry": "basicsr", **options})
     record = json.loads((tmp_path / "run" / "config.json").read_text())["backbone"]
     assert record["registry"] == "basicsr" and record["type"] == "NAFNet" and record["kwargs"] == options
