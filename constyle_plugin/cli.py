@@ -195,21 +195,20 @@ def _add_export(subparsers) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .tools.export import DEFAULT_OPSET, check_onnx, export_onnx
+    from .tools.export import DEFAULT_OPSET, export_onnx
     from .tools.restore import load_network
 
     if str(args.checkpoint).endswith(".onnx"):
         raise ConStyleError(f"--checkpoint: {args.checkpoint} is already an ONNX file")
     net = load_network(args.checkpoint, args.config, device="cpu")
-    out = export_onnx(net, args.onnx, opset=args.opset or DEFAULT_OPSET, check=False)
-    message = f"wrote {out}"
-    if args.check:
-        diff, sizes = check_onnx(net, out)
+    checked: List[str] = []
+
+    def report(diff: float, sizes: List[Tuple[int, int, int]]) -> None:
         where = ", ".join(f"{b}x{h}x{w}" for b, h, w in sizes)
-        message += f"; onnxruntime vs eager at {where}: max abs diff {diff:.2e}"
-        if diff > 1e-4:
-            raise ConStyleError(f"--onnx: {out}: onnxruntime differs from the eager network by {diff:.3g} (> 1e-4)")
-    print(message)
+        checked.append(f"; onnxruntime vs eager at {where}: max abs diff {diff:.2e}")
+
+    out = export_onnx(net, args.onnx, opset=args.opset or DEFAULT_OPSET, check=args.check, report=report)
+    print(f"wrote {out}" + "".join(checked))
     return 0
 
 

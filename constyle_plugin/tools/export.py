@@ -9,7 +9,9 @@ saw give the eager output. The file's metadata records ``size_multiple``, which
 ``constyle restore`` uses to pad tiles as it does for the torch network.
 
 Where a backbone cannot be exported, :class:`OnnxExportError` names the unsupported operator and
-the module whose forward calls it.
+the module whose forward calls it. The file is checked with onnxruntime before it is put in place (at
+sizes padded to the network's size multiple, as restore pads), so a failed export or check leaves no
+file; the error says whether the network itself, onnxruntime, or the agreement between them failed.
 
 Core module: torch and the standard library; ``onnx`` and ``onnxruntime`` are imported only here, when
 used (``pip install "constyle-plugin[export]"``).
@@ -23,18 +25,19 @@ import sys
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConStyleError, MissingDependencyError, MissingFileError
+from ..errors import ConStyleError, ConStyleTypeError, MissingDependencyError, MissingFileError
 from ..core.padding import size_multiple_of
 from ..core.prompter import ConStyleV2
 from ..files import atomic_write
 
-__all__ = ["DEFAULT_OPSET", "OnnxExportError", "OnnxNetwork", "check_onnx", "export_onnx", "load_onnx"]
+__all__ = ["DEFAULT_OPSET", "OnnxExportError", "OnnxInputError", "OnnxNetwork", "check_onnx", "export_onnx",
+           "load_onnx"]
 
 PathLike = Union[str, os.PathLike]
 DEFAULT_OPSET = 17
@@ -45,6 +48,10 @@ INSTALL_HINT = 'pip install "constyle-plugin[export]"'
 
 class OnnxExportError(ConStyleError):
     """The network cannot be exported to ONNX, or the exported graph does not match it."""
+
+
+class OnnxInputError(ConStyleTypeError):
+    """An exported network called with a tensor it does not take (integers instead of floats in [0, 1])."""
 
 
 def _require(module: str) -> Any:
@@ -177,18 +184,22 @@ def _sample_size(multiple: int, size: Optional[Tuple[int, int]]) -> Tuple[int, i
 
 def export_onnx(net: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
                 sample_size: Optional[Tuple[int, int]] = None, check: bool = True,
-                atol: float = 1e-4) -> Path:
+                atol: float = 1e-4,
+                report: Optional[Callable[[float, List[Tuple[int, int, int]]], None]] = None) -> Path:
     """Export ``net`` (``B x C x H x W`` in [0, 1] -> same) to the ONNX file ``path``, atomically.
 
     Args:
         net: a wrapped U-Net (prompter inside the graph) or any image-to-image network, fp32, on any device.
         opset: ONNX opset (default 17).
         sample_size: ``H x W`` of the trace input (default: 64, or the network's size multiple above).
-        check: run the file with onnxruntime at two sizes the trace did not see and compare with the
-            eager output (raises :class:`OnnxExportError` above ``atol``).
+        check: before the file is put in place, run it with onnxruntime at two sizes the trace did not
+            see (padded up to the network's size multiple, as restore pads) and compare with the eager
+            output (raises :class:`OnnxExportError` above ``atol``).
+        report: called with the check's ``(max abs difference, sizes)`` when it passed.
 
     Returns ``path``. Raises :class:`OnnxExportError` naming the operator and module when a part of the
-    network has no ONNX form.
+    network has no ONNX form, or the size and the cause when the check fails; either way no file is
+    left at ``path`` (a file already there stays as it was).
     """
     onnx = _require("onnx")
     path = Path(path)
@@ -216,12 +227,22 @@ def export_onnx(net: nn.Module, path: PathLike, *, opset: int = DEFAULT_OPSET,
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    atomic_write(path, lambda tmp: onnx.save(model, tmp))
-    if check:
-        diff, sizes = check_onnx(net, path)
-        if diff > atol:
-            raise OnnxExportError(f"{path}: onnxruntime's output differs from the eager network's by {diff:.3g} "
-                                  f"(more than {atol:g}) at {sizes}")
+
+    checked: List[Tuple[float, List[Tuple[int, int, int]]]] = []
+
+    def write_and_check(tmp: str) -> None:  # the file is put in place only once it passed the check
+        onnx.save(model, tmp)
+        if check:
+            sizes = _check_sizes(multiple)
+            diff = _compare(net, OnnxNetwork(tmp, sample.device), sizes, 0, str(path))
+            if diff > atol:
+                raise OnnxExportError(f"{path}: onnxruntime's output differs from the eager network's by {diff:.3g} "
+                                      f"(more than {atol:g}) at {sizes}; no file written")
+            checked.append((diff, sizes))
+
+    atomic_write(path, write_and_check)
+    if report is not None and checked:
+        report(*checked[0])
     return path
 
 
@@ -233,23 +254,55 @@ def _export_to_proto(graph: nn.Module, sample: Tensor, opset: int, axes: Dict[in
     return buffer.getvalue()
 
 
-def check_onnx(net: nn.Module, path: PathLike, sizes: Optional[Sequence[Tuple[int, int, int]]] = None,
-               seed: int = 0) -> Tuple[float, List[Tuple[int, int, int]]]:
-    """Largest absolute difference between onnxruntime on ``path`` and ``net`` in eager mode, over
-    random inputs of ``sizes`` (``(batch, H, W)``; default two odd sizes no trace used). Returns
-    ``(max abs difference, sizes)``."""
-    runner = load_onnx(path)
-    sizes = list(sizes or [(2, 37, 53), (1, 71, 46)])
+CHECK_SIZES = ((2, 37, 53), (1, 71, 46))  # (batch, H, W), odd: sizes no trace used
+
+
+def _check_sizes(multiple: int) -> List[Tuple[int, int, int]]:
+    """:data:`CHECK_SIZES` padded up to ``multiple``, as restore pads each image or tile."""
+    return [(b, h + (-h) % multiple, w + (-w) % multiple) for b, h, w in CHECK_SIZES]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _compare(net: nn.Module, runner: "OnnxNetwork", sizes: Sequence[Tuple[int, int, int]], seed: int,
+             label: str) -> float:
     generator = torch.Generator().manual_seed(seed)
     param = next(iter(net.parameters()), None)
     worst = 0.0
     with _graph_mode(net), torch.no_grad():
         for batch, h, w in sizes:
+            shape = f"{batch} x {runner.in_channels} x {h} x {w}"
             x = torch.rand(batch, runner.in_channels, h, w, generator=generator).to(
                 param.device if param is not None else "cpu")
-            eager = _image_of(net(x), x)
-            worst = max(worst, float((runner(x) - eager).abs().max()))
-    return worst, sizes
+            try:
+                eager = _image_of(net(x), x)
+            except Exception as exc:  # noqa: BLE001  (the network's own error, named with the size)
+                raise OnnxExportError(
+                    f"{label}: checking the export, the network itself fails on a {shape} input ({_first_line(exc)}); "
+                    f"its size multiple is {runner.size_multiple}: set `size_multiple` on the network to the one its "
+                    f"inputs need (restore pads to it), or pass check=False") from exc
+            try:
+                out = runner(x)
+            except Exception as exc:  # noqa: BLE001  (onnxruntime's own exception types)
+                raise OnnxExportError(
+                    f"{label}: onnxruntime cannot run the exported graph on a {shape} input ({_first_line(exc)}): "
+                    f"the trace fixed a size that changes with the input") from exc
+            worst = max(worst, float((out - eager).abs().max()))
+    return worst
+
+
+def check_onnx(net: nn.Module, path: PathLike, sizes: Optional[Sequence[Tuple[int, int, int]]] = None,
+               seed: int = 0) -> Tuple[float, List[Tuple[int, int, int]]]:
+    """Largest absolute difference between onnxruntime on ``path`` and ``net`` in eager mode, over
+    random inputs of ``sizes`` (``(batch, H, W)``; default: two odd sizes no trace used, padded up to
+    the file's ``size_multiple`` as restore pads). Returns ``(max abs difference, sizes)``; raises
+    :class:`OnnxExportError` naming the size where the network or onnxruntime fails."""
+    runner = load_onnx(path)
+    sizes = list(sizes or _check_sizes(runner.size_multiple))
+    return _compare(net, runner, sizes, seed, str(path)), sizes
 
 
 class OnnxNetwork:
@@ -280,6 +333,10 @@ class OnnxNetwork:
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise OnnxInputError(f"{self.path}: the input image tensor is {got}; the network takes floats in [0, 1] "
+                                 f"(B x {self.in_channels} x H x W): pass x.float() / 255 for 8-bit images")
         out = self.session.run(None, {self.input_name: x.detach().float().cpu().numpy()})[0]
         return torch.from_numpy(np.asarray(out)).to(x.device, x.dtype)
 

@@ -1,8 +1,8 @@
 """``constyle convert`` and ``constyle export`` end to end on tiny runs of both trainers: a checkpoint of
 ``basicsr train -opt options/nafnet_constyle.yml`` (params and params_ema) and of ``constyle train``
 (MMEngine) become save_pretrained folders and back, bit for bit; the BasicSR checkpoint becomes an ONNX
-file with one command, and ``constyle restore`` with that file (or with the folder) gives the images the
-checkpoint gives."""
+file with one command, and ``constyle restore`` with the folder gives the images the checkpoint gives (with
+the ONNX file, to one 8-bit level)."""
 from __future__ import annotations
 
 import json
@@ -89,8 +89,11 @@ def test_mmengine_checkpoint_to_folder_and_back(mmengine_checkpoint, tmp_path, c
                   trained)
 
 
-def test_basicsr_checkpoint_to_onnx_and_restore_gives_the_same_images(basicsr_checkpoint, images, tmp_path,
-                                                                      capsys):
+def test_basicsr_checkpoint_to_onnx_and_restore_gives_the_checkpoints_images_to_one_level(basicsr_checkpoint, images,
+                                                                                          tmp_path, capsys):
+    """The folder restores the checkpoint's images exactly; the ONNX file, up to one 8-bit level where the
+    float outputs (onnxruntime's kernels add in another order than torch's) round differently, as
+    docs/checkpoints.md says."""
     onnx_file = tmp_path / "nafnet.onnx"
     code, out, err = run_cli(capsys, "export", "--checkpoint", str(basicsr_checkpoint), "--onnx", str(onnx_file))
     assert code == 0, err
@@ -111,6 +114,8 @@ def test_basicsr_checkpoint_to_onnx_and_restore_gives_the_same_images(basicsr_ch
         assert set(outputs[name]) == set(outputs["checkpoint"])
         for file, image in outputs["checkpoint"].items():
             diff = np.abs(outputs[name][file] - image)
+            if name == "folder":  # the same torch network, the same weights
+                assert diff.max() == 0, (file, diff.max())
             # float outputs within 1e-4 of each other: at most one 8-bit level where rounding falls between
             assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (name, file, diff.max(), (diff > 0).mean())
     # and the ONNX network is the checkpoint's EMA network, not only close after rounding to 8 bits
