@@ -61,12 +61,32 @@ def test_query_degradations_label_each_query_with_the_degradation_it_got(tmp_pat
     assert seen == {"noise", "low_light"}
 
 
+def _kind(view: torch.Tensor, flat: float) -> str:
+    """Which of two easily told apart degradations a view of a flat picture (value ``flat``) shows."""
+    mean = float(view.mean())
+    if mean < 0.6 * flat:
+        return "low_light"  # darkened far below the picture
+    if abs(mean - flat) < 0.1 and float((view[:, :, 1:] - view[:, :, :-1]).abs().mean()) > 0.02:
+        return "noise"  # as bright as the picture, with white noise on it
+    return "clean" if float((view[:, :, 1:] - view[:, :, :-1]).abs().max()) < 1e-5 else "other"
+
+
 def test_key_degradation_same_gives_the_key_the_querys_degradation_type(tmp_path):
+    """Two types told apart view by view: every key has its own query's type (a key type drawn on its
+    own would match in about half the samples), and both types occur; with the default the key is clean."""
     root = _tree(tmp_path)
-    clean = ConStylePretrainDataset(_opt(root, query_degradations=["low_light"], phase="val"))
-    same = ConStylePretrainDataset(_opt(root, query_degradations=["low_light"], key_degradation="same", phase="val"))
+    options = _opt(root, query_degradations={"noise": 1, "low_light": 1}, phase="val", repeat=16)
+    same = ConStylePretrainDataset({**options, "key_degradation": "same"})
+    clean = ConStylePretrainDataset(options)
+    kinds = []
     for i in range(len(same)):
-        assert float(same[i]["key"].mean()) < 0.6 * float(clean[i]["key"].mean())
+        s = same[i]
+        flat = (100 + 20 * s["label"]) / 255  # _tree's picture of this class
+        query, key = _kind(s["query"], flat), _kind(s["key"], flat)
+        assert query == NAMES[s["degradation_label"]] and key == query, (i, query, key)
+        assert _kind(clean[i]["key"], flat) == "clean"
+        kinds.append(key)
+    assert 8 <= kinds.count("noise") <= len(kinds) - 8
 
 
 def test_photos_keeps_only_the_named_classes_and_refuses_unknown_names(tmp_path):
