@@ -238,7 +238,7 @@ class AllInOneTestDataset(data.Dataset):
             self.task = check_test_task(self.setting, self.opt.get("task"))
         except OptionError as exc:
             raise _option_error(owner, exc.key, exc.message) from None
-        sets = {t.key: t for t in benchmark_test_sets(self.setting, self.opt["dataroot"])}
+        sets = {t.key: t for t in benchmark_test_sets(self.setting, self.opt["dataroot"], tasks=[self.task])}
         images = list(sets[self.task].images)
         limit = self.opt.get("max_images")
         if limit is not None:

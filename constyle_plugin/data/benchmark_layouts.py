@@ -60,7 +60,7 @@ from .benchmark_images import TestImage, TestTask, TrainPair, crop_to_multiple, 
 from .imageio import IMAGE_EXTENSIONS
 
 __all__ = [
-    "SETTINGS", "DOCS", "TestImage", "TestTask", "TrainPair", "benchmark_test_sets", "benchmark_train_pairs",
+    "SETTINGS", "DOCS", "TestImage", "TestTask", "TrainPair", "absent_test_sets", "benchmark_test_sets", "benchmark_train_pairs",
     "DENOISE_15", "DENOISE_25", "DENOISE_50", "DERAIN", "DEHAZE", "DEBLUR", "ENHANCE",
     "GOPRO", "SOTS", "RAIN", "CBSD68_25", "LIVE1_20", "LOL", "DEFOCUS", "SNOW",
     "TRAIN_TASKS", "THREE_TASK_TRAIN", "FIVE_TASK_TRAIN", "DEFAULT_TRAIN_TASKS", "DEFAULT_REPEAT", "TEST_TASKS",
@@ -259,13 +259,13 @@ def check_setting(setting: str, allowed: Sequence[str] = SETTINGS, key: str = "s
     return setting
 
 
-def check_test_task(setting: str, task: object) -> str:
+def check_test_task(setting: str, task: object, key: str = "task") -> str:
     """``task`` if it is a test task key of ``setting`` (:data:`TEST_TASKS`), else an
-    :class:`~constyle_plugin.errors.OptionError` (key ``task``) with a did-you-mean."""
+    :class:`~constyle_plugin.errors.OptionError` (``key``, default ``task``) with a did-you-mean."""
     known = TEST_TASKS[setting]
     if task not in known:
         hint = did_you_mean(task, known)
-        raise OptionError("task", f"{task!r} is not a {setting} test task{'; ' + hint if hint else ''} "
+        raise OptionError(key, f"{task!r} is not a {setting} test task{'; ' + hint if hint else ''} "
                                   f"(known: {', '.join(known)})")
     return str(task)
 
@@ -361,8 +361,47 @@ def _need_images(root: Path, folder: Path, what: str, hint: str, recursive: bool
 # --------------------------------------------------------------------------------------------
 # Test sets
 # --------------------------------------------------------------------------------------------
-def benchmark_test_sets(setting: str, root: PathLike) -> List[TestTask]:
+def _test_tasks(setting: str, tasks: Optional[Sequence[str]], key: str) -> Tuple[str, ...]:
+    if tasks is None:
+        return TEST_TASKS[setting]
+    chosen = [check_test_task(setting, t, key) for t in ([tasks] if isinstance(tasks, str) else tasks)]
+    if not chosen:
+        raise OptionError(key, "no task given")
+    return tuple(t for t in TEST_TASKS[setting] if t in chosen)
+
+
+def _test_root(setting: str, root: PathLike) -> Tuple[Path, str, str]:
+    check_setting(setting)
+    layout = _CONSTYLE_V2 if setting == "constyle-v2" else _PROMPTIR_TEST
+    what = f"{setting} test root"
+    hint = _test_tree(setting)
+    return _resolve_root(root, layout, what, hint), what, hint
+
+
+def absent_test_sets(setting: str, root: PathLike, tasks: Optional[Sequence[str]] = None,
+                     key: str = "task") -> Dict[str, Path]:
+    """The test sets of ``setting`` (``tasks``: some of its keys; ``key``: the option naming them in errors)
+    that are absent under ``root``: none of their folders exists. ``{task: the folder looked for}``, in
+    column order. A set with some of its folders present is not absent: :func:`benchmark_test_sets` checks it."""
+    path, _, _ = _test_root(setting, root)
+    sets = _CONSTYLE_V2_TEST_SETS if setting == "constyle-v2" else _PROMPTIR_TEST_SETS
+    absent = {}
+    for task in _test_tasks(setting, tasks, key):
+        lq_rel, gt_rel, _ = sets[task]
+        folders = [path / rel for rel in (lq_rel, gt_rel) if rel is not None]
+        if not any(f.exists() for f in folders):
+            top = Path(os.path.commonpath([str(f) for f in folders])) if len(folders) > 1 else folders[0]
+            absent[task] = top
+    return absent
+
+
+def benchmark_test_sets(setting: str, root: PathLike, tasks: Optional[Sequence[str]] = None,
+                        skip_absent: bool = False, key: str = "task") -> List[TestTask]:
     """The test sets of ``setting`` (:data:`SETTINGS`) under ``root``, in the papers' column order.
+
+    ``tasks``: only these test task keys (default: all of the setting's; ``key`` names the option in
+    errors); ``skip_absent``: leave out the sets none of whose folders exists (see
+    :func:`absent_test_sets`) instead of refusing them; at least one must be present.
 
     Every folder and pairing is checked before this returns (no image is read): a missing folder, an empty
     one, a file without its partner, or a root laid out for another setting raises
@@ -370,22 +409,25 @@ def benchmark_test_sets(setting: str, root: PathLike) -> List[TestTask]:
     root may be the folder holding ``test/``; a ConStyle v2 root, the folder holding ``Test_small/``.
 
     Returns:
-        one :class:`TestTask` per entry of ``TEST_TASKS[setting]``; images sorted by file name.
+        one :class:`TestTask` per task asked for and present; images sorted by file name.
     """
-    check_setting(setting)
-    layout = _CONSTYLE_V2 if setting == "constyle-v2" else _PROMPTIR_TEST
-    what = f"{setting} test root"
-    hint = _test_tree(setting)
-    path = _resolve_root(root, layout, what, hint)
+    path, what, hint = _test_root(setting, root)
+    keys = _test_tasks(setting, tasks, key)
+    if skip_absent:
+        absent = absent_test_sets(setting, root, keys)
+        if len(absent) == len(keys):
+            raise LayoutError(f"{what} {path}: none of the test sets asked for is there (no "
+                              f"{', '.join(str(f) for f in dict.fromkeys(absent.values()))}); {hint}")
+        keys = tuple(k for k in keys if k not in absent)
     sets = _CONSTYLE_V2_TEST_SETS if setting == "constyle-v2" else _PROMPTIR_TEST_SETS
     multiple, mode = CROP[setting]
-    tasks = []
-    for key in TEST_TASKS[setting]:
-        lq_rel, gt_rel, pairing = sets[key]
+    found = []
+    for task in keys:
+        lq_rel, gt_rel, pairing = sets[task]
         gt_dir = _need_folder(path, gt_rel, what, hint)
         if lq_rel is None:
             gts = _need_images(path, gt_dir, what, hint)
-            sigma = NOISE_SIGMA[key]
+            sigma = NOISE_SIGMA[task]
             images = tuple(
                 TestImage(name=g.stem, gt=g, lq=None,
                           synthesis=("float", sigma, 0) if setting == "constyle-v2"
@@ -399,8 +441,8 @@ def benchmark_test_sets(setting: str, root: PathLike) -> List[TestTask]:
             pairs = _pairs(path, lq_dir, gt_dir, pairing, lqs, gts, what)
             images = tuple(TestImage(name=lq.stem, gt=gt, lq=lq, synthesis=None, crop_multiple=multiple,
                                      crop_mode=mode) for lq, gt in pairs)
-        tasks.append(TestTask(key=key, column=COLUMNS[key], images=images))
-    return tasks
+        found.append(TestTask(key=task, column=COLUMNS[task], images=images))
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,7 +584,6 @@ def check_dataset_layout(kind: str, options: Mapping) -> None:
         benchmark_train_pairs(check_setting(setting, ("three-task", "five-task")), root, options.get("tasks"),
                               options.get("lists"))
         return
-    benchmark_test_sets(check_setting(setting), root)
     task = options.get("task")
-    for one in ([task] if isinstance(task, str) else list(task) if isinstance(task, (list, tuple)) else []):
-        check_test_task(setting, one)
+    tasks = [task] if isinstance(task, str) else list(task) if isinstance(task, (list, tuple)) else None
+    benchmark_test_sets(check_setting(setting), root, tasks=tasks or None)  # only the folders the dataset reads

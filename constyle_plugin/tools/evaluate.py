@@ -31,15 +31,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from ..core.unet import ConStyleUNet
-from ..data.benchmark_layouts import SETTINGS, benchmark_test_sets, check_setting
+from ..data.benchmark_layouts import (COLUMNS, SETTINGS, TEST_TASKS, absent_test_sets, benchmark_test_sets,
+                                      check_setting)
 from ..errors import EvaluateError, RestoreError
 from ..data.imageio import IMAGE_EXTENSIONS, read_image
 from .restore import (PROMPT_SIZE_HELP, apply_prompt_size, check_device, check_output_folder, check_tiling,
                       load_network, size_multiple_of, tiled_forward, write_image)
 from ..files import atomic_write
+from ..progress import progress
 from ..runs import run_reader
 
 __all__ = ["ImagePair", "TestItem", "basicsr_metrics", "benchmark_tasks", "check_crop_border", "check_fresh_output",
@@ -72,13 +72,15 @@ class TestItem(Protocol):
 
 
 # ------------------------------------------------------------------------------------------ pairs
-def _images_by_stem(folder: Path, option: str) -> Dict[str, Path]:
+def _images_by_stem(folder: Path, option: str, exclude: Optional[Path] = None) -> Dict[str, Path]:
     if not folder.exists():
         raise EvaluateError(f"{option}: {folder} does not exist")
     if not folder.is_dir():
         raise EvaluateError(f"{option}: {folder} is not a folder")
     found: Dict[str, Path] = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+        if exclude is not None and exclude in path.parents:
+            continue
         stem = path.relative_to(folder).with_suffix("").as_posix()
         if stem in found:
             raise EvaluateError(f"{option}: {found[stem]} and {path} have the same name; keep one of them")
@@ -99,21 +101,45 @@ def _image_size(path: Path) -> Tuple[int, int]:
         return read_image(path).shape[:2]
 
 
+def _ground_truth_stems(stem: str) -> List[str]:
+    """The ground-truth stems an input stem pairs with, first match wins: the same stem, then the field's
+    conventions: ``rain-N`` -> ``norain-N`` (Rain100L / RainTrainL), ``X_0.8_0.2`` -> ``X`` (SOTS / RESIDE)."""
+    folder, _, base = stem.rpartition("/")
+    prefix = folder + "/" if folder else ""
+    out = [stem]
+    if base.startswith("rain-"):
+        out.append(prefix + "no" + base)
+    if "_" in base.strip("_"):
+        out.append(prefix + base.split("_")[0])
+    return out
+
+
 def pair_folders(lq: PathLike, gt: PathLike) -> List[ImagePair]:
-    """The images of ``lq`` and ``gt`` paired by file stem (path below the folder without extension).
+    """The images of ``lq`` and ``gt`` paired by file stem (path below the folder without extension), or
+    by the field's naming conventions: ``rain-N`` with ``norain-N``, ``X_0.8_0.2`` (a hazy image) with
+    ``X``. An ``lq`` folder inside ``gt`` (Rain100L's ``rainy/``) is not part of the ground truth.
 
     Raises :class:`~constyle_plugin.errors.EvaluateError` in one line naming the file at fault: a
     missing or empty folder, a file without a partner, two files with one stem, sizes that differ.
     """
     lq, gt = Path(lq), Path(gt)
-    lq_files, gt_files = _images_by_stem(lq, "--lq"), _images_by_stem(gt, "--gt")
+    inside = lq.resolve() if gt.resolve() in lq.resolve().parents else None
+    lq_files = _images_by_stem(lq, "--lq")
+    gt_files = _images_by_stem(gt, "--gt", exclude=inside)
+    partner: Dict[str, str] = {}
     for stem, path in lq_files.items():
-        if stem not in gt_files:
-            raise EvaluateError(f"--lq: {path} has no ground truth: no {stem}.* under --gt {gt}")
+        match = next((s for s in _ground_truth_stems(stem) if s in gt_files), None)
+        if match is None:
+            wanted = " or ".join(f"{s}.*" for s in _ground_truth_stems(stem))
+            raise EvaluateError(f"--lq: {path} has no ground truth: no {wanted} under --gt {gt}")
+        partner[stem] = match
+    used = set(partner.values())
     for stem, path in gt_files.items():
-        if stem not in lq_files:
-            raise EvaluateError(f"--gt: {path} has no input: no {stem}.* under --lq {lq}")
-    pairs = [ImagePair(stem, lq_files[stem], gt_files[stem]) for stem in sorted(lq_files)]
+        if stem not in used:
+            folder, _, base = stem.rpartition("/")
+            twin = (folder + "/" if folder else "") + base[2:] if base.startswith("norain-") else stem
+            raise EvaluateError(f"--gt: {path} has no input: no {twin}.* under --lq {lq}")
+    pairs = [ImagePair(stem, lq_files[stem], gt_files[partner[stem]]) for stem in sorted(lq_files)]
     for pair in pairs:
         a, b = _image_size(pair.lq), _image_size(pair.gt)
         if a != b:
@@ -193,10 +219,13 @@ def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[TestItem]], y_cha
                    device: Union[str, torch.device] = "cpu", samples: int = 3,
                    output: Optional[PathLike] = None, save_images: bool = False,
                    show_progress: bool = True, columns: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
-    """Restore every item of every task with ``net`` and measure it; returns
-    ``{"tasks": {task: {"column", "psnr", "ssim", "n_images", "images": [{"name", "psnr", "ssim"}, ...]}},
-    "average": {"psnr", "ssim"}, "channel", "crop_border"}``. ``columns`` maps a task to its header in
-    the table (default: the task itself). Images no larger than ``tile`` run whole, larger ones tiled.
+    """Restore every item of every task with ``net`` and measure it, and the degraded input itself;
+    returns ``{"tasks": {task: {"column", "psnr", "ssim", "n_images", "input": {"psnr", "ssim"},
+    "images": [{"name", "psnr", "ssim", "input_psnr", "input_ssim"}, ...]}}, "average": {"psnr", "ssim"},
+    "input": {"psnr", "ssim"}, "channel", "crop_border"}`` (``input``: the degraded input against the ground
+    truth, measured alike). ``columns`` maps a task to its header in the table (default: the task itself).
+    Images no larger than ``tile`` run whole, larger ones tiled. Progress: a bar on a terminal, a line per
+    tenth of the images otherwise (:func:`~constyle_plugin.progress.progress`).
 
     With ``output``: panels (input | output | ground truth) of each task's first ``samples`` images in
     ``output/samples/``, and with ``save_images`` every restored image (8-bit PNG, the pixels that were
@@ -206,7 +235,7 @@ def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[TestItem]], y_cha
     multiple = size_multiple_of(net)
     out_dir = Path(output) if output is not None else None
     total = sum(len(pairs) for pairs in tasks.values())
-    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not show_progress)
+    bar = progress(total, "evaluate", unit="img", enabled=show_progress)
     results: Dict[str, Any] = {}
     try:
         for task, pairs in tasks.items():
@@ -217,10 +246,11 @@ def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[TestItem]], y_cha
                 with torch.no_grad():
                     y = tiled_forward(net, x, tile=tile, overlap=overlap, multiple=multiple)
                 restored = y[0].clamp(0, 1).permute(1, 2, 0).float().cpu().numpy()
-                out8, gt8 = to_bgr_uint8(restored), to_bgr_uint8(gt)
-                psnr = float(calculate_psnr(out8, gt8, crop_border, input_order="HWC", test_y_channel=y_channel))
-                ssim = float(calculate_ssim(out8, gt8, crop_border, input_order="HWC", test_y_channel=y_channel))
-                rows.append({"name": pair.name, "psnr": psnr, "ssim": ssim})
+                out8, gt8, lq8 = to_bgr_uint8(restored), to_bgr_uint8(gt), to_bgr_uint8(lq)
+                psnr, ssim, in_psnr, in_ssim = (
+                    float(metric(img, gt8, crop_border, input_order="HWC", test_y_channel=y_channel))
+                    for img in (out8, lq8) for metric in (calculate_psnr, calculate_ssim))
+                rows.append({"name": pair.name, "psnr": psnr, "ssim": ssim, "input_psnr": in_psnr, "input_ssim": in_ssim})
                 if out_dir is not None:
                     measured = out8[..., ::-1].astype(np.float32) / 255.0
                     if save_images:
@@ -228,53 +258,91 @@ def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[TestItem]], y_cha
                     if i < samples:
                         write_image(out_dir / "samples" / f"{_safe_name(task)}_{_safe_name(pair.name)}.png",
                                     _panel(lq, measured, gt8[..., ::-1].astype(np.float32) / 255.0))
-                bar.update(1)
-                bar.set_postfix(task=task, psnr=f"{psnr:.2f}")
+                bar.update(1, task=task, psnr=f"{psnr:.2f}")
             results[task] = {"column": (columns or {}).get(task, task),
                              "psnr": float(np.mean([r["psnr"] for r in rows])),
                              "ssim": float(np.mean([r["ssim"] for r in rows])),
-                             "n_images": len(rows), "images": rows}
+                             "n_images": len(rows),
+                             "input": {"psnr": float(np.mean([r["input_psnr"] for r in rows])),
+                                       "ssim": float(np.mean([r["input_ssim"] for r in rows]))},
+                             "images": rows}
     finally:
         bar.close()
     return {"tasks": results,
             "average": {"psnr": float(np.mean([t["psnr"] for t in results.values()])),
                         "ssim": float(np.mean([t["ssim"] for t in results.values()]))},
+            "input": {"psnr": float(np.mean([t["input"]["psnr"] for t in results.values()])),
+                      "ssim": float(np.mean([t["input"]["ssim"] for t in results.values()]))},
             "channel": "Y" if y_channel else "RGB", "crop_border": int(crop_border)}
 
 
 # ------------------------------------------------------------------------------------------ reports
+def _cell(m: Mapping[str, float]) -> str:
+    return f"{m['psnr']:.2f} / {m['ssim']:.4f}"
+
+
+def _average_label(metrics: Mapping[str, Any]) -> str:
+    partial = metrics.get("partial")
+    return f"Average (partial: {partial['measured']} of {partial['of']})" if partial else "Average"
+
+
 def _markdown(metrics: Mapping[str, Any]) -> str:
-    tasks = metrics["tasks"]
+    tasks, missing = metrics["tasks"], metrics.get("missing", {})
     method = Path(str(metrics.get("checkpoint", "model"))).name or "model"
-    header = ["Method", *(t.get("column", name) for name, t in tasks.items()), "Average"]
-    cells = [f"{t['psnr']:.2f} / {t['ssim']:.4f}" for t in tasks.values()]
-    cells.append(f"{metrics['average']['psnr']:.2f} / {metrics['average']['ssim']:.4f}")
+    order = metrics.get("columns_order") or list(tasks)
+    header = ["Method"] + [tasks[k].get("column", k) if k in tasks else missing[k]["column"] for k in order]
+    header.append(_average_label(metrics))
+    rows = []
+    for label, pick, average in (("Input (degraded)", lambda t: t["input"], metrics.get("input")),
+                                 (method, lambda t: t, metrics["average"])):
+        if average is None:
+            continue
+        cells = [_cell(pick(tasks[k])) if k in tasks else "missing" for k in order]
+        rows.append("| " + " | ".join([label, *cells, _cell(average)]) + " |")
     counts = ", ".join(f"{t.get('column', name)}: {t['n_images']}" for name, t in tasks.items())
     setting = f"{metrics['benchmark']} setting ({metrics['root']}); " if metrics.get("benchmark") else ""
     if metrics.get("max_images"):
         setting += f"only the first {metrics['max_images']} image(s) of each task (--max-images); "
+    notes = []
+    if missing:
+        notes.append("Missing (no data under the root): " + "; ".join(
+            f"{m['column']} (no {m['folder']})" for m in missing.values()) + ".")
+    if metrics.get("partial"):
+        notes.append(f"The average is over the {metrics['partial']['measured']} columns measured, not the setting's "
+                     f"{metrics['partial']['of']}: it does not compare with the papers' average.")
     return "\n".join([
         setting + f"PSNR (dB) / SSIM on {metrics['channel']}"
         + (" (Y of YCbCr, BasicSR's test_y_channel)" if metrics["channel"] == "Y" else "")
-        + f", border crop {metrics['crop_border']} px; images per task: {counts}.",
+        + f", border crop {metrics['crop_border']} px; images per task: {counts}. The input row measures the "
+          f"degraded input itself against the ground truth.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join([" --- "] + [" :---: "] * (len(header) - 1)) + "|",
-        "| " + " | ".join([method, *cells]) + " |",
+        *rows,
         "",
+        *([" ".join(notes), ""] if notes else []),
     ])
 
 
 def _csv(metrics: Mapping[str, Any]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["task", "column", "psnr", "ssim", "n_images", "channel", "crop_border"])
-    for name, t in metrics["tasks"].items():
+    writer.writerow(["task", "column", "psnr", "ssim", "n_images", "channel", "crop_border", "input_psnr",
+                     "input_ssim", "status"])
+    tasks, missing = metrics["tasks"], metrics.get("missing", {})
+    for name in metrics.get("columns_order") or list(tasks):
+        if name in missing:
+            writer.writerow([name, missing[name]["column"], "", "", 0, metrics["channel"], metrics["crop_border"],
+                             "", "", "missing"])
+            continue
+        t = tasks[name]
         writer.writerow([name, t.get("column", name), f"{t['psnr']:.6f}", f"{t['ssim']:.6f}", t["n_images"],
-                         metrics["channel"], metrics["crop_border"]])
-    avg = metrics["average"]
-    writer.writerow(["average", "Average", f"{avg['psnr']:.6f}", f"{avg['ssim']:.6f}",
-                     sum(t["n_images"] for t in metrics["tasks"].values()), metrics["channel"], metrics["crop_border"]])
+                         metrics["channel"], metrics["crop_border"], f"{t['input']['psnr']:.6f}",
+                         f"{t['input']['ssim']:.6f}", "measured"])
+    avg, inp = metrics["average"], metrics.get("input") or {"psnr": float("nan"), "ssim": float("nan")}
+    writer.writerow(["average", _average_label(metrics), f"{avg['psnr']:.6f}", f"{avg['ssim']:.6f}",
+                     sum(t["n_images"] for t in tasks.values()), metrics["channel"], metrics["crop_border"],
+                     f"{inp['psnr']:.6f}", f"{inp['ssim']:.6f}", "partial" if metrics.get("partial") else "complete"])
     return buf.getvalue()
 
 
@@ -320,12 +388,15 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--root", default=None,
                         help="with --benchmark: the test root (PromptIR / AdaIR: the test/ folder, or the folder "
                              "holding it; constyle-v2: the authors' Test_small/ folder)")
+    parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                        help="with --benchmark: only these columns (task keys, e.g. derain denoise_25; commas work "
+                             "too); default: every column whose data is under --root, the others marked missing")
     parser.add_argument("--lq", default=None, help="instead of --benchmark: folder of degraded inputs (paired with "
-                                                  "--gt by file stem)")
+                                                  "--gt by file stem, or rain-N with norain-N, X_0.8_0.2 with X)")
     parser.add_argument("--gt", default=None, help="with --lq: folder of ground-truth images, one per input, same size")
     parser.add_argument("--name", default=None,
-                        help="with --lq / --gt: the task's name in the tables (default: the folder holding --lq and "
-                             "--gt, else the --lq folder's name)")
+                        help="with --lq / --gt: the task's name in the tables (default: the --lq folder's name, or "
+                             "the first folder above it whose name is not a generic word such as input, lq, rainy)")
     parser.add_argument("--max-images", dest="max_images", type=int, default=None,
                         help="measure only the first N images of each task (sorted by name), for a quick look; "
                              "the table says so")
@@ -351,19 +422,35 @@ def add_evaluate_arguments(parser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
 
 
+# Folder names that say what a folder holds, not which data set it is: the task is named after a folder above.
+_GENERIC = frozenset({"input", "inputs", "lq", "lr", "low", "degraded", "rainy", "hazy", "noisy", "blurry", "blurred",
+                      "snowy", "target", "targets", "gt", "hq", "hr", "high", "clean", "norain", "sharp", "groundtruth",
+                      "ground_truth", "test", "testing", "val", "data", "images", "imgs"})
+
+
 def _default_name(lq: Path, gt: Path) -> str:
+    """The task name of a folder pair: ``--lq``'s folder name, or the first folder above it (or above
+    ``--gt`` when ``--lq`` lies inside it) whose name is not a generic word."""
     lq, gt = lq.resolve(), gt.resolve()
-    return lq.parent.name if lq.parent == gt.parent and lq.parent.name else lq.name
+    folder = gt if gt in lq.parents else lq
+    while folder.name.casefold() in _GENERIC and folder.parent != folder:
+        folder = folder.parent
+    return folder.name or lq.name
 
 
-def benchmark_tasks(benchmark: str, root: PathLike, max_images: Optional[int] = None
-                    ) -> Tuple[Dict[str, Sequence[TestItem]], Dict[str, str]]:
+def benchmark_tasks(benchmark: str, root: PathLike, max_images: Optional[int] = None,
+                    tasks: Optional[Sequence[str]] = None
+                    ) -> Tuple[Dict[str, Sequence[TestItem]], Dict[str, str], Dict[str, Path]]:
     """The test sets of one all-in-one setting under ``root``, checked before anything runs:
-    ``({task key: items}, {task key: column header})`` in the papers' column order, each task cut to
-    its first ``max_images`` items when given."""
-    tasks: Dict[str, Sequence[TestItem]] = {}
+    ``({task key: items}, {task key: column header}, {absent task key: the folder looked for})`` in the
+    papers' column order, each task cut to its first ``max_images`` items when given.
+
+    ``tasks``: only these task keys, each of which must be there; default: every task whose data is
+    there (at least one), the absent ones returned as such. A task present but laid out wrongly is refused."""
+    absent = {} if tasks else absent_test_sets(benchmark, root, key="--tasks")
+    found: Dict[str, Sequence[TestItem]] = {}
     columns: Dict[str, str] = {}
-    for task in benchmark_test_sets(benchmark, root):
+    for task in benchmark_test_sets(benchmark, root, tasks=tasks, skip_absent=not tasks, key="--tasks"):
         items = list(task.images)[:max_images] if max_images else list(task.images)
         for item in items:  # sizes from the file headers, so a mismatch stops the run before it starts
             if item.lq is not None:
@@ -372,12 +459,21 @@ def benchmark_tasks(benchmark: str, root: PathLike, max_images: Optional[int] = 
                 if (a - a % m, b - b % m) != (c - c % m, d - d % m):
                     raise EvaluateError(f"--root: {item.lq} is {b}x{a} but its ground truth {item.gt} is {d}x{c} "
                                         f"({task.column})")
-        tasks[task.key] = items
+        found[task.key] = items
         columns[task.key] = task.column
-    return tasks, columns
+    return found, columns, absent
 
 
-def _check_inputs(args, output: Path) -> Tuple[Dict[str, Sequence[TestItem]], Dict[str, str]]:
+def _split_tasks(values: Optional[Sequence[str]]) -> Optional[List[str]]:
+    if values is None:
+        return None
+    tasks = [t for v in values for t in v.split(",") if t]
+    if not tasks:
+        raise EvaluateError("--tasks: no task given")
+    return tasks
+
+
+def _check_inputs(args, output: Path) -> Tuple[Dict[str, Sequence[TestItem]], Dict[str, str], Dict[str, Path]]:
     benchmark_given = args.benchmark is not None or args.root is not None
     pair_given = args.lq is not None or args.gt is not None
     if benchmark_given and pair_given:
@@ -394,7 +490,9 @@ def _check_inputs(args, output: Path) -> Tuple[Dict[str, Sequence[TestItem]], Di
         root = Path(args.root)
         if root.is_dir() and output.resolve() == root.resolve():
             raise EvaluateError(f"--output: {output} is the --root folder; choose another folder")
-        return benchmark_tasks(args.benchmark, root, args.max_images)
+        return benchmark_tasks(args.benchmark, root, args.max_images, _split_tasks(getattr(args, "tasks", None)))
+    if getattr(args, "tasks", None) is not None:
+        raise EvaluateError("--tasks chooses columns of --benchmark; with --lq / --gt there is one task (--name)")
     if args.lq is None or args.gt is None:
         raise EvaluateError(f"{'--lq' if args.lq is None else '--gt'} is missing: --lq and --gt go together")
     lq, gt = Path(args.lq), Path(args.gt)
@@ -406,7 +504,7 @@ def _check_inputs(args, output: Path) -> Tuple[Dict[str, Sequence[TestItem]], Di
             raise EvaluateError(f"--output: {output} is the {option} folder; choose another folder")
     pairs = pair_folders(lq, gt)
     task = args.name or _default_name(lq, gt)
-    return {task: pairs[:args.max_images] if args.max_images else pairs}, {task: task}
+    return {task: pairs[:args.max_images] if args.max_images else pairs}, {task: task}, {}
 
 
 # What constyle evaluate writes in its output folder.
@@ -466,7 +564,7 @@ def evaluate_main(args) -> int:
     device = check_device(args.device)
     output = check_output_folder(args.output)
     check_fresh_output(output)
-    tasks, columns = _check_inputs(args, output)
+    tasks, columns, absent = _check_inputs(args, output)
     check_crop_border(tasks, args.crop_border)
     basicsr_metrics()  # before loading the network: say what to install first
     net = load_network(args.checkpoint, args.config, device=device)
@@ -476,6 +574,11 @@ def evaluate_main(args) -> int:
                              output=output, save_images=args.save_images, columns=columns)
     if args.benchmark is not None:
         metrics["benchmark"], metrics["root"] = args.benchmark, str(args.root)
+        setting_tasks = TEST_TASKS[args.benchmark]
+        metrics["missing"] = {k: {"column": COLUMNS[k], "folder": str(f)} for k, f in absent.items()}
+        metrics["columns_order"] = [k for k in setting_tasks if k in tasks or k in absent]
+        if len(tasks) < len(setting_tasks):
+            metrics["partial"] = {"measured": len(tasks), "of": len(setting_tasks), "tasks": list(tasks)}
     if args.max_images is not None:
         metrics["max_images"] = args.max_images
     metrics["checkpoint"] = str(args.checkpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import random
+import shutil
 import warnings
 
 import cv2
@@ -262,6 +263,20 @@ def test_test_dataset_on_the_constyle_v2_suite(tmp_path):
 # --------------------------------------------------------------------------------------------
 # Through the trainers' registries
 # --------------------------------------------------------------------------------------------
+def test_a_test_dataset_reads_only_its_own_task(tmp_path):
+    """A validation set of one task needs that task's folders only: a root without SOTS serves derain and the
+    BSD68 tasks (check_layout, as the trainers call it, included); dehaze is refused, naming the folder."""
+    test = make_three_task(tmp_path, n=1)[1]
+    shutil.rmtree(test / "dehaze")
+    for task in ("derain", "denoise_25"):
+        opt = dict(setting="three-task", dataroot=str(test), task=task)
+        AllInOneTestDataset.check_layout(opt)
+        assert len(AllInOneTestDataset(opt)) == 1
+    for build in (AllInOneTestDataset.check_layout, AllInOneTestDataset):
+        with pytest.raises(LayoutError, match=f"no folder {test / 'dehaze'}"):
+            build(dict(setting="three-task", dataroot=str(test), task="dehaze"))
+
+
 def test_both_build_through_basicsr(three):
     from constyle_plugin.compat import ensure_basicsr_importable
 
