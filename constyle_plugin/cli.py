@@ -17,6 +17,8 @@ Subcommands:
 - ``constyle evaluate --checkpoint CKPT_OR_DIR (--benchmark SETTING --root DIR | --lq DIR --gt DIR [--name TASK])
   [--y-channel] [--crop-border N] [--tile N] [--prompt-size full|N] --output DIR``: PSNR / SSIM of a restored test set,
   as BasicSR computes them, in the papers' table (see :mod:`constyle_plugin.tools.evaluate`).
+- ``constyle data {check,prepare} SRC... [--root R] [--copy]``: the field's standard sets found, checked
+  against the packaged SHA-256 manifest and laid out (see :mod:`constyle_plugin.tools.data`).
 
 More subcommands are added with :func:`add_subcommand`-style functions in :data:`SUBCOMMANDS`.
 """
@@ -140,6 +142,20 @@ def _add_evaluate(subparsers) -> None:
     p.set_defaults(func=evaluate_main)
 
 
+def _add_data(subparsers) -> None:
+    from .tools.data import add_data_arguments, data_main
+
+    p = subparsers.add_parser(
+        "data", help="find, check (SHA-256 manifest) and lay out the field's standard data sets",
+        description="The field's standard sets (CBSD68, Rain100L test, BSD400, LIVE1, RainTrainL) from what you "
+                    "downloaded: `constyle data check SRC...` says whether each is the standard copy, which files "
+                    "differ and how, and what is missing; `constyle data prepare SRC... --root R [--copy]` lays them "
+                    "out under R in the settings' layouts, e.g. constyle data prepare ~/Downloads/CBSD68 "
+                    "~/Downloads/Rain100L --root data/")
+    add_data_arguments(p)
+    p.set_defaults(func=data_main)
+
+
 def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="trainer checkpoint <-> save_pretrained folder (config.json + model.safetensors)",
@@ -215,7 +231,7 @@ def _run_export(args: argparse.Namespace) -> int:
 # (name, function adding the subparser); each subparser sets ``func`` returning an exit code.
 SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train), ("restore", _add_restore),
                                            ("convert", _add_convert), ("export", _add_export),
-                                           ("evaluate", _add_evaluate)]
+                                           ("evaluate", _add_evaluate), ("data", _add_data)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .core.prompter import CheckpointError
 
         restore_errors = (OSError, CheckpointError, ValueError)  # RestoreError is a ValueError
-        if isinstance(exc, ConfigError) or (args.command in ("restore", "convert", "export", "evaluate")
+        if isinstance(exc, ConfigError) or (args.command in ("restore", "convert", "export", "evaluate", "data")
                                              and isinstance(exc, restore_errors)):
             print(f"constyle {args.command}: error: {exc}", file=sys.stderr)
             return 2

@@ -18,7 +18,7 @@ def run(*args):
     return subprocess.run([sys.executable, "-c", BLOCK, *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("sub", ["restore", "export", "convert"])
+@pytest.mark.parametrize("sub", ["restore", "export", "convert", "data"])
 def test_subcommands_build_without_the_extras(sub):
     proc = run(sub, "--help")
     assert proc.returncode == 0, proc.stderr[-2000:]
