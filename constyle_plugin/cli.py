@@ -14,9 +14,9 @@ Subcommands:
   :mod:`constyle_plugin.tools.convert`).
 - ``constyle export --checkpoint CKPT_OR_DIR [--config CFG] --onnx OUT.onnx``: ONNX export, checked with
   onnxruntime (see :mod:`constyle_plugin.tools.export`).
-- ``constyle evaluate --checkpoint CKPT_OR_DIR (--benchmark SETTING --root DIR | --lq DIR --gt DIR [--name TASK])
-  [--y-channel] [--crop-border N] [--tile N] [--prompt-size full|N] --output DIR``: PSNR / SSIM of a restored test set,
-  as BasicSR computes them, in the papers' table (see :mod:`constyle_plugin.tools.evaluate`).
+- ``constyle evaluate --checkpoint CKPT_OR_DIR (--benchmark SETTING --root DIR [--tasks T ...] | --lq DIR --gt DIR
+  [--name TASK]) [--y-channel] [--crop-border N] [--tile N] [--prompt-size full|N] --output DIR``: PSNR / SSIM
+  of a restored test set, as BasicSR computes them, in the papers' table (see :mod:`constyle_plugin.tools.evaluate`).
 - ``constyle data {check,prepare} SRC... [--root R] [--copy]``: the field's standard sets found, checked
   against the packaged SHA-256 manifest and laid out (see :mod:`constyle_plugin.tools.data`).
 

@@ -2,8 +2,10 @@
 
 Either one of the field's all-in-one settings laid out as its repositories lay it out
 (``--benchmark {three-task,five-task,constyle-v2} --root DIR``, see
-:mod:`constyle_plugin.data.benchmark_layouts`: one task per column of the papers' table), or a folder pair
-(``--lq DIR --gt DIR``, files paired by stem) as one task. Every pair is checked before anything runs
+:mod:`constyle_plugin.data.benchmark_layouts`: one task per column of the papers' table; the sets absent
+from the root are columns marked missing and the average is labelled partial; ``--tasks`` chooses), or a
+folder pair (``--lq DIR --gt DIR``, files paired by stem or by the field's names: ``rain-N`` with
+``norain-N``, ``X_0.8_0.2`` with ``X``) as one task. Every pair is checked before anything runs
 (each file has a partner, the sizes agree, each image reads); each low-quality image is restored
 (tiled with ``tile``) by a network :func:`~constyle_plugin.tools.restore.load_network` loads, and
 PSNR / SSIM are BasicSR's own ``calculate_psnr`` / ``calculate_ssim`` on the 8-bit images (BGR, as
@@ -11,9 +13,9 @@ BasicSR's validation passes them), on RGB or on the Y channel, with a border cro
 is the mean over its images, the average the mean over tasks.
 
 Outputs in the output folder: ``metrics.json`` (per task and per image), ``metrics.md`` (the papers'
-table), ``metrics.csv`` and side-by-side panels (input | output | ground truth) of the first images; an
-output folder that already holds these (another run's) is refused, and so is a border crop that would
-leave less than SSIM's window of the smallest image.
+table, with a row for the degraded input itself), ``metrics.csv`` and side-by-side panels
+(input | output | ground truth) of the first images; an output folder that already holds these (another
+run's) is refused, and so is a border crop that would leave less than SSIM's window of the smallest image.
 basicsr is imported only here, when metrics are computed.
 """
 from __future__ import annotations

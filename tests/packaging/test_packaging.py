@@ -59,6 +59,7 @@ def test_wheel_ships_the_package_and_adapters_inside_it(wheel_files):
     assert any(n.startswith("constyle_plugin/archs/") for n in names)
     assert "constyle_plugin/weights/constyle_v2_prompter.safetensors" in names  # the packaged prompter
     assert "constyle_plugin/weights/constyle_v2_prompter.json" in names  # and its card
+    assert "constyle_plugin/data/manifests/standard_sets.json" in names  # what constyle data checks copies against
     assert any(n.startswith("constyle_plugin/integrations/") for n in names)
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top_level == {"constyle_plugin"}, f"unexpected top-level entries: {top_level}"  # no 'adapters', 'tests'
