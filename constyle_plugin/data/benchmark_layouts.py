@@ -586,4 +586,5 @@ def check_dataset_layout(kind: str, options: Mapping) -> None:
         return
     task = options.get("task")
     tasks = [task] if isinstance(task, str) else list(task) if isinstance(task, (list, tuple)) else None
-    benchmark_test_sets(check_setting(setting), root, tasks=tasks or None)  # only the folders the dataset reads
+    # only the folders the dataset reads: its task(s), or every set there (MMEngine's dataset, task None)
+    benchmark_test_sets(check_setting(setting), root, tasks=tasks or None, skip_absent=not tasks)

@@ -200,15 +200,16 @@ class AllInOneTestDataset(data.Dataset):
     Keywords: ``setting``, ``dataroot`` (the test root), ``task``, ``max_images``, ``phase``, ``scale``,
     ``io_backend``.
 
-    - ``task``: one test task key of the setting (``'derain'``), a list of them (validated in that order), or
-      ``None`` [default]: every test set of the setting, in the papers' column order
-      (:data:`constyle_plugin.data.benchmark_layouts.TEST_TASKS`).
+    - ``task``: one test task key of the setting (``'derain'``), a list of them (validated in that order; each
+      must be under ``dataroot``), or ``None`` [default]: every test set of the setting under ``dataroot``, in
+      the papers' column order (:data:`constyle_plugin.data.benchmark_layouts.TEST_TASKS`); the sets absent
+      (none of their folders there) are left out with a warning that the averages are partial.
     - ``max_images``: the first N images of each task (sorted by name).
 
     Samples carry ``task`` (the task key) and ``column`` (its column name, e.g. ``'Rain100L'``) in their
     metainfo; :class:`PSNR` / :class:`SSIM` report each task and their average from them. ``metainfo``:
-    ``{'setting', 'tasks', 'columns', 'sizes'}`` (``sizes``: images per task), plus ``'task'`` and ``'column'``
-    when there is one task.
+    ``{'setting', 'tasks', 'columns', 'sizes', 'missing'}`` (``sizes``: images per task; ``missing``: the
+    columns left out as absent), plus ``'task'`` and ``'column'`` when there is one task.
     """
 
     OPTIONS = ("setting", "dataroot", "task", "max_images", "phase", "scale", "io_backend")
@@ -225,14 +226,25 @@ class AllInOneTestDataset(data.Dataset):
         owner = type(self).__name__
         _check_options(owner, opt, self.OPTIONS)
         from ...data.benchmark_datasets import AllInOneTestDataset as _Test
-        from ...data.benchmark_layouts import TEST_TASKS, check_setting
+        from ...data.benchmark_layouts import COLUMNS, TEST_TASKS, absent_test_sets, check_setting
 
         task = opt.pop("task", None)
+        absent: Dict[str, Path] = {}
         if task is None:
             try:
-                tasks = list(TEST_TASKS[check_setting(opt.get("setting"))])
+                setting = check_setting(opt.get("setting"))
             except OptionError as exc:
                 raise OptionError(exc.key, f"{exc.message} ({owner})") from None
+            if opt.get("dataroot"):
+                absent = absent_test_sets(setting, opt["dataroot"])
+            if len(absent) == len(TEST_TASKS[setting]):
+                absent = {}  # nothing there: the dataset's own check names what is missing
+            tasks = [t for t in TEST_TASKS[setting] if t not in absent]
+            if absent:
+                print_log(f"{owner}: {', '.join(COLUMNS[t] for t in absent)} not under {opt['dataroot']} (no "
+                          f"{', '.join(str(f) for f in dict.fromkeys(absent.values()))}); validating the "
+                          f"{len(tasks)} of {len(TEST_TASKS[setting])} columns there: the averages are partial",
+                          logger="current", level=logging.WARNING)
         elif isinstance(task, str):
             tasks = [task]
         elif isinstance(task, (list, tuple)) and task:
@@ -248,7 +260,7 @@ class AllInOneTestDataset(data.Dataset):
         first = self.datasets[0]
         self.metainfo = {"setting": first.setting, "tasks": [ds.task for ds in self.datasets],
                          "columns": [ds.column for ds in self.datasets],
-                         "sizes": [len(ds) for ds in self.datasets]}
+                         "sizes": [len(ds) for ds in self.datasets], "missing": [COLUMNS[t] for t in absent]}
         if len(self.datasets) == 1:
             self.metainfo.update(task=first.task, column=first.column)
 

@@ -5,12 +5,15 @@ column, keeps the best checkpoint by the average, and agrees with ``constyle eva
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from mmengine.evaluator import Evaluator
+from mmengine.logging import MMLogger
 from mmengine.structures import BaseDataElement
 
 from constyle_plugin.data.benchmark_layouts import COLUMNS, TEST_TASKS
@@ -92,6 +95,34 @@ def test_task_lists_that_make_no_sense_are_refused_naming_the_option(roots):
         assert str(info.value).startswith("task: ") and "AllInOneTestDataset" in str(info.value)
     with pytest.raises(OptionError, match=r"^setting: .*three-task.*AllInOneTestDataset"):
         _build(setting="three_task", dataroot=root)
+
+
+def test_every_task_means_the_sets_there_and_says_the_averages_are_partial(roots, tmp_path):
+    """A root without SOTS validates the four other columns with a warning; the layout check (as the trainer
+    runs it) passes; asked for by name, the absent set is refused; a set present but incomplete still is."""
+    root = tmp_path / "test"
+    shutil.copytree(roots["three-task"], root)
+    shutil.rmtree(root / "dehaze")
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    records: list = []
+    MMLogger.get_instance("partial_validation").addHandler(Keep())  # print_log(logger="current"): the latest
+    cls = DATASETS.get("AllInOneTestDataset")
+    cls.check_layout(dict(setting="three-task", dataroot=str(root)))
+    ds = _build(setting="three-task", dataroot=str(root))
+    assert ds.metainfo["tasks"] == ["derain", "denoise_15", "denoise_25", "denoise_50"]
+    assert ds.metainfo["missing"] == ["SOTS"] and len(ds) == 2 + 3 * 3
+    assert any("SOTS not under" in r and "4 of 5 columns" in r and "partial" in r for r in records), records
+    with pytest.raises(ConStyleError, match=f"no folder {root / 'dehaze'}"):
+        _build(setting="three-task", dataroot=str(root), task=["derain", "dehaze"])
+    (root / "dehaze" / "input").mkdir(parents=True)
+    shutil.copy(next((roots["three-task"] / "dehaze" / "input").iterdir()), root / "dehaze" / "input")
+    for build in (lambda: cls.check_layout(dict(setting="three-task", dataroot=str(root))),
+                  lambda: _build(setting="three-task", dataroot=str(root))):
+        with pytest.raises(ConStyleError, match=f"no folder {root / 'dehaze' / 'target'}"):
+            build()
 
 
 # ------------------------------------------------------------------------------------------------ metric
