@@ -60,7 +60,8 @@ from .benchmark_images import TestImage, TestTask, TrainPair, crop_to_multiple, 
 from .imageio import IMAGE_EXTENSIONS
 
 __all__ = [
-    "SETTINGS", "DOCS", "TestImage", "TestTask", "TrainPair", "absent_test_sets", "benchmark_test_sets", "benchmark_train_pairs",
+    "SETTINGS", "DOCS", "TestImage", "TestTask", "TrainPair", "absent_test_sets", "benchmark_test_sets",
+    "benchmark_train_pairs",
     "DENOISE_15", "DENOISE_25", "DENOISE_50", "DERAIN", "DEHAZE", "DEBLUR", "ENHANCE",
     "GOPRO", "SOTS", "RAIN", "CBSD68_25", "LIVE1_20", "LOL", "DEFOCUS", "SNOW",
     "TRAIN_TASKS", "THREE_TASK_TRAIN", "FIVE_TASK_TRAIN", "DEFAULT_TRAIN_TASKS", "DEFAULT_REPEAT", "TEST_TASKS",

@@ -130,9 +130,11 @@ def image_record(path: PathLike) -> dict:
     img = _decode(path)
     grey = _grey(img)
     pixels = hashlib.sha256(repr(img.shape).encode() + np.ascontiguousarray(img).tobytes()).hexdigest()
+    detail = float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean())
     return {"bytes": os.path.getsize(path), "sha256": file_sha256(Path(path)), "pixels": pixels,
-            "height": int(img.shape[0]), "width": int(img.shape[1]), "channels": 1 if img.ndim == 2 else int(img.shape[2]),
-            "thumb": _thumb(grey).tobytes().hex(), "detail": round(float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean()), 3)}
+            "height": int(img.shape[0]), "width": int(img.shape[1]),
+            "channels": 1 if img.ndim == 2 else int(img.shape[2]), "thumb": _thumb(grey).tobytes().hex(),
+            "detail": round(detail, 3)}
 
 
 @dataclass(frozen=True)

@@ -293,7 +293,8 @@ def report_lines(found: Dict[str, List[Found]], manifest: Optional[str] = None) 
 
 
 def _elsewhere_lines() -> List[str]:
-    return [f"{name}: not verifiable here; goes to {where}; get it from {get}" for name, (where, get) in ELSEWHERE.items()]
+    return [f"{name}: not verifiable here; goes to {where}; get it from {get}"
+            for name, (where, get) in ELSEWHERE.items()]
 
 
 def _report_json(found: Dict[str, List[Found]], path: Path) -> None:

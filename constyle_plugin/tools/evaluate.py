@@ -252,7 +252,8 @@ def evaluate_tasks(net: Callable, tasks: Mapping[str, Sequence[TestItem]], y_cha
                 psnr, ssim, in_psnr, in_ssim = (
                     float(metric(img, gt8, crop_border, input_order="HWC", test_y_channel=y_channel))
                     for img in (out8, lq8) for metric in (calculate_psnr, calculate_ssim))
-                rows.append({"name": pair.name, "psnr": psnr, "ssim": ssim, "input_psnr": in_psnr, "input_ssim": in_ssim})
+                rows.append({"name": pair.name, "psnr": psnr, "ssim": ssim, "input_psnr": in_psnr,
+                             "input_ssim": in_ssim})
                 if out_dir is not None:
                     measured = out8[..., ::-1].astype(np.float32) / 255.0
                     if save_images:
