@@ -4,10 +4,9 @@ then check as the standard copies."""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
-from constyle_plugin.data_command import find_standard_sets
-from constyle_plugin.standard_sets import load_manifest
+from constyle_plugin.data.standard_sets import load_manifest
+from constyle_plugin.tools.data import find_standard_sets
 
 from cli_runs import ROOT
 from layouts import picture, write

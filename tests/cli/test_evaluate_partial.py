@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from constyle_plugin import cli
-from constyle_plugin.benchmark_layouts import benchmark_test_sets
 from constyle_plugin.compat import ensure_basicsr_importable
-from constyle_plugin.evaluate import to_bgr_uint8
+from constyle_plugin.data.benchmark_layouts import benchmark_test_sets
 from constyle_plugin.progress import progress
+from constyle_plugin.tools.evaluate import to_bgr_uint8
 
 from cli_runs import run_cli, save_tiny_trained_net
 from layouts import HAZE, RAIN, make_three_task, picture, write
