@@ -492,7 +492,7 @@ def input_row(test_root: Path) -> Dict:
     from constyle_plugin.tools.evaluate import benchmark_tasks, evaluate_tasks
 
     ensure_basicsr_importable()
-    tasks, columns = benchmark_tasks("three-task", test_root)
+    tasks, columns, _ = benchmark_tasks("three-task", test_root)
     metrics = evaluate_tasks(lambda x: x, tasks, columns=columns, show_progress=False)
     return {"tasks": {k: {"column": t["column"], "psnr": t["psnr"], "ssim": t["ssim"], "n_images": t["n_images"]}
                       for k, t in metrics["tasks"].items()}, "average": metrics["average"]}
