@@ -316,8 +316,9 @@ def _markdown(metrics: Mapping[str, Any]) -> str:
     return "\n".join([
         setting + f"PSNR (dB) / SSIM on {metrics['channel']}"
         + (" (Y of YCbCr, BasicSR's test_y_channel)" if metrics["channel"] == "Y" else "")
-        + f", border crop {metrics['crop_border']} px; images per task: {counts}. The input row measures the "
-          f"degraded input itself against the ground truth.",
+        + f", border crop {metrics['crop_border']} px; images per task: {counts}."
+        + (" The input row measures the degraded input itself against the ground truth." if metrics.get("input")
+           else ""),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join([" --- "] + [" :---: "] * (len(header) - 1)) + "|",
@@ -325,6 +326,11 @@ def _markdown(metrics: Mapping[str, Any]) -> str:
         "",
         *([" ".join(notes), ""] if notes else []),
     ])
+
+
+def _input_cells(measured: Optional[Mapping[str, float]]) -> List[str]:
+    """The input row's PSNR / SSIM cells of the CSV; empty for metrics written without it."""
+    return [f"{measured['psnr']:.6f}", f"{measured['ssim']:.6f}"] if measured else ["", ""]
 
 
 def _csv(metrics: Mapping[str, Any]) -> str:
@@ -340,12 +346,11 @@ def _csv(metrics: Mapping[str, Any]) -> str:
             continue
         t = tasks[name]
         writer.writerow([name, t.get("column", name), f"{t['psnr']:.6f}", f"{t['ssim']:.6f}", t["n_images"],
-                         metrics["channel"], metrics["crop_border"], f"{t['input']['psnr']:.6f}",
-                         f"{t['input']['ssim']:.6f}", "measured"])
-    avg, inp = metrics["average"], metrics.get("input") or {"psnr": float("nan"), "ssim": float("nan")}
+                         metrics["channel"], metrics["crop_border"], *_input_cells(t.get("input")), "measured"])
+    avg = metrics["average"]
     writer.writerow(["average", _average_label(metrics), f"{avg['psnr']:.6f}", f"{avg['ssim']:.6f}",
                      sum(t["n_images"] for t in tasks.values()), metrics["channel"], metrics["crop_border"],
-                     f"{inp['psnr']:.6f}", f"{inp['ssim']:.6f}", "partial" if metrics.get("partial") else "complete"])
+                     *_input_cells(metrics.get("input")), "partial" if metrics.get("partial") else "complete"])
     return buf.getvalue()
 
 
