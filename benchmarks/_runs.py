@@ -14,14 +14,16 @@ class RunsFromError(ValueError):
 
 def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: Sequence[str],
               variants: Sequence[str], seeds: Sequence[int], report: str,
-              record: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Tuple[List[Dict], List[Dict]]:
+              record: Callable[[Dict[str, Any]], Dict[str, Any]],
+              every_seed: bool = True) -> Tuple[List[Dict], List[Dict]]:
     """Merge the runs of earlier reports (JSON files, each ``{"config": {...}, "runs": [{"variant", "seed",
     ...}], "command", "date", ...}``) into this invocation.
 
     ``settings`` are this invocation's (``vars(args)``); every key of ``must_match`` must have the same value in
     each report's ``config``. From each report, in the order given, come the runs of the variants neither in
     ``variants`` (trained here) nor taken from an earlier file, for each of ``seeds``; a report that has a
-    variant must have it for every seed. ``report`` names the expected file in messages (``"an allinone.json
+    variant must have it for every seed (with ``every_seed=False``, for at least one: variants may then be
+    run with different numbers of seeds). ``report`` names the expected file in messages (``"an allinone.json
     report"``); ``record(earlier report)`` gives the entries recorded about a source beyond its file, command,
     date and variants (what the caller checks against this run later: its layout, its test set).
 
@@ -49,7 +51,7 @@ def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: S
                 and r["variant"] not in taken and r["seed"] in seeds]
         missing = {(v, s) for v in {r["variant"] for r in runs} for s in seeds} - \
             {(r["variant"], r["seed"]) for r in runs}
-        if missing:
+        if missing and every_seed:
             raise RunsFromError(f"--runs-from {source}: lacks runs {sorted(missing)}")
         reused += runs
         records.append({"file": source, "command": earlier.get("command"), "date": earlier.get("date"),

@@ -67,6 +67,7 @@ VARIANT_LABELS = {"origin": "origin", "constyle": "+ConStyle v2",
                   "learned": "+learned conditioning (no pre-training)"}
 FEATURES = (("z2", "z2 (latent prompt)"), ("f1_mean", "mean of f1 (1/2 features)"),
             ("f2_mean", "mean of f2 (1/4 features)"), ("f3_mean", "mean of f3 (1/8 features)"))
+METRICS = ("psnr", "ssim", "psnr_y")  # what each test image is measured by
 UNTRAINED_PROMPTER_SEED = 1234  # the ablation's random prompter is the same in every run
 SMOKE_PROMPTER_SEED = 4321  # the stand-in "pre-trained" prompter of --smoke without a file
 TEST_SEED = 2024  # fixed test crops and degradations
@@ -197,7 +198,9 @@ def state_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def versions() -> Dict[str, str]:
+def versions(script: str = "benchmarks/allinone.py") -> Dict[str, str]:
+    """Versions of the libraries a report depends on, and the git commit (``(modified)`` when the package or
+    ``script`` differs from it)."""
     from importlib import metadata
 
     out = {"python": platform.python_version()}
@@ -211,7 +214,7 @@ def versions() -> Dict[str, str]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "constyle_plugin", "adapters",
-                                "benchmarks/allinone.py"], cwd=REPO, capture_output=True, text=True,
+                                script], cwd=REPO, capture_output=True, text=True,
                                timeout=10)
         if commit.returncode == 0:
             out["git_commit"] = commit.stdout.strip() + (" (modified)" if dirty.stdout.strip() else "")
@@ -695,33 +698,37 @@ def _metric_source(d: str):
         (lambda r: r["metrics"]["per_degradation"][d])
 
 
-def paired_delta(runs: List[Dict], a: str, b: str, degradation_names: Sequence[str]) -> Dict:
-    """Variant ``a`` minus variant ``b``, seed by seed (same initial backbone, same batches)."""
+def paired_delta(runs: List[Dict], a: str, b: str, degradation_names: Sequence[str],
+                 keys: Sequence[str] = METRICS) -> Dict:
+    """Variant ``a`` minus variant ``b``, seed by seed (same initial backbone, same batches), for the seeds
+    both have."""
     by_seed = {r["seed"]: r for r in runs if r["variant"] == b}
     rs = [r for r in runs if r["variant"] == a and r["seed"] in by_seed]
     out = {}
     for d in list(degradation_names) + ["average"]:
         pick = _metric_source(d)
-        out[d] = {k: mean_std([pick(r)[k] - pick(by_seed[r["seed"]])[k] for r in rs])
-                  for k in ("psnr", "ssim", "psnr_y")}
+        out[d] = {k: mean_std([pick(r)[k] - pick(by_seed[r["seed"]])[k] for r in rs]) for k in keys}
     return out
 
 
-def summarise(runs: List[Dict], variants: Sequence[str], degradation_names: Sequence[str]) -> Dict:
+def summarise(runs: List[Dict], variants: Sequence[str], degradation_names: Sequence[str],
+              keys: Sequence[str] = METRICS) -> Dict:
+    """Mean +- std over seeds of each variant's metrics, and the paired differences with origin (and of
+    ``constyle`` with each ablation)."""
     summary = {}
     for v in variants:
         rs = [r for r in runs if r["variant"] == v]
         entry = {}
         for d in list(degradation_names) + ["average"]:
             pick = _metric_source(d)
-            entry[d] = {k: mean_std([pick(r)[k] for r in rs]) for k in ("psnr", "ssim", "psnr_y")}
+            entry[d] = {k: mean_std([pick(r)[k] for r in rs]) for k in keys}
         entry["train_time_s"] = mean_std([r["train_time_s"] for r in rs])
         summary[v] = entry
-    deltas = {f"{v} - origin": paired_delta(runs, v, "origin", degradation_names)
+    deltas = {f"{v} - origin": paired_delta(runs, v, "origin", degradation_names, keys)
               for v in variants if v != "origin" and "origin" in variants}
     for other in ("constyle_untrained", "learned"):
         if "constyle" in variants and other in variants:
-            deltas[f"constyle - {other}"] = paired_delta(runs, "constyle", other, degradation_names)
+            deltas[f"constyle - {other}"] = paired_delta(runs, "constyle", other, degradation_names, keys)
     return {"variants": summary, "paired_deltas": deltas}
 
 

@@ -19,6 +19,9 @@ Subcommands:
   of a restored test set, as BasicSR computes them, in the papers' table (see :mod:`constyle_plugin.tools.evaluate`).
 - ``constyle data {check,prepare} SRC... [--root R] [--copy]``: the field's standard sets found, checked
   against the packaged SHA-256 manifest and laid out (see :mod:`constyle_plugin.tools.data`).
+- ``constyle inspect IMAGE|FOLDER... [--output DIR] [--json] [--prompter PATH] [--top K] [--size N]``: the
+  degradations the prompter recognises in each image, and a picture of their latent prompts among the
+  package's reference degradations (see :mod:`constyle_plugin.tools.inspection`).
 
 More subcommands are added with :func:`add_subcommand`-style functions in :data:`SUBCOMMANDS`.
 """
@@ -156,6 +159,20 @@ def _add_data(subparsers) -> None:
     p.set_defaults(func=data_main)
 
 
+def _add_inspect(subparsers) -> None:
+    from .tools.inspect_command import add_inspect_arguments, inspect_main
+
+    p = subparsers.add_parser(
+        "inspect", help="what the prompter sees: each image's likely degradations, and a picture of the prompts",
+        description="Print each image's most likely degradations as the prompter's pre-training head sees them "
+                    "(or, for a prompter without a head, the nearest of the package's reference degradations) "
+                    "and whether its latent prompt lies near a reference cluster; with --output, draw the "
+                    "prompts on a 2-D map of the reference degradations, e.g. constyle inspect my_photos/ "
+                    "--output inspect/")
+    add_inspect_arguments(p)
+    p.set_defaults(func=inspect_main)
+
+
 def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert", help="trainer checkpoint <-> save_pretrained folder (config.json + model.safetensors)",
@@ -231,7 +248,8 @@ def _run_export(args: argparse.Namespace) -> int:
 # (name, function adding the subparser); each subparser sets ``func`` returning an exit code.
 SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train), ("restore", _add_restore),
                                            ("convert", _add_convert), ("export", _add_export),
-                                           ("evaluate", _add_evaluate), ("data", _add_data)]
+                                           ("evaluate", _add_evaluate), ("data", _add_data),
+                                           ("inspect", _add_inspect)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .core.prompter import CheckpointError
 
         restore_errors = (OSError, CheckpointError, ValueError)  # RestoreError is a ValueError
-        if isinstance(exc, ConfigError) or (args.command in ("restore", "convert", "export", "evaluate", "data")
+        if isinstance(exc, ConfigError) or (args.command in ("restore", "convert", "export", "evaluate", "data", "inspect")
                                              and isinstance(exc, restore_errors)):
             print(f"constyle {args.command}: error: {exc}", file=sys.stderr)
             return 2

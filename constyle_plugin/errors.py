@@ -9,7 +9,7 @@ import difflib
 from typing import Any, Iterable, List
 
 __all__ = ["CheckpointError", "ConStyleError", "ConStyleKeyError", "ConStyleRuntimeError", "ConStyleTypeError",
-           "ConfigError", "EvaluateError", "ImageReadError", "ImageWriteError", "LayoutError", "MissingDependencyError",
+           "ConfigError", "EvaluateError", "ImageReadError", "ImageWriteError", "InspectError", "LayoutError", "MissingDependencyError",
            "MissingFileError", "OptionError", "PromptError", "RestoreError", "UNetStructureError", "WrapError",
            "close_matches", "did_you_mean", "join_keys"]
 
@@ -34,6 +34,11 @@ class RestoreError(ConStyleError):
 class EvaluateError(ConStyleError):
     """``constyle evaluate`` cannot run as asked (an unpaired or missing file, a size mismatch, no
     metrics); the message starts with the option at fault and names the file."""
+
+
+class InspectError(ConStyleError):
+    """``constyle inspect`` cannot run as asked (a missing input or prompter, a folder without images, a
+    bad option); the message names the option or file at fault."""
 
 
 class LayoutError(ConStyleError):

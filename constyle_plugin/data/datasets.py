@@ -29,8 +29,10 @@ from torch.utils import data
 
 from . import degradations as deg
 from ..compat import ensure_basicsr_importable
-from ..errors import ConStyleError, ConStyleRuntimeError, ConStyleTypeError, MissingFileError
+from ..errors import ConStyleError, ConStyleRuntimeError, ConStyleTypeError, MissingFileError, OptionError
+
 from .imageio import IMAGE_EXTENSIONS, read_image
+from .pretrain_sources import DegradationRanges, RealDegraded, photo_folder_images, split_options
 from .samples import export_dead_leaves, export_sample_classes, export_sample_photos
 
 ensure_basicsr_importable()
@@ -309,6 +311,14 @@ def _random_resized_crop(img: np.ndarray, size: int, rng: np.random.Generator,
     return np.clip(cv2.resize(crop, (size, size), interpolation=interp), 0, 1)
 
 
+def _native_crop(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``size x size`` crop at the image's own resolution (reflect-padded when smaller)."""
+    img = pad_to_size(img, size)
+    h, w = img.shape[:2]
+    top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    return np.ascontiguousarray(img[top:top + size, left:left + size])
+
+
 class ConStylePretrainDataset(data.Dataset):
     """Stage-1 pre-training pairs from an ImageFolder-style class tree.
 
@@ -351,6 +361,24 @@ class ConStylePretrainDataset(data.Dataset):
       or ``'same'``: the key view gets the query's degradation type with parameters of its own,
       so InfoNCE groups views by picture *and* degradation.
 
+    Options that bring real images in (all off by default; see
+    ``options/constyle_v2_pretrain_real.yml`` and :mod:`constyle_plugin.pretrain_sources`):
+
+    * ``photo_folders`` [none]: a folder or a list of folders of real photos (searched
+      recursively), every image its own class, beside the ``dataroot`` classes. Without
+      ``dataroot`` only these photos are used (no sample tree).
+    * ``holdout_every`` [0], ``split`` ['train']: every ``holdout_every``-th image (sorted) of
+      ``photo_folders`` and ``real_degraded`` is held out; ``split`` picks ``train`` (the rest),
+      ``holdout`` (the held-out images, for validation) or ``all``.
+    * ``real_degraded`` [none]: ``{type: folder or [folders]}`` of images that really carry that
+      degradation (rainy photos, ...); each is its own class. A query of that type is, with
+      probability ``real_degraded_prob`` [0.5], a crop of one of them at its own resolution (the
+      key: another crop of the same image) instead of a generator's output. Needs
+      ``query_degradations``.
+    * ``degradation_ranges`` [none]: ``{type: {parameter: [low, high]}}``: the ranges the
+      generators draw those parameters from in stage 1 (for example light rain, ``rain:
+      {strength: [0.15, 0.9]}``); other parameters keep the generator's defaults.
+
     ``dataset[i]`` = ``{'query'': 3 x S x S float [0, 1] (weather-degraded or clean),
     'key': 3 x S x S clean, an independent crop of the same picture, 'label': int,
     'weather': bool, 'path': str}`` (+ ``'degradation'``: a dict of tensors, with the option;
@@ -365,13 +393,18 @@ class ConStylePretrainDataset(data.Dataset):
 
     OPTIONS = frozenset({"dataroot", "sample_dir", "crops_per_photo", "sample_crop_size", "resize", "crop_size",
                          "rrc_scale", "rrc_ratio", "weather_prob", "phase", "seed", "repeat", "check_images",
-                         "degradation", "photos", "dead_leaves", "query_degradations", "key_degradation"})
+                         "degradation", "photos", "dead_leaves", "query_degradations", "key_degradation",
+                         "photo_folders", "holdout_every", "split", "real_degraded", "real_degraded_prob",
+                         "degradation_ranges"})
 
     def __init__(self, opt: Mapping):
         super().__init__()
         owner = type(self).__name__
         self.opt = dict(opt)
-        use_samples, root = _sample_root(self.opt, "dataroot", SAMPLE_CLASSES, owner)
+        photo_folders = self.opt.get("photo_folders")
+        only_photo_folders = photo_folders is not None and "dataroot" not in self.opt
+        use_samples, root = ((False, None) if only_photo_folders
+                             else _sample_root(self.opt, "dataroot", SAMPLE_CLASSES, owner))
         photos = self.opt.get("photos")
         if photos is not None and (isinstance(photos, str) or not all(isinstance(p, str) for p in photos)):
             raise ConStyleError(f"{owner}: option `photos` must be a list of names, got {photos!r}")
@@ -388,13 +421,14 @@ class ConStylePretrainDataset(data.Dataset):
                                                                 owner),
                                   crop_size=crop)
             export_dead_leaves(root, dead_leaves, size=crop)
-        self.folder = Path(root)
-        if not self.folder.is_dir():
+        self.folder = None if only_photo_folders else Path(root)
+        if self.folder is not None and not self.folder.is_dir():
             raise MissingFileError(f"{owner}: option `dataroot` = {root!r} is not a folder")
-        self.classes = sorted(p.name for p in self.folder.iterdir()
-                              if p.is_dir() and not p.name.startswith(".")
-                              and (not p.name.startswith("dead_leaves_")
-                                   or int(p.name.rsplit("_", 1)[1]) < dead_leaves or not use_samples))
+        self.classes = [] if self.folder is None else sorted(
+            p.name for p in self.folder.iterdir()
+            if p.is_dir() and not p.name.startswith(".")
+            and (not p.name.startswith("dead_leaves_")
+                 or int(p.name.rsplit("_", 1)[1]) < dead_leaves or not use_samples))
         if photos is not None:
             unknown = sorted(set(photos) - set(self.classes))
             if unknown:
@@ -413,9 +447,38 @@ class ConStylePretrainDataset(data.Dataset):
                               stacklevel=2)
             paths += found
             labels += [self.class_to_idx[c]] * len(found)
-        if not paths:
-            raise ConStyleError(f"{owner}: no readable image in the class folders of {self.folder} "
-                             f"(option `dataroot`; expected <dataroot>/<class>/<image>)")
+        check = str(self.opt.get("check_images", "header"))
+
+        def scan(folder: Path, option: str) -> List[Path]:
+            return _scan_images(folder, option, owner, recursive=True, check=check)
+
+        try:
+            every, split = split_options(self.opt)
+            if photo_folders is not None:
+                for path in photo_folder_images(photo_folders, scan, every, split):
+                    self.classes.append(f"photo:{path}")
+                    paths.append(path)
+                    labels.append(len(self.classes) - 1)
+            self.real = RealDegraded(self.opt.get("real_degraded"), self.opt.get("real_degraded_prob", 0.5),
+                                     scan, every, split)
+            self.ranges = DegradationRanges(self.opt.get("degradation_ranges"))
+        except OptionError as exc:
+            raise OptionError(exc.key, f"{owner}: {exc.message}") from None
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        # real degraded images are classes of their own, after the clean ones; ``_real_index``
+        # maps (type, index in its list) to the position in ``paths``
+        self._real_index: Dict[Tuple[str, int], int] = {}
+        self._num_clean = len(paths)
+        for name, images in self.real.paths.items():
+            for k, path in enumerate(images):
+                self.classes.append(f"{name}:{path}")
+                self._real_index[(name, k)] = len(paths)
+                paths.append(path)
+                labels.append(len(self.classes) - 1)
+        if not paths[:self._num_clean]:
+            where = f"the class folders of {self.folder}" if self.folder is not None else "option `photo_folders`"
+            raise ConStyleError(f"{owner}: no readable image in {where} "
+                                f"(option `dataroot`; expected <dataroot>/<class>/<image>)")
         self.source = _ImageSource(paths, owner)
         self.paths = self.source.paths
         self.labels = labels
@@ -444,6 +507,12 @@ class ConStylePretrainDataset(data.Dataset):
                              f"got {self.key_degradation!r}")
         if self.key_degradation == "same" and not self.query_names:
             raise ConStyleError(f"{owner}: option `key_degradation: same` needs `query_degradations`")
+        for option, given in (("real_degraded", self.real.paths), ("degradation_ranges", self.ranges.ranges)):
+            drawn = [n for n, p in zip(self.query_names, self.query_probs) if p > 0]
+            unused = sorted(set(given) - set(drawn))
+            if unused:
+                raise OptionError(option, f"{owner}: {', '.join(unused)} not among `query_degradations` "
+                                  f"({', '.join(drawn) or 'none'}), so never drawn")
 
     @staticmethod
     def degradation_from_opt(value, owner: str = "ConStylePretrainDataset"
@@ -467,27 +536,42 @@ class ConStylePretrainDataset(data.Dataset):
         return len(self.classes)
 
     def __len__(self) -> int:
-        return len(self.paths) * self.repeat
+        # the epoch runs over the clean pictures; real degraded images come in through their type
+        return self._num_clean * self.repeat
 
     def __getitem__(self, index: int) -> Dict:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         rng = _train_rng() if self.phase == "train" else _val_rng(self.seed, index)
-        j, img = self.source.load(index % len(self.paths))
-        img = _resize_short(img, self.resize)
         label = None
         if self.query_names:
+            label = int(rng.choice(len(self.query_names), p=self.query_probs))
+            name = self.query_names[label]
+            real = self.real.pick(name, rng)
+        if self.query_names and real is not None:
+            # a real degraded image: both views are crops of it at its own resolution (resizing would
+            # shrink the degradation itself: thinner streaks, finer noise, blurred-away blocks)
+            j, img = self.source.load(self._real_index[(name, real)])
+            is_weather = True
+            query, key = (_native_crop(img, self.crop_size, rng) for _ in range(2))
+        elif self.query_names:
+            j, img = self.source.load(index % self._num_clean)
+            img = _resize_short(img, self.resize)
             # crop first, then degrade: the degradation's scale (blur radius, noise) is that of the
             # views the network sees, as in the all-in-one data
-            label = int(rng.choice(len(self.query_names), p=self.query_probs))
-            degrade = deg.ALL_IN_ONE[self.query_names[label]]
+            generator = deg.ALL_IN_ONE[name]
+
+            def degrade(view: np.ndarray) -> np.ndarray:
+                return generator(np.ascontiguousarray(view, dtype=np.float32), rng, **self.ranges.draw(name, rng))
+
             is_weather = True
-            query = degrade(np.ascontiguousarray(_random_resized_crop(
-                img, self.crop_size, rng, self.rrc_scale, self.rrc_ratio), dtype=np.float32), rng)
+            query = degrade(_random_resized_crop(img, self.crop_size, rng, self.rrc_scale, self.rrc_ratio))
             key = _random_resized_crop(img, self.crop_size, rng, self.rrc_scale, self.rrc_ratio)
             if self.key_degradation == "same":
-                key = degrade(np.ascontiguousarray(key, dtype=np.float32), rng)
+                key = degrade(key)
         else:
+            j, img = self.source.load(index % self._num_clean)
+            img = _resize_short(img, self.resize)
             is_weather = bool(rng.uniform() < self.weather_prob)
             query_src = deg.weather(img, rng) if is_weather else img
             query = _random_resized_crop(query_src, self.crop_size, rng, self.rrc_scale,

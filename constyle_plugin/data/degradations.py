@@ -195,15 +195,26 @@ def gaussian_noise(img: Image, rng: np.random.Generator, sigma: Optional[float] 
     return np.clip(noisy, 0, 1).astype(np.float32)
 
 
-def jpeg(img: Image, rng: np.random.Generator, quality: Optional[int] = None) -> Image:
-    """JPEG compression through OpenCV, ``quality ~ randint(10, 50)`` (both ends included)."""
+def jpeg(img: Image, rng: np.random.Generator, quality: Optional[int] = None, shift_y: int = 0,
+         shift_x: int = 0) -> Image:
+    """JPEG compression through OpenCV, ``quality ~ randint(10, 50)`` (both ends included).
+
+    ``shift_y`` / ``shift_x`` (0 to 7): the 8 x 8 block grid starts this many pixels above / left of
+    the image's corner (the image is reflect-padded, encoded, and cut back), as in a crop taken from
+    a larger JPEG; 0 puts the grid at the corner.
+    """
     x = _check_image(img)
     quality = int(rng.integers(10, 51)) if quality is None else int(quality)
+    sy, sx = int(shift_y), int(shift_x)
+    if not (0 <= sy < 8 and 0 <= sx < 8):
+        raise ConStyleError(f"jpeg: shift_y and shift_x must be in 0..7, got {shift_y}, {shift_x}")
+    if sy or sx:
+        x = np.pad(x, ((sy, 0), (sx, 0), (0, 0)), mode="reflect" if min(x.shape[:2]) > max(sy, sx) else "edge")
     u8 = cv2.cvtColor(np.clip(np.round(x * 255), 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", u8, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
     if not ok:
         raise ConStyleRuntimeError(f"jpeg: OpenCV could not encode an image of shape {x.shape}")
-    dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)[sy:, sx:]
     return (cv2.cvtColor(dec, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0)
 
 
@@ -254,7 +265,8 @@ def haze(img: Image, rng: np.random.Generator, beta: Optional[float] = None,
 
 
 def rain(img: Image, rng: np.random.Generator, density: Optional[float] = None,
-         length: Optional[float] = None, angle: Optional[float] = None) -> Image:
+         length: Optional[float] = None, angle: Optional[float] = None,
+         strength: Optional[float] = None) -> Image:
     """Synthetic rain streaks added to the image.
 
     Sparse drops (``density ~ U(0.002, 0.01)`` of the pixels) are smeared along a slanted
@@ -272,7 +284,7 @@ def rain(img: Image, rng: np.random.Generator, density: Optional[float] = None,
     # the kernel averages over the line; rescale so a streak keeps its drop's brightness
     streaks = _convolve(drops, kernel) * (2 * length + 1)
     streaks = cv2.GaussianBlur(streaks, (3, 3), 0.6)
-    strength = float(rng.uniform(0.5, 0.9))
+    strength = float(rng.uniform(0.5, 0.9)) if strength is None else float(strength)
     return np.clip(x + strength * np.clip(streaks, 0, 1)[..., None], 0, 1).astype(np.float32)
 
 

@@ -12,6 +12,7 @@ The BasicSR and MMEngine integrations wrap these; nothing here knows about a tra
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -19,6 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.degradation_head import DegradationHead, save_degradation_head
+from ..data.degradations import ALL_IN_ONE
 from .losses import (ClassificationLoss, ContentLoss, DistillKLLoss, InfoNCELoss, StyleLoss,
                      check_labels)
 from ..core.prompter import (LATENT_DIM, NUM_CLASSES, CheckpointError, ConStyleV2, Encoding,
@@ -31,6 +34,7 @@ __all__ = [
     "MoCoOutput",
     "accuracy",
     "collapse_message",
+    "export_prompter_files",
     "latent_spread",
     "pretrain_losses",
 ]
@@ -104,9 +108,10 @@ class ConStyleMoCo(nn.Module):
         degradation_classes: 0 (the authors' model) or D > 0: a linear head ``degradation_head``
             (``128 -> D``) on the query's latent prompt ``z2``, trained by the ``degradation`` loss
             to predict the query's degradation type. Supervising ``z2`` itself, not only the
-            pooled features, is what makes the latent prompt carry the degradation. The head is
-            used in pre-training only: :meth:`export_prompter` leaves it out, so the exported
-            prompter has the released layout.
+            pooled features, is what makes the latent prompt carry the degradation.
+            :meth:`export_prompter` leaves it out, so the exported prompter has the released
+            layout; :meth:`save_prompter` writes it beside the prompter file, for
+            ``constyle inspect``.
 
     In training mode, :meth:`forward` also updates the key encoder and the queue; in eval mode it
     changes no state. The key encoder follows the module's train/eval mode, as in MoCo (its
@@ -326,10 +331,49 @@ class ConStyleMoCo(nn.Module):
         prompter.load_state_dict(self.encoder_q.state_dict())
         return prompter.to(device=ref.device, dtype=ref.dtype).freeze()
 
+    def export_degradation_head(self) -> Optional[DegradationHead]:
+        """A standalone copy of the degradation head (on the CPU, float32), or ``None`` without one.
+
+        Its classes are the names of :data:`~constyle_plugin.degradations.ALL_IN_ONE`, in that order: the
+        pre-training data labels each query with its type's index there. Logits beyond them (a head
+        built larger than the eight types) are called ``class_<i>``.
+        """
+        if self.degradation_head is None:
+            return None
+        count = self.degradation_head.out_features
+        names = list(ALL_IN_ONE)[:count] + [f"class_{i}" for i in range(len(ALL_IN_ONE), count)]
+        head = DegradationHead(names)
+        head.load_state_dict({k: v.detach().float().cpu() for k, v in self.degradation_head.state_dict().items()})
+        return head.eval().requires_grad_(False)
+
+    def save_prompter(self, path: PathLike, metadata: Optional[Dict[str, str]] = None) -> Tuple[Path, Optional[Path]]:
+        """Write :meth:`export_prompter` to ``path`` (``.safetensors`` or ``.pth``, the released layout)
+        and, when the model has a degradation head, the head as its sidecar
+        (:func:`~constyle_plugin.degradation_head.head_path`: ``<stem>.head.safetensors``).
+
+        Returns ``(prompter file, sidecar or None)``.
+        """
+        prompter = self.export_prompter()
+        written = prompter.save_pretrained(path, metadata=metadata)
+        head = self.export_degradation_head()
+        return written, (save_degradation_head(head, written, prompter) if head is not None else None)
+
     def extra_repr(self) -> str:
         return (f"queue_size={self.queue_size}, momentum={self.momentum}, temperature={self.temperature}, "
                 f"normalize={self.normalize}, enqueue={self.enqueue!r}, "
                 f"degradation_classes={self.degradation_classes}")
+
+
+def export_prompter_files(checkpoint: PathLike, output: PathLike,
+                          param_key: Optional[str] = None) -> Tuple[Path, Optional[Path]]:
+    """A stage-1 checkpoint (``experiments/<name>/models/net_g_<iter>.pth``) to the files that ship:
+    the prompter at ``output`` and, when the run trained a degradation head, its sidecar
+    ``<stem>.head.safetensors`` beside it (see :meth:`ConStyleMoCo.save_prompter`).
+
+    ``param_key``: ``None`` takes ``params_ema`` when the checkpoint has it (what the authors release),
+    else ``params``. Returns ``(prompter file, sidecar or None)``.
+    """
+    return ConStyleMoCo.from_pretrained(checkpoint, param_key=param_key).save_prompter(output)
 
 
 def _num_classes(prompter_state: Mapping[str, Tensor]) -> int:

@@ -229,7 +229,7 @@ def test_every_command_block_is_run_by_a_test_or_marked_as_not_run(block):
 
 
 def test_the_readme_quickstarts_run_as_written(tmp_path):
-    """The README's quickstart blocks (own loop, BasicSR options, MMEngine config, restore), in order, in
+    """The README's quickstart blocks (own loop, BasicSR options, MMEngine config, restore and inspect), in order, in
     one scratch folder with the repository's options/ linked in: a file block (first line ``# NAME``) is
     saved, other Python blocks run as scripts, bash blocks run as written."""
     blocks = [b for b in _blocks(README) if b.marker == ("run", "quickstart")]
@@ -257,6 +257,7 @@ def test_the_readme_quickstarts_run_as_written(tmp_path):
     assert (tmp_path / "experiments" / "my_nafnet_constyle" / "models" / "net_g_latest.pth").is_file()
     assert list((tmp_path / "work_dirs" / "my_config").glob("iter_*.pth"))
     assert {p.name for p in (tmp_path / "restored").iterdir()} >= {"camera.png", "camera_compare.png"}
+    assert {p.name for p in (tmp_path / "inspect").iterdir()} == {"inspect.png", "inspect.json"}
 
 
 # ---------------------------------------------------------------------------- "Stage discovery"

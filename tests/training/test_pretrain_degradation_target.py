@@ -166,6 +166,37 @@ def test_the_head_stays_out_of_the_exported_prompter_and_survives_a_moco_round_t
     assert torch.equal(again.degradation_head.weight, moco.degradation_head.weight)
 
 
+def test_the_head_ships_beside_the_prompter_with_the_mocos_logits(tmp_path):
+    from constyle_plugin.core.degradation_head import load_degradation_head
+    from constyle_plugin.training.pretrain import export_prompter_files
+
+    torch.manual_seed(0)
+    moco = ConStyleMoCo(queue_size=8, degradation_classes=8)
+    torch.nn.init.normal_(moco.degradation_head.weight)
+    checkpoint = tmp_path / "net_g_5.pth"
+    torch.save({"params": moco.state_dict()}, checkpoint)
+    prompter_file, sidecar = export_prompter_files(checkpoint, tmp_path / "out" / "prompter.safetensors")
+    assert sidecar == tmp_path / "out" / "prompter.head.safetensors"
+    prompter = ConStyleV2.from_pretrained(prompter_file)
+    assert set(prompter.state_dict()) == set(ConStyleV2().state_dict())  # the released layout, no head in it
+    head = load_degradation_head(prompter_file)
+    assert list(head.classes) == NAMES
+    x = torch.rand(3, 3, 48, 40)
+    moco.eval()
+    with torch.no_grad():
+        expected = moco.degradation_head(moco.encoder_q.encode(x).z2)
+        assert torch.allclose(head(prompter(x).latent), expected, atol=1e-6)
+        # a stage-1 checkpoint carries its head itself: inspect can read it without a sidecar
+        inside = load_degradation_head(checkpoint, classes=NAMES)
+        assert torch.allclose(inside(prompter(x).latent), expected, atol=1e-6) and list(inside.classes) == NAMES
+
+
+def test_without_a_head_only_the_prompter_is_written(tmp_path):
+    torch.manual_seed(0)
+    written, sidecar = ConStyleMoCo(queue_size=8).save_prompter(tmp_path / "p.safetensors")
+    assert sidecar is None and sorted(p.name for p in tmp_path.iterdir()) == ["p.safetensors"]
+
+
 # ------------------------------------------------------------------------------------ basicsr train
 def test_the_degradation_options_file_trains_and_validates_the_head(tmp_path):
     opts = ["train:total_iter=3", "val:val_freq=3", "logger:print_freq=1", "logger:save_checkpoint_freq=3",
@@ -186,6 +217,12 @@ def test_the_degradation_options_file_trains_and_validates_the_head(tmp_path):
     assert (exp / "sample_classes" / "dead_leaves_0001").is_dir()
     prompter = ConStyleV2.from_pretrained(exp / "models" / "prompter_latest.safetensors")
     assert set(prompter.state_dict()) == set(ConStyleV2().state_dict())
+    # the EMA head beside the EMA prompter, as the checkpoint holds them
+    from constyle_plugin.core.degradation_head import load_degradation_head
+
+    head = load_degradation_head(exp / "models" / "prompter_latest.safetensors")
+    ema = torch.load(exp / "models" / "net_g_latest.pth", weights_only=True)["params_ema"]
+    assert torch.equal(head.weight, ema["degradation_head.weight"]) and list(head.classes) == NAMES
 
 
 def test_the_degradation_options_file_keeps_the_benchmarks_held_out_photos_out(tmp_path):

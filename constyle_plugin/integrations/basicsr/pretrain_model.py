@@ -44,7 +44,8 @@ class ConStyleV2PretrainModel(RunMixin, TorchOptimMixin, BaseModel):
     (``{infonce, content, style, class, kl}``, default 1 each), ``degradation`` (the
     :class:`~constyle_plugin.data.degradations.RealESRGANDegradation` options; the authors' values by
     default), ``ema_decay``, ``save_prompter`` [true] (also export the EMA query encoder as
-    ``models/prompter_<iter>.safetensors``), ``pretext_target`` ['class']: what the pretext head
+    ``models/prompter_<iter>.safetensors``, and a degradation head beside it as
+    ``prompter_<iter>.head.safetensors``), ``pretext_target`` ['class']: what the pretext head
     predicts, ``class`` (the authors: the picture's class) or ``degradation`` (the query's
     degradation type; needs the dataset's ``query_degradations``).
 
@@ -306,6 +307,5 @@ class ConStyleV2PretrainModel(RunMixin, TorchOptimMixin, BaseModel):
         if self.opt["train"].get("save_prompter", True) and self.opt.get("rank", 0) == 0:
             net = self.net_g_ema if hasattr(self, "net_g_ema") else self.get_bare_model(self.net_g)
             label = "latest" if current_iter == -1 else current_iter
-            net.export_prompter().save_pretrained(
-                osp.join(self.opt["path"]["models"], f"prompter_{label}.safetensors"))
+            net.save_prompter(osp.join(self.opt["path"]["models"], f"prompter_{label}.safetensors"))
         self.save_training_state(epoch, current_iter)

@@ -17,7 +17,8 @@ class PrompterExportHook(Hook):
 
     After every checkpoint save and at the end of training, the query encoder of
     :class:`~constyle_plugin.integrations.mmengine.models.ConStylePretrainer` is exported with
-    :meth:`ConStyleV2.save_pretrained` (atomically) to ``<work_dir>/<filename>``; point a
+    :meth:`ConStyleV2.save_pretrained` (atomically) to ``<work_dir>/<filename>``, and a degradation head
+    the model has beside it (``<stem>.head.safetensors``, for ``constyle inspect``); point a
     restoration config's ``model.prompter.pretrained`` at it. With ``use_ema`` (default) and an
     ``EMAHook`` in the run, the averaged weights are exported, as the authors release
     ``params_ema``.
@@ -42,15 +43,16 @@ class PrompterExportHook(Hook):
                     model = ema.module
                     break
         moco = getattr(model, "moco", None)
-        if moco is None or not hasattr(moco, "export_prompter"):
+        if moco is None or not hasattr(moco, "save_prompter"):
             raise ConStyleTypeError(f"PrompterExportHook: the model ({type(model).__name__}) is not a ConStylePretrainer")
         return moco
 
     @master_only
     def export(self, runner) -> Optional[str]:
         path = osp.join(runner.work_dir, self.filename)
-        self._source(runner).export_prompter().save_pretrained(path, metadata={"iter": str(runner.iter)})
-        runner.logger.info(f"PrompterExportHook: prompter written to {path}")
+        _, head = self._source(runner).save_prompter(path, metadata={"iter": str(runner.iter)})
+        runner.logger.info(f"PrompterExportHook: prompter written to {path}"
+                           + (f", its degradation head to {head}" if head else ""))
         return path
 
     def after_save_checkpoint(self, runner, checkpoint: dict) -> None:

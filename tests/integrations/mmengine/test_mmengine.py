@@ -595,6 +595,7 @@ def test_pretrain_then_stage_two_loads_the_exported_prompter(tmp_path):
     assert scores["latent_spread"] >= 0.0  # the collapse diagnostic reaches the scalar log
     exported = stage1 / "constyle_v2_prompter.safetensors"
     prompter = ConStyleV2.from_pretrained(exported)
+    assert not (stage1 / "constyle_v2_prompter.head.safetensors").exists()  # no degradation head, no sidecar
     ckpt = _load(stage1 / "iter_3.pth")
     assert int(ckpt["meta"]["iter"]) == 3
     # the export is the EMA query encoder (EMAHook swaps the average into 'state_dict')
