@@ -44,7 +44,7 @@ def test_inspect_on_a_core_install_prints_the_table_and_says_how_to_get_the_pict
     block = ("import sys\n"
              "for name in ('mmengine', 'basicsr', 'skimage', 'matplotlib'):\n"
              "    sys.modules[name] = None\n"
-             "from constyle_plugin import inspection\n"
+             "from constyle_plugin.tools import inspection\n"
              "inspection.REFERENCE_SIZE = 48  # smaller references: the same code, less time\n"
              "from constyle_plugin.cli import main\n"
              "sys.exit(main(sys.argv[1:]))\n")
