@@ -46,12 +46,14 @@ def test_basicsr_refuses_a_misspelt_validation_task_and_a_test_root_of_another_l
     assert not (tmp_path / "experiments").exists()
 
 
-def test_mmengine_refuses_a_test_root_without_a_five_task_folder_before_the_work_dir(tmp_path, capsys):
+def test_mmengine_refuses_a_five_task_folder_present_but_incomplete_before_the_work_dir(tmp_path, capsys):
+    # an absent task is a missing column (partial settings); a task folder without its targets is a
+    # broken layout and stops the run
     pytest.importorskip("mmengine")
     from constyle_plugin import cli
 
     train_root, test_root = make_five_task(tmp_path / "data")
-    shutil.rmtree(test_root / "enhance")
+    shutil.rmtree(test_root / "enhance" / "lol" / "target")
     work = tmp_path / "work"
     code = cli.main(["train", str(MMENGINE_FILE), "--work-dir", str(work), "--cfg-options",
                      f"train_dataloader.dataset.dataroot={train_root}", f"val_dataloader.dataset.dataroot={test_root}"])
