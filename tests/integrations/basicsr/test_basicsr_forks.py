@@ -268,7 +268,7 @@ def test_constyle_evaluate_in_a_fork_without_cuda_runs_the_forks_metrics(fork, t
     out = tmp_path / "eval"
     code = BOOT + "from constyle_plugin.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     proc = python(code, fork, "evaluate", "--checkpoint", str(tmp_path / "run"), "--lq", "datasets/val/lq",
-                  "--gt", "datasets/val/gt", "--output", str(out), "--device", "cpu", "--save-images",
+                  "--gt", "datasets/val/gt", "--name", "val", "--output", str(out), "--device", "cpu", "--save-images",
                   CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "metrics.json").read_text())["tasks"]["val"]["images"]
