@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from _host import report_header  # benchmarks/_host.py
+from constyle_plugin.core.pretrained import file_sha256
 from allinone import (PROBE_SEED, TEST_SEED, UNTRAINED_PROMPTER_SEED, fit_probe, fixed_crops, load_prompter,
                       prompter_latents, random_prompter, to_tensor)
 
@@ -79,10 +80,6 @@ def _name_path(spec: str) -> Tuple[str, Path]:
     if not sep or not name or not Path(path).is_file():
         raise SystemExit(f"--compare {spec!r}: expected NAME=PATH of an existing prompter file")
     return name, Path(path)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _images(folder: Path, pattern: str = "*") -> List[Path]:
@@ -132,7 +129,7 @@ def real_sets(args: argparse.Namespace) -> Tuple[List[Dict], Dict[str, Dict]]:
 
     def record(name: str, files: List[Path]) -> None:
         manifests[name] = {"folder": str(files[0].parent), "files": len(files),
-                           "sha256": {f.name: _sha256(f) for f in files}}
+                           "sha256": {f.name: file_sha256(f) for f in files}}
 
     size, n = args.crop, args.crops_per_image
     if args.rain100l:
@@ -330,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     report = {**report_header("prompter_transfer.py", argv if argv is not None else sys.argv[1:], torch.device("cpu")),
               "time_s": time.perf_counter() - t0,
               "n_probe": len(probe_items), "n_test": len(test_items), "crop": args.crop,
-              "prompter_files": {n: {"path": str(p), "sha256": _sha256(Path(p))} for n, p in files.items()},
+              "prompter_files": {n: {"path": str(p), "sha256": file_sha256(Path(p))} for n, p in files.items()},
               "manifests": manifests, "prompters": scores}
     (out / "prompter_transfer.json").write_text(json.dumps(report, indent=1))
     (out / "prompter_transfer.md").write_text(markdown(report))
