@@ -61,3 +61,60 @@ def test_rain_statistics_tells_streaks_from_a_misaligned_pair(tmp_path):
     assert abs(rows["rain-1.png"]["intensity"] - 60 / 255) < 0.02
     generated = report["sources"]["rain generator, default parameters"]
     assert all(60 < r["orientation_deg"] < 120 for r in generated)
+
+
+def _transfer_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import prompter_transfer
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return prompter_transfer
+
+
+def test_development_sets_from_training_data_and_a_classifier_fitted_on_training_photos(tmp_path):
+    from constyle_plugin.data import degradations as deg
+    from constyle_plugin.data.samples import sample_photos
+
+    photos, rainy = tmp_path / "photos", tmp_path / "rainy"
+    photos.mkdir()
+    rainy.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (_, img) in enumerate(sorted(sample_photos())[:10]):
+        small = cv2.resize(img, (144, 136))
+        cv2.imwrite(str(photos / f"p{i:02d}.png"), small[..., ::-1])
+        if i < 2:
+            wet = deg.rain(small.astype(np.float32) / 255.0, rng)
+            cv2.imwrite(str(rainy / f"rain-{i}.png"), (wet[..., ::-1] * 255).round().astype(np.uint8))
+    options = tmp_path / "stage1.yml"
+    options.write_text("datasets:\n  train:\n    degradation_ranges: {rain: {strength: [0.15, 0.9]}}\n")
+    out = tmp_path / "out"
+    transfer = _transfer_module()
+    assert transfer.main(["--fit-photos", str(photos), "--fit-ranges", str(options), "--fit-crops", "2",
+                          "--holdout-every", "5", "--dev-photos", str(photos), "--dev-rain", str(rainy),
+                          "--crops-per-image", "1", "--probe-crops", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "prompter_transfer_dev.json").read_text())
+    assert not (out / "prompter_transfer.json").exists()
+    assert report["development"] is True
+    c = report["classifier"]
+    assert c["fitted_on"] == "fit_photos" and c["n"] == 2 * len(deg.ALL_IN_ONE)
+    assert c["photos"] == 8 and c["ranges"] == {"rain": {"strength": [0.15, 0.9]}}
+    # the two held-out photos (p00, p05) make the development noise / blur / JPEG; the rainy images the rain
+    assert report["manifests"]["dev photos (held out)"]["sha256"].keys() == {"p00.png", "p05.png"}
+    scores = report["prompters"]["packaged"]["real"]
+    assert scores["dev rain: rain"]["n"] == 2
+    assert scores["dev photos: JPEG quality 40"]["n"] == 2 and scores["dev photos: noise sigma 25"]["n"] == 2
+    assert not any(k.startswith(("Rain100L", "CBSD68", "LIVE1")) for k in scores)
+    text = (out / "prompter_transfer_dev.md").read_text()
+    assert "development sets made from training data" in text and "8 training photos" in text
+
+
+def test_development_and_test_sets_are_not_mixed(tmp_path, capsys):
+    transfer = _transfer_module()
+    try:
+        transfer.parse_args(["--dev-photos", str(tmp_path), "--cbsd68", str(tmp_path)])
+    except SystemExit as exc:
+        assert exc.code == 2
+    else:
+        raise AssertionError("--dev-photos with --cbsd68 was accepted")
+    assert "replace the test sets" in capsys.readouterr().err
