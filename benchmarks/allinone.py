@@ -52,7 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -499,12 +499,15 @@ def prompter_latents(prompter, images: torch.Tensor, device: torch.device, batch
     return {key: torch.cat(v) for key, v in out.items()}
 
 
-def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-              n_classes: int, l2: float = 1e-2) -> Dict:
-    """Multinomial logistic regression (standardised inputs, L2, full-batch L-BFGS), in float64."""
-    x_train, x_test = x_train.double(), x_test.double()
+def linear_classifier(x_train: torch.Tensor, y_train: torch.Tensor, n_classes: int,
+                      l2: float = 1e-2) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Multinomial logistic regression (standardised inputs, L2, full-batch L-BFGS), in float64.
+
+    ``x_train``: N x F features, ``y_train``: N class indices. Returns ``predict(x) -> M`` class indices.
+    """
+    x_train = x_train.double()
     mu, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-8)
-    a, b = (x_train - mu) / sd, (x_test - mu) / sd
+    a = (x_train - mu) / sd
     w = torch.zeros(a.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     c = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, c], lr=1.0, max_iter=200, tolerance_grad=1e-7, tolerance_change=1e-10,
@@ -518,9 +521,19 @@ def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor
 
     with torch.enable_grad():
         opt.step(closure)
-    with torch.no_grad():
-        pred_train = (a @ w + c).argmax(1)
-        pred_test = (b @ w + c).argmax(1)
+    w, c = w.detach(), c.detach()
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return (((x.double() - mu) / sd) @ w + c).argmax(1)
+
+    return predict
+
+
+def fit_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+              n_classes: int, l2: float = 1e-2) -> Dict:
+    """:func:`linear_classifier` fitted on the training features, scored on the test features."""
+    predict = linear_classifier(x_train, y_train, n_classes, l2)
+    pred_train, pred_test = predict(x_train), predict(x_test)
     confusion = torch.zeros(n_classes, n_classes, dtype=torch.long)
     for t, p in zip(y_test.tolist(), pred_test.tolist()):
         confusion[t, p] += 1

@@ -1,8 +1,8 @@
 """What a prompter recognises on real degraded images: a classifier fitted on the package's own
 degradations, scored on real inputs.
 
-A multinomial logistic regression on the latent prompt ``z2`` (the linear probe of
-``benchmarks/allinone.py``) is fitted on crops of the offline training photos degraded by the eight
+A multinomial logistic regression on the latent prompt ``z2`` (``allinone.linear_classifier``, the
+linear probe of ``benchmarks/allinone.py``) is fitted on crops of the offline training photos degraded by the eight
 generators of ``constyle_plugin.data.degradations.ALL_IN_ONE`` (their default parameters), then shown
 crops of real degraded images it never saw, made by code other than the package's where the field
 has no real set:
@@ -49,8 +49,8 @@ import torch
 
 from _host import report_header  # benchmarks/_host.py
 from constyle_plugin.core.pretrained import file_sha256
-from allinone import (PROBE_SEED, TEST_SEED, UNTRAINED_PROMPTER_SEED, fit_probe, fixed_crops, load_prompter,
-                      prompter_latents, random_prompter, to_tensor)
+from allinone import (PROBE_SEED, TEST_SEED, UNTRAINED_PROMPTER_SEED, fit_probe, fixed_crops, linear_classifier,
+                      load_prompter, prompter_latents, random_prompter, to_tensor)
 
 REPO = Path(__file__).resolve().parent.parent
 NOISE_SIGMAS = (15, 25, 50)
@@ -278,33 +278,6 @@ def smoke_sets(root: Path) -> argparse.Namespace:
     return argparse.Namespace(rain100l=str(root / "rain"), cbsd68=str(root / "cbsd"), live1=str(root / "live"))
 
 
-def fit_classifier(x: torch.Tensor, y: torch.Tensor, n: int, l2: float = 1e-2):
-    """The probe of ``allinone.fit_probe`` (standardised inputs, L2, L-BFGS), returned as a predictor."""
-    fitted = {}
-
-    def predictor(z: torch.Tensor) -> torch.Tensor:
-        return (((z.double() - fitted["mu"]) / fitted["sd"]) @ fitted["w"] + fitted["c"]).argmax(1)
-
-    x = x.double()
-    fitted["mu"], fitted["sd"] = x.mean(0), x.std(0).clamp_min(1e-8)
-    w = torch.zeros(x.shape[1], n, dtype=torch.float64, requires_grad=True)
-    c = torch.zeros(n, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, c], lr=1.0, max_iter=200, tolerance_grad=1e-7, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
-    a = (x - fitted["mu"]) / fitted["sd"]
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(a @ w + c, y) + l2 * (w ** 2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    fitted["w"], fitted["c"] = w.detach(), c.detach()
-    return predictor
-
-
 def score(prompter, probe_items: List[Dict], test_items: List[Dict], real: List[Dict], names: Sequence[str],
           batch: int, fit: Optional[List[Dict]] = None) -> Dict:
     """The held-out probe (fitted on ``probe_items``, scored on ``test_items``) and the recall on ``real`` of
@@ -317,10 +290,10 @@ def score(prompter, probe_items: List[Dict], test_items: List[Dict], real: List[
     z_test = prompter_latents(prompter, to_tensor([it["lq"] for it in test_items]), device, batch)["z2"]
     held = fit_probe(z_train, y_train, z_test, y_test, len(names))
     if fit is None:
-        predict = fit_classifier(z_train, y_train, len(names))
+        predict = linear_classifier(z_train, y_train, len(names))
     else:
         z_fit = prompter_latents(prompter, to_tensor([it["lq"] for it in fit]), device, batch)["z2"]
-        predict = fit_classifier(z_fit, torch.tensor([index[it["degradation"]] for it in fit]), len(names))
+        predict = linear_classifier(z_fit, torch.tensor([index[it["degradation"]] for it in fit]), len(names))
     out = {"heldout_probe_accuracy": held["test_accuracy"],
            "heldout_probe_recall": dict(zip(names, held["test_recall"])), "real": {}}
     if real:
