@@ -13,16 +13,16 @@ BasicSR comes in three flavours, and each finds ``type: X`` in its own way (a *h
 - **Vendored registries** (the authors' ConStyle v2 release keeps BasicSR's registry classes in
   top-level ``utils/registry.py``): :func:`register_into` registers into the registries passed in.
 
-Entries (a name the host already has is never replaced; ``ConStyleUNet`` then wraps the host's class):
+Entries: the catalogue's (:mod:`constyle_plugin.integrations.catalogue`); a name the host already has is
+never replaced, and ``ConStyleUNet`` then wraps the host's class:
 
-- ARCH: ``ConStyleUNet`` (a backbone found through the same host, wrapped by ``wrap_unet``),
-  ``ConStyleV2`` (the prompter), ``ConStyleMoCo`` (its pre-training wrapper), and the reference
-  ``NAFNet``, ``Restormer``, ``ConvUNet``, ``MAXIM``.
-- MODEL: ``ConStyleV2PretrainModel`` (stage 1) and ``ConStyleSRModel`` (stage 2); both build on
-  PyPI BasicSR's ``BaseModel`` / ``SRModel``, so a 1.2-era fork trains with its own model classes.
-- LOSS: ``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``.
-- DATASET: ``MixDegradationDataset``, ``ConStylePretrainDataset``, and the all-in-one benchmark data
-  ``AllInOneTrainDataset``, ``AllInOneTestDataset``.
+- ARCH: the ``basicsr_archs`` builders, ``ConStyleUNet`` (a backbone found through the same host, wrapped
+  by ``wrap_unet``), ``ConStyleV2`` (the prompter), ``ConStyleMoCo`` (its pre-training wrapper), then the
+  reference backbones of ``archs``.
+- MODEL: ``basicsr_models``, the stage-1 and stage-2 model types; both build on PyPI BasicSR's
+  ``BaseModel`` / ``SRModel``, so a 1.2-era fork trains with its own model classes.
+- LOSS: ``losses``, the stage-1 losses.
+- DATASET: ``datasets``, the core dataset classes as they are (they take BasicSR's ``opt``).
 
 The ``basicsr`` command lives in :mod:`.cli`.
 """
@@ -33,6 +33,7 @@ import sys
 import types
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .. import catalogue
 from ...core.builder import check_file, prompter_path, wrap_from_options
 from ...compat import ensure_basicsr_importable
 from ...errors import (CheckpointError, ConStyleRuntimeError, ConStyleTypeError, MissingDependencyError, OptionError, did_you_mean, join_keys)
@@ -326,38 +327,32 @@ class EntryUnavailable(Exception):
     """An entry that cannot exist in this environment (``ConStyleSRModel`` without PyPI BasicSR)."""
 
 
-def _from(module: str, name: str) -> Callable[[], Any]:
-    return lambda: getattr(importlib.import_module(module), name)
+# Which kinds of the catalogue each registry reads, in the order they are registered.
+_KINDS = {ARCH: ("basicsr_archs", "archs"), MODEL: ("basicsr_models",), LOSS: ("losses",), DATASET: ("datasets",)}
 
 
-def _model(name: str) -> Callable[[], Any]:
+def _model(item: catalogue.Entry) -> Callable[[], Any]:
     def load() -> Any:
         try:
-            module = importlib.import_module("constyle_plugin.integrations.basicsr.models")
+            return item.load()
         except ImportError as exc:
             raise EntryUnavailable(
-                f"model_type {name} builds on PyPI BasicSR >= 1.3 ({exc}). Inside a 1.2-era fork, keep the "
+                f"model_type {item.name} builds on PyPI BasicSR >= 1.3 ({exc}). Inside a 1.2-era fork, keep the "
                 f"fork's own model_type (NAFNet: ImageRestorationModel, Restormer: ImageCleanModel) and set "
                 f"network_g: {{type: ConStyleUNet, backbone: {{type: <the fork's arch>, ...}}}}") from None
-        return getattr(module, name)
     return load
 
 
+def _loader(item: catalogue.Entry, unet_builder: Callable) -> Callable[[], Any]:
+    if item.kind == "basicsr_archs" and item.name == "ConStyleUNet":
+        return lambda: unet_builder  # bound to the host's own arch look-up
+    return _model(item) if item.kind == "basicsr_models" else item.load
+
+
 def _entries(unet_builder: Callable) -> Dict[str, List[Tuple[str, Callable[[], Any]]]]:
-    """Name -> loader of each entry, per registry (loaders import lazily)."""
-    archs = "constyle_plugin.archs"
-    return {
-        ARCH: [("ConStyleUNet", lambda: unet_builder), ("ConStyleV2", lambda: build_prompter),
-               ("ConStyleMoCo", lambda: build_moco),
-               *[(n, _from(archs, n)) for n in ("NAFNet", "Restormer", "ConvUNet", "MAXIM")]],
-        MODEL: [(n, _model(n)) for n in ("ConStyleV2PretrainModel", "ConStyleSRModel")],
-        LOSS: [(n, _from("constyle_plugin.training.losses", n))
-               for n in ("InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss")],
-        DATASET: [*[(n, _from("constyle_plugin.data.datasets", n))
-                    for n in ("MixDegradationDataset", "ConStylePretrainDataset")],
-                  *[(n, _from("constyle_plugin.data.benchmark_datasets", n))
-                    for n in ("AllInOneTrainDataset", "AllInOneTestDataset")]],
-    }
+    """Name -> loader of each entry, per registry, from the catalogue (loaders import lazily)."""
+    return {kind: [(item.name, _loader(item, unet_builder)) for k in kinds for item in catalogue.entries(k)]
+            for kind, kinds in _KINDS.items()}
 
 
 def _register_into_host(host: RegistryHost, unet_builder: Callable) -> Dict[str, Dict[str, List[str]]]:
