@@ -15,10 +15,12 @@ a ``task`` (the all-in-one datasets) they report each task and the mean over tas
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -31,8 +33,8 @@ from ...compat import ensure_basicsr_importable
 from ...errors import ConStyleError, ConStyleKeyError, ConStyleTypeError, MissingFileError, OptionError, did_you_mean
 from ...data.imageio import IMAGE_EXTENSIONS
 
-__all__ = ["AllInOneTestDataset", "AllInOneTrainDataset", "ConStylePretrainDataset", "MixDegradationDataset", "PSNR",
-           "PairedFolderDataset", "PretextAccuracy", "SSIM", "default_cache_dir"]
+__all__ = ["ADAPTERS", "AllInOneTestDataset", "AllInOneTrainDataset", "ConStylePretrainDataset", "MixDegradationDataset", "PSNR",
+           "KeywordDataset", "PairedFolderDataset", "PretextAccuracy", "SSIM", "default_cache_dir", "keyword_dataset"]
 
 SAMPLE_ROOTS = (None, "sample_photos", "sample_classes")
 
@@ -76,9 +78,118 @@ def _restoration_sample(lq, gt, **meta) -> Dict[str, Any]:
     return {"inputs": lq, "data_samples": sample}
 
 
-class MixDegradationDataset(data.Dataset):
-    """:class:`constyle_plugin.data.datasets.MixDegradationDataset` for MMEngine (options as keywords).
+class KeywordDataset(data.Dataset):
+    """The MMEngine form of a core dataset class (catalogue kind ``datasets``), made by :func:`keyword_dataset`.
 
+    Built from keywords: they are checked against :attr:`OPTIONS` (an unknown one raises, with a
+    did-you-mean), turned into the ``opt`` dict(s) of the core class (one core dataset per dict; more than
+    one are read one after another), and each sample comes back in MMEngine's layout. ``dataset`` is the
+    core dataset (the first, where there are several), ``datasets`` all of them.
+    """
+
+    OPTIONS: Tuple[str, ...] = ()
+    CORE = ""  # the catalogue's name of the core class
+
+    @classmethod
+    def core_class(cls) -> type:
+        """The core dataset class this one adapts (imported now)."""
+        from .. import catalogue
+
+        return catalogue.resolve("datasets", cls.CORE)
+
+    def __init__(self, **opt: Any) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        _check_options(owner, opt, self.OPTIONS)
+        core = self.core_class()
+        opts, extra = self._prepare(opt, owner)
+        self.datasets = [core(o) for o in opts]
+        self.dataset = self.datasets[0]
+        self.ends = list(itertools.accumulate(len(ds) for ds in self.datasets))
+        self.metainfo = {**self._describe(self.datasets), **extra}
+
+    @staticmethod
+    def _prepare(opt: Dict[str, Any], owner: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+        return [opt], {}
+
+    @staticmethod
+    def _describe(datasets: List[Any]) -> Dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def _sample(dataset: Any, s: Dict[str, Any]) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        if len(self.datasets) == 1:
+            return self._sample(self.dataset, self.dataset[index])
+        if not -self.ends[-1] <= index < self.ends[-1]:
+            raise IndexError(f"{type(self).__name__}: index {index} out of range for {self.ends[-1]} samples")
+        index %= self.ends[-1]
+        k = bisect.bisect_right(self.ends, index)
+        ds = self.datasets[k]
+        return self._sample(ds, ds[index - (self.ends[k - 1] if k else 0)])
+
+
+def keyword_dataset(name: str, options: Sequence[str], summary: str, doc: str, sample: Callable,
+                    prepare: Optional[Callable] = None, describe: Optional[Callable] = None,
+                    **attrs: Any) -> type:
+    """The :class:`KeywordDataset` of the core dataset class ``name`` in the catalogue, under the same name.
+
+    ``options``: the keywords accepted (the core class's ``OPTIONS`` this integration supports, plus its
+    own); ``summary`` / ``doc``: the rest of the first line of the docstring and its body; ``sample(core
+    dataset, core sample)``: the MMEngine sample; ``prepare(opt, owner)``: ``([opt for each core dataset],
+    extra metainfo)`` [``([opt], {})``]; ``describe(core datasets)``: the metainfo [``{}``]; ``attrs``:
+    more class attributes (``check_layout``, properties).
+    """
+    from .. import catalogue
+
+    module, _, attr = catalogue.entry("datasets", name).target.partition(":")
+    body: Dict[str, Any] = {
+        "__module__": __name__, "__qualname__": name, "OPTIONS": tuple(options), "CORE": name,
+        "__doc__": f":class:`{module}.{attr}` for MMEngine (options as keywords){summary}\n\n    {doc.strip()}\n",
+        "_sample": staticmethod(sample), **attrs}
+    if prepare is not None:
+        body["_prepare"] = staticmethod(prepare)
+    if describe is not None:
+        body["_describe"] = staticmethod(describe)
+    return type(name, (KeywordDataset,), body)
+
+
+def _core_check_layout(name: str) -> Any:
+    """``check_layout`` of the core class ``name``, imported when called."""
+    def check_layout(opt: Mapping[str, Any]) -> None:
+        from .. import catalogue
+
+        catalogue.resolve("datasets", name).check_layout(opt)
+    check_layout.__doc__ = (f"The layout the keywords name, checked without reading an image (``constyle train`` "
+                            f"does it before the work dir exists): :meth:`{name}.check_layout` of the core class.")
+    return staticmethod(check_layout)
+
+
+def _prepare_mix(opt: Dict[str, Any], owner: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    from ...data.samples import split_by_photo
+
+    val_fraction, split_seed = opt.pop("val_fraction", 0.2), opt.pop("split_seed", 0)
+    sample = opt.get("dataroot_gt") in SAMPLE_ROOTS
+    if sample and not opt.get("sample_dir"):
+        opt["sample_dir"] = str(default_cache_dir() / "sample_photos")
+    photos = opt.get("photos")
+    if isinstance(photos, str):
+        if photos not in ("train", "val"):
+            raise ConStyleError(f"photos: expected a list of file stems, 'train' or 'val', got {photos!r}")
+        train, val = split_by_photo(_stems(opt.get("dataroot_gt"), sample), val_fraction, split_seed)
+        opt["photos"] = train if photos == "train" else val
+    return [opt], {}
+
+
+MixDegradationDataset = keyword_dataset(
+    "MixDegradationDataset",
+    ("dataroot_gt", "sample_dir", "photos", "gt_size", "degradations", "phase", "use_hflip", "use_rot", "seed",
+     "val_crop", "scale", "repeat", "io_backend", "check_images", "val_fraction", "split_seed"), ".", """
     Keywords are that class's ``opt`` keys (``dataroot_gt``, ``gt_size``, ``degradations``, ``phase``,
     ``val_crop``, ``seed``, ``repeat``, ...), plus:
 
@@ -87,116 +198,101 @@ class MixDegradationDataset(data.Dataset):
     - ``photos``: a list of file stems, or ``'train'`` / ``'val'``: the two sides of
       :func:`constyle_plugin.data.samples.split_by_photo` over the folder's images (``val_fraction``
       [0.2], ``split_seed`` [0]), so validation photos are never trained on.
-    """
-
-    OPTIONS = ("dataroot_gt", "sample_dir", "photos", "gt_size", "degradations", "phase", "use_hflip", "use_rot",
-               "seed", "val_crop", "scale", "repeat", "io_backend", "check_images", "val_fraction", "split_seed")
-
-    def __init__(self, val_fraction: float = 0.2, split_seed: int = 0, **opt: Any) -> None:
-        super().__init__()
-        _check_options(type(self).__name__, opt, self.OPTIONS)
-        from ...data.datasets import MixDegradationDataset as _Mix
-        from ...data.samples import split_by_photo
-
-        sample = opt.get("dataroot_gt") in SAMPLE_ROOTS
-        if sample and not opt.get("sample_dir"):
-            opt["sample_dir"] = str(default_cache_dir() / "sample_photos")
-        photos = opt.get("photos")
-        if isinstance(photos, str):
-            if photos not in ("train", "val"):
-                raise ConStyleError(f"photos: expected a list of file stems, 'train' or 'val', got {photos!r}")
-            train, val = split_by_photo(_stems(opt.get("dataroot_gt"), sample), val_fraction, split_seed)
-            opt["photos"] = train if photos == "train" else val
-        self.dataset = _Mix(opt)
-        self.metainfo = {"photos": sorted(Path(p).stem for p in self.dataset.paths)}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        s = self.dataset[index]
-        return _restoration_sample(s["lq"], s["gt"], key=Path(s["gt_path"]).stem, lq_path=s["lq_path"],
-                                   gt_path=s["gt_path"], degradation=s["degradation"])
+    """,
+    sample=lambda ds, s: _restoration_sample(s["lq"], s["gt"], key=Path(s["gt_path"]).stem, lq_path=s["lq_path"],
+                                             gt_path=s["gt_path"], degradation=s["degradation"]),
+    prepare=_prepare_mix,
+    describe=lambda datasets: {"photos": sorted(Path(p).stem for p in datasets[0].paths)})
 
 
-class ConStylePretrainDataset(data.Dataset):
-    """:class:`constyle_plugin.data.datasets.ConStylePretrainDataset` for MMEngine (options as keywords).
+def _prepare_pretrain(opt: Dict[str, Any], owner: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    if opt.get("dataroot") in SAMPLE_ROOTS and not opt.get("sample_dir"):
+        opt["sample_dir"] = str(default_cache_dir() / "sample_classes")
+    return [opt], {}
 
+
+def _pretrain_sample(ds: Any, s: Dict[str, Any]) -> Dict[str, Any]:
+    sample = BaseDataElement(metainfo={"weather": bool(s["weather"]), "path": s["path"]})
+    sample.gt_label = torch.tensor(int(s["label"]), dtype=torch.long)
+    return {"inputs": {"query": s["query"], "key": s["key"]}, "data_samples": sample}
+
+
+ConStylePretrainDataset = keyword_dataset(
+    "ConStylePretrainDataset",
+    ("dataroot", "sample_dir", "crops_per_photo", "sample_crop_size", "resize", "crop_size", "rrc_scale",
+     "rrc_ratio", "weather_prob", "phase", "seed", "repeat", "check_images", "io_backend"), ".", """
     Keywords are that class's ``opt`` keys (``dataroot``, ``resize``, ``crop_size``,
     ``weather_prob``, ``phase``, ...); ``sample_dir`` defaults to :func:`default_cache_dir`
     ``/ 'sample_classes'`` when ``dataroot`` is ``None`` / ``'sample_classes'``.
-    """
-
-    OPTIONS = ("dataroot", "sample_dir", "crops_per_photo", "sample_crop_size", "resize", "crop_size", "rrc_scale",
-               "rrc_ratio", "weather_prob", "phase", "seed", "repeat", "check_images", "io_backend")
-
-    def __init__(self, **opt: Any) -> None:
-        super().__init__()
-        _check_options(type(self).__name__, opt, self.OPTIONS)
-        from ...data.datasets import ConStylePretrainDataset as _Pretrain
-
-        if opt.get("dataroot") in SAMPLE_ROOTS and not opt.get("sample_dir"):
-            opt["sample_dir"] = str(default_cache_dir() / "sample_classes")
-        self.dataset = _Pretrain(opt)
-        self.metainfo = {"classes": list(self.dataset.classes)}
-
-    @property
-    def num_classes(self) -> int:
-        return self.dataset.num_classes
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        s = self.dataset[index]
-        sample = BaseDataElement(metainfo={"weather": bool(s["weather"]), "path": s["path"]})
-        sample.gt_label = torch.tensor(int(s["label"]), dtype=torch.long)
-        return {"inputs": {"query": s["query"], "key": s["key"]}, "data_samples": sample}
+    """,
+    sample=_pretrain_sample, prepare=_prepare_pretrain,
+    describe=lambda datasets: {"classes": list(datasets[0].classes)},
+    num_classes=property(lambda self: self.dataset.num_classes, doc="The number of classes (labels)."))
 
 
-class AllInOneTrainDataset(data.Dataset):
-    """:class:`constyle_plugin.data.benchmark_datasets.AllInOneTrainDataset` for MMEngine (options as keywords):
-    the three-task / five-task training mixture from a PromptIR / AdaIR training root.
-
+AllInOneTrainDataset = keyword_dataset(
+    "AllInOneTrainDataset",
+    ("setting", "dataroot", "tasks", "repeat", "lists", "gt_size", "use_hflip", "use_rot", "phase", "scale",
+     "io_backend", "check_images"), """:
+    the three-task / five-task training mixture from a PromptIR / AdaIR training root.""", """
     Keywords are that class's ``opt`` keys (``setting``, ``dataroot``, ``tasks``, ``repeat``, ``lists``,
     ``gt_size``, ``use_hflip``, ``use_rot``, ``phase``, ...). Samples carry ``task`` (the task key) in
-    their metainfo.
-    """
-
-    OPTIONS = ("setting", "dataroot", "tasks", "repeat", "lists", "gt_size", "use_hflip", "use_rot", "phase",
-               "scale", "io_backend", "check_images")
-
-    @staticmethod
-    def check_layout(opt: Mapping[str, Any]) -> None:
-        """The layout the keywords name, checked without reading an image (``constyle train`` does it
-        before the work dir exists)."""
-        from ...data.benchmark_layouts import check_dataset_layout
-
-        check_dataset_layout("train", opt)
-
-    def __init__(self, **opt: Any) -> None:
-        super().__init__()
-        _check_options(type(self).__name__, opt, self.OPTIONS)
-        from ...data.benchmark_datasets import AllInOneTrainDataset as _Train
-
-        self.dataset = _Train(opt)
-        self.metainfo = {"setting": self.dataset.setting, "tasks": list(self.dataset.tasks),
-                         "repeat": dict(self.dataset.repeat)}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        s = self.dataset[index]
-        return _restoration_sample(s["lq"], s["gt"], key=Path(s["lq_path"]).stem, lq_path=s["lq_path"],
-                                   gt_path=s["gt_path"], task=s["task"])
+    their metainfo. ``check_layout(opt)``: the layout the keywords name, checked without reading an image
+    (``constyle train`` does it before the work dir exists).
+    """,
+    sample=lambda ds, s: _restoration_sample(s["lq"], s["gt"], key=Path(s["lq_path"]).stem, lq_path=s["lq_path"],
+                                             gt_path=s["gt_path"], task=s["task"]),
+    describe=lambda datasets: {"setting": datasets[0].setting, "tasks": list(datasets[0].tasks),
+                               "repeat": dict(datasets[0].repeat)},
+    check_layout=_core_check_layout("AllInOneTrainDataset"))
 
 
-class AllInOneTestDataset(data.Dataset):
-    """:class:`constyle_plugin.data.benchmark_datasets.AllInOneTestDataset` for MMEngine (options as keywords):
+def _prepare_test(opt: Dict[str, Any], owner: str) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    from ...data.benchmark_layouts import COLUMNS, TEST_TASKS, absent_test_sets, check_setting
+
+    task = opt.pop("task", None)
+    absent: Dict[str, Path] = {}
+    if task is None:
+        try:
+            setting = check_setting(opt.get("setting"))
+        except OptionError as exc:
+            raise OptionError(exc.key, f"{exc.message} ({owner})") from None
+        if opt.get("dataroot"):
+            absent = absent_test_sets(setting, opt["dataroot"])
+        if len(absent) == len(TEST_TASKS[setting]):
+            absent = {}  # nothing there: the dataset's own check names what is missing
+        tasks = [t for t in TEST_TASKS[setting] if t not in absent]
+        if absent:
+            print_log(f"{owner}: {', '.join(COLUMNS[t] for t in absent)} not under {opt['dataroot']} (no "
+                      f"{', '.join(str(f) for f in dict.fromkeys(absent.values()))}); validating the "
+                      f"{len(tasks)} of {len(TEST_TASKS[setting])} columns there: the averages are partial",
+                      logger="current", level=logging.WARNING)
+    elif isinstance(task, str):
+        tasks = [task]
+    elif isinstance(task, (list, tuple)) and task:
+        tasks = list(task)
+        repeated = sorted({str(t) for t in tasks if tasks.count(t) > 1})
+        if repeated:
+            raise OptionError("task", f"{', '.join(map(repr, repeated))} listed more than once ({owner})")
+    else:
+        raise OptionError("task", f"expected a test task key, a non-empty list of them or None, got "
+                                  f"{task!r} ({owner})")
+    return [dict(opt, task=t) for t in tasks], {"missing": [COLUMNS[t] for t in absent]}
+
+
+def _describe_test(datasets: List[Any]) -> Dict[str, Any]:
+    first = datasets[0]
+    info = {"setting": first.setting, "tasks": [ds.task for ds in datasets], "columns": [ds.column for ds in datasets],
+            "sizes": [len(ds) for ds in datasets]}
+    if len(datasets) == 1:
+        info.update(task=first.task, column=first.column)
+    return info
+
+
+AllInOneTestDataset = keyword_dataset(
+    "AllInOneTestDataset", ("setting", "dataroot", "task", "max_images", "phase", "scale", "io_backend"), """:
     test sets of a benchmark setting, whole images, one after another in the papers' column order, so one
-    validation dataloader covers the whole table.
-
+    validation dataloader covers the whole table.""", """
     Keywords: ``setting``, ``dataroot`` (the test root), ``task``, ``max_images``, ``phase``, ``scale``,
     ``io_backend``.
 
@@ -210,69 +306,15 @@ class AllInOneTestDataset(data.Dataset):
     metainfo; :class:`PSNR` / :class:`SSIM` report each task and their average from them. ``metainfo``:
     ``{'setting', 'tasks', 'columns', 'sizes', 'missing'}`` (``sizes``: images per task; ``missing``: the
     columns left out as absent), plus ``'task'`` and ``'column'`` when there is one task.
-    """
+    ``check_layout(opt)``: as ``AllInOneTrainDataset.check_layout``, for a test root and its task(s).
+    """,
+    sample=lambda ds, s: _restoration_sample(s["lq"], s["gt"], key=Path(s["lq_path"]).stem, lq_path=s["lq_path"],
+                                             gt_path=s["gt_path"], task=s["task"], column=ds.column),
+    prepare=_prepare_test, describe=_describe_test, check_layout=_core_check_layout("AllInOneTestDataset"))
 
-    OPTIONS = ("setting", "dataroot", "task", "max_images", "phase", "scale", "io_backend")
-
-    @staticmethod
-    def check_layout(opt: Mapping[str, Any]) -> None:
-        """As :meth:`AllInOneTrainDataset.check_layout`, for a test root and its task(s)."""
-        from ...data.benchmark_layouts import check_dataset_layout
-
-        check_dataset_layout("test", opt)
-
-    def __init__(self, **opt: Any) -> None:
-        super().__init__()
-        owner = type(self).__name__
-        _check_options(owner, opt, self.OPTIONS)
-        from ...data.benchmark_datasets import AllInOneTestDataset as _Test
-        from ...data.benchmark_layouts import COLUMNS, TEST_TASKS, absent_test_sets, check_setting
-
-        task = opt.pop("task", None)
-        absent: Dict[str, Path] = {}
-        if task is None:
-            try:
-                setting = check_setting(opt.get("setting"))
-            except OptionError as exc:
-                raise OptionError(exc.key, f"{exc.message} ({owner})") from None
-            if opt.get("dataroot"):
-                absent = absent_test_sets(setting, opt["dataroot"])
-            if len(absent) == len(TEST_TASKS[setting]):
-                absent = {}  # nothing there: the dataset's own check names what is missing
-            tasks = [t for t in TEST_TASKS[setting] if t not in absent]
-            if absent:
-                print_log(f"{owner}: {', '.join(COLUMNS[t] for t in absent)} not under {opt['dataroot']} (no "
-                          f"{', '.join(str(f) for f in dict.fromkeys(absent.values()))}); validating the "
-                          f"{len(tasks)} of {len(TEST_TASKS[setting])} columns there: the averages are partial",
-                          logger="current", level=logging.WARNING)
-        elif isinstance(task, str):
-            tasks = [task]
-        elif isinstance(task, (list, tuple)) and task:
-            tasks = list(task)
-            repeated = sorted({str(t) for t in tasks if tasks.count(t) > 1})
-            if repeated:
-                raise OptionError("task", f"{', '.join(map(repr, repeated))} listed more than once ({owner})")
-        else:
-            raise OptionError("task", f"expected a test task key, a non-empty list of them or None, got "
-                                      f"{task!r} ({owner})")
-        self.datasets = [_Test(dict(opt, task=t)) for t in tasks]
-        self.index = [(k, i) for k, ds in enumerate(self.datasets) for i in range(len(ds))]
-        first = self.datasets[0]
-        self.metainfo = {"setting": first.setting, "tasks": [ds.task for ds in self.datasets],
-                         "columns": [ds.column for ds in self.datasets],
-                         "sizes": [len(ds) for ds in self.datasets], "missing": [COLUMNS[t] for t in absent]}
-        if len(self.datasets) == 1:
-            self.metainfo.update(task=first.task, column=first.column)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, index: int) -> Dict[str, Any]:
-        k, i = self.index[index]
-        ds = self.datasets[k]
-        s = ds[i]
-        return _restoration_sample(s["lq"], s["gt"], key=Path(s["lq_path"]).stem, lq_path=s["lq_path"],
-                                   gt_path=s["gt_path"], task=s["task"], column=ds.column)
+# The MMEngine form of each core dataset of the catalogue, by name (what the mmengine registry registers).
+ADAPTERS: Dict[str, type] = {cls.__name__: cls for cls in (MixDegradationDataset, ConStylePretrainDataset,
+                                                           AllInOneTrainDataset, AllInOneTestDataset)}
 
 
 class PairedFolderDataset(data.Dataset):
