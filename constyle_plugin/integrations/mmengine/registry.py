@@ -1,32 +1,36 @@
 """MMEngine integration: what the plugin registers in the ``constyle`` scope (:mod:`.scope`).
 
 ``register()`` (run once the program imports mmengine, so ``custom_imports =
-dict(imports=['constyle_plugin'])`` in a config is all a user adds) puts into the scope's registries:
+dict(imports=['constyle_plugin'])`` in a config is all a user adds) puts the catalogue's entries
+(:mod:`constyle_plugin.integrations.catalogue`) into the scope's registries:
 
-- MODELS: ``ConStyleRestorer`` (stage 2), ``ConStylePretrainer`` (stage 1),
-  ``ConStyleDataPreprocessor``, the reference backbones ``NAFNet``, ``Restormer``, ``ConvUNet``,
-  ``MAXIM``, the stage-1 losses (``InfoNCELoss``, ``ContentLoss``, ``StyleLoss``, ``DistillKLLoss``,
-  ``ClassificationLoss``) and BasicSR's pixel losses (``L1Loss``, ``MSELoss``, ``CharbonnierLoss``);
-- DATASETS: ``MixDegradationDataset``, ``ConStylePretrainDataset``, ``PairedFolderDataset``, and the all-in-one
-  benchmark data ``AllInOneTrainDataset``, ``AllInOneTestDataset``;
-- METRICS: ``PSNR``, ``SSIM`` (RGB, or Y with ``test_y_channel=True``), ``PretextAccuracy``;
+- MODELS: ``mmengine_models`` (``ConStyleRestorer``, stage 2; ``ConStylePretrainer``, stage 1;
+  ``ConStyleDataPreprocessor``), the reference backbones (``archs``), the stage-1 losses (``losses``) and
+  ``mmengine_losses`` (``ClassificationLoss`` and BasicSR's pixel losses; torch's ``L1Loss`` / ``MSELoss``
+  where basicsr does not import);
+- DATASETS: the keyword adapter (:func:`.data.keyword_dataset`) of each core dataset (``datasets``:
+  ``MixDegradationDataset``, ``ConStylePretrainDataset``, the all-in-one benchmark data
+  ``AllInOneTrainDataset``, ``AllInOneTestDataset``), and ``mmengine_datasets`` (``PairedFolderDataset``);
+- METRICS: ``mmengine_metrics`` (``PSNR``, ``SSIM``: RGB, or Y with ``test_y_channel=True``; ``PretextAccuracy``);
 - OPTIM_WRAPPER_CONSTRUCTORS: ``ConStyleOptimWrapperConstructor`` (trainable parameters only);
 - RUNNERS: ``ConStyleRunner`` (early config checks, safe resume on torch >= 2.6);
 - HOOKS: ``PrompterExportHook`` (writes the pre-trained prompter as ``.safetensors``).
+
+An entry that cannot be imported here (a reference backbone missing from ``archs``, BasicSR's
+``CharbonnierLoss`` without basicsr) is left out.
 
 Configs use them with ``default_scope = 'constyle'`` or as ``type='constyle.NAFNet'``; MMEngine's
 root registries are left as they are. Registration is idempotent.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from mmengine.registry import Registry
 
-from ... import archs as _archs
-from ...training import losses as _losses
-from ...compat import ensure_basicsr_importable
-from .data import (PSNR, SSIM, AllInOneTestDataset, AllInOneTrainDataset, ConStylePretrainDataset,
+from .. import catalogue
+from ...errors import ConStyleRuntimeError
+from .data import (PSNR, SSIM, ADAPTERS, AllInOneTestDataset, AllInOneTrainDataset, ConStylePretrainDataset,
                    MixDegradationDataset, PairedFolderDataset, PretextAccuracy, default_cache_dir)
 from .hooks import PrompterExportHook
 from .models import (ConStyleDataPreprocessor, ConStyleOptimWrapperConstructor, ConStylePretrainer,
@@ -41,37 +45,42 @@ __all__ = ["DATASETS", "HOOKS", "METRICS", "MODELS", "OPTIM_WRAPPER_CONSTRUCTORS
            "check_config", "default_cache_dir", "entries", "mmengine_checkpoint_globals", "register", "train"]
 
 
-def _pixel_losses() -> List[Tuple[str, type]]:
-    try:
-        ensure_basicsr_importable()
-        from basicsr.losses.basic_loss import CharbonnierLoss, L1Loss, MSELoss
-    except ImportError:  # basicsr is a dependency; torch's own losses keep configs usable without it
-        from torch.nn import L1Loss, MSELoss
+# Which kinds of the catalogue each registry reads, in the order they are registered.
+KINDS: Dict[str, Tuple[str, ...]] = {
+    "models": ("mmengine_models", "archs", "losses", "mmengine_losses"),
+    "datasets": ("datasets", "mmengine_datasets"),
+    "metrics": ("mmengine_metrics",),
+    "optim_wrapper_constructors": ("mmengine_optim_wrapper_constructors",),
+    "runners": ("mmengine_runners",),
+    "hooks": ("mmengine_hooks",),
+}
+_MAY_BE_MISSING = ("archs", "mmengine_losses")  # kinds whose entries are left out where they do not import
 
-        return [("L1Loss", L1Loss), ("MSELoss", MSELoss)]
-    return [("L1Loss", L1Loss), ("MSELoss", MSELoss), ("CharbonnierLoss", CharbonnierLoss)]
+
+def _load(item: catalogue.Entry) -> Any:
+    if item.kind == "datasets":  # a core dataset takes BasicSR's opt dict: MMEngine gets its keyword adapter
+        adapter = ADAPTERS.get(item.name)
+        if adapter is None:
+            raise ConStyleRuntimeError(f"constyle_plugin: the catalogue's dataset {item.name!r} has no MMEngine "
+                                       f"adapter (integrations.mmengine.data.keyword_dataset)")
+        return adapter
+    return item.load()
 
 
 def entries() -> Dict[str, List[Tuple[str, type]]]:
-    """What :func:`register` registers: ``{'models' | 'datasets' | 'metrics' | ...: [(name, class)]}``."""
-    return {
-        "models": [
-            ("ConStyleRestorer", ConStyleRestorer), ("ConStylePretrainer", ConStylePretrainer),
-            ("ConStyleDataPreprocessor", ConStyleDataPreprocessor),
-            *[(n, getattr(_archs, n)) for n in ("NAFNet", "Restormer", "ConvUNet", "MAXIM") if hasattr(_archs, n)],
-            *[(n, getattr(_losses, n)) for n in ("InfoNCELoss", "ContentLoss", "StyleLoss", "DistillKLLoss",
-                                                 "ClassificationLoss")],
-            *_pixel_losses(),
-        ],
-        "datasets": [("MixDegradationDataset", MixDegradationDataset),
-                     ("ConStylePretrainDataset", ConStylePretrainDataset),
-                     ("PairedFolderDataset", PairedFolderDataset),
-                     ("AllInOneTrainDataset", AllInOneTrainDataset), ("AllInOneTestDataset", AllInOneTestDataset)],
-        "metrics": [("PSNR", PSNR), ("SSIM", SSIM), ("PretextAccuracy", PretextAccuracy)],
-        "optim_wrapper_constructors": [("ConStyleOptimWrapperConstructor", ConStyleOptimWrapperConstructor)],
-        "runners": [("ConStyleRunner", ConStyleRunner)],
-        "hooks": [("PrompterExportHook", PrompterExportHook)],
-    }
+    """What :func:`register` registers: ``{'models' | 'datasets' | 'metrics' | ...: [(name, class)]}``,
+    the catalogue's entries of :data:`KINDS` that import here."""
+    found: Dict[str, List[Tuple[str, type]]] = {}
+    for registry, kinds in KINDS.items():
+        found[registry] = []
+        for item in (i for kind in kinds for i in catalogue.entries(kind)):
+            try:
+                found[registry].append((item.name, _load(item)))
+            except (AttributeError, ImportError):
+                if item.kind not in _MAY_BE_MISSING:
+                    raise
+                # a backbone missing from archs, or CharbonnierLoss without basicsr: left out here
+    return found
 
 
 def register(models: Optional[Registry] = None, datasets: Optional[Registry] = None,
