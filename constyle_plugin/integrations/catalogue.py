@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Dict, List, Literal, Mapping, NamedTuple, Tuple, get_args
 
-__all__ = ["CATALOGUE", "FALLBACKS", "Entry", "Kind", "entries", "entry", "names", "resolve"]
+__all__ = ["CATALOGUE", "FALLBACKS", "KINDS", "Entry", "Kind", "entries", "entry", "names", "resolve"]
 
 Kind = Literal["archs", "losses", "datasets", "basicsr_archs", "basicsr_models", "mmengine_models",
                "mmengine_losses", "mmengine_datasets", "mmengine_metrics", "mmengine_hooks", "mmengine_runners",

@@ -60,8 +60,8 @@ def test_every_kind_is_read_by_a_registry():
     from constyle_plugin.integrations.basicsr import registry as bsr
     from constyle_plugin.integrations.mmengine import registry as mme
 
-    read = {k for kinds in (*bsr._KINDS.values(), *mme.KINDS.values()) for k in kinds}
+    read = {k for kinds in (*bsr.KINDS.values(), *mme.KINDS.values()) for k in kinds}
     assert read == set(catalogue.KINDS)
     shared = {"archs", "losses", "datasets"}
-    assert shared <= {k for kinds in bsr._KINDS.values() for k in kinds}
+    assert shared <= {k for kinds in bsr.KINDS.values() for k in kinds}
     assert shared <= {k for kinds in mme.KINDS.values() for k in kinds}

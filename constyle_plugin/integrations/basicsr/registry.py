@@ -42,7 +42,8 @@ from ...core.prompter import ConStyleV2, default_prompter
 from ...core.promptmaps import check_prompt_size
 from ...core.stages import check_inject, check_stage_names
 
-__all__ = ["ARCH", "DATASET", "LOSS", "MODEL", "BasicSRHost", "ForkHost", "OptionError", "RegistryHost", "available",
+__all__ = ["ARCH", "DATASET", "KINDS", "LOSS", "MODEL", "BasicSRHost", "ForkHost", "OptionError", "RegistryHost",
+           "available",
            "check_network_options", "current_host", "format_registration_report", "register", "register_here",
            "register_into", "register_with_fork_module", "registration_report"]
 
@@ -328,7 +329,7 @@ class EntryUnavailable(Exception):
 
 
 # Which kinds of the catalogue each registry reads, in the order they are registered.
-_KINDS = {ARCH: ("basicsr_archs", "archs"), MODEL: ("basicsr_models",), LOSS: ("losses",), DATASET: ("datasets",)}
+KINDS = {ARCH: ("basicsr_archs", "archs"), MODEL: ("basicsr_models",), LOSS: ("losses",), DATASET: ("datasets",)}
 
 
 def _model(item: catalogue.Entry) -> Callable[[], Any]:
@@ -352,7 +353,7 @@ def _loader(item: catalogue.Entry, unet_builder: Callable) -> Callable[[], Any]:
 def _entries(unet_builder: Callable) -> Dict[str, List[Tuple[str, Callable[[], Any]]]]:
     """Name -> loader of each entry, per registry, from the catalogue (loaders import lazily)."""
     return {kind: [(item.name, _loader(item, unet_builder)) for k in kinds for item in catalogue.entries(k)]
-            for kind, kinds in _KINDS.items()}
+            for kind, kinds in KINDS.items()}
 
 
 def _register_into_host(host: RegistryHost, unet_builder: Callable) -> Dict[str, Dict[str, List[str]]]:

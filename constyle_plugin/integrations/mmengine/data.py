@@ -33,8 +33,8 @@ from ...compat import ensure_basicsr_importable
 from ...errors import ConStyleError, ConStyleKeyError, ConStyleTypeError, MissingFileError, OptionError, did_you_mean
 from ...data.imageio import IMAGE_EXTENSIONS
 
-__all__ = ["ADAPTERS", "AllInOneTestDataset", "AllInOneTrainDataset", "ConStylePretrainDataset", "MixDegradationDataset", "PSNR",
-           "KeywordDataset", "PairedFolderDataset", "PretextAccuracy", "SSIM", "default_cache_dir", "keyword_dataset"]
+__all__ = ["ADAPTERS", "AllInOneTestDataset", "AllInOneTrainDataset", "ConStylePretrainDataset", "KeywordDataset",
+           "MixDegradationDataset", "PSNR", "PairedFolderDataset", "PretextAccuracy", "SSIM", "default_cache_dir", "keyword_dataset"]
 
 SAMPLE_ROOTS = (None, "sample_photos", "sample_classes")
 

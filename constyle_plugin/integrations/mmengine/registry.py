@@ -38,7 +38,7 @@ from .models import (ConStyleDataPreprocessor, ConStyleOptimWrapperConstructor, 
 from .runner import ConfigError, ConStyleRunner, check_config, mmengine_checkpoint_globals, train
 from .scope import DATASETS, HOOKS, METRICS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS, SCOPE
 
-__all__ = ["DATASETS", "HOOKS", "METRICS", "MODELS", "OPTIM_WRAPPER_CONSTRUCTORS", "RUNNERS", "SCOPE",
+__all__ = ["DATASETS", "HOOKS", "KINDS", "METRICS", "MODELS", "OPTIM_WRAPPER_CONSTRUCTORS", "RUNNERS", "SCOPE",
            "AllInOneTestDataset", "AllInOneTrainDataset", "ConStyleDataPreprocessor", "ConStyleOptimWrapperConstructor",
            "ConStylePretrainDataset", "ConStylePretrainer", "ConStyleRestorer", "ConStyleRunner", "ConfigError",
            "MixDegradationDataset", "PSNR", "PairedFolderDataset", "PretextAccuracy", "PrompterExportHook", "SSIM",

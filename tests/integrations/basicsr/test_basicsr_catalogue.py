@@ -19,13 +19,13 @@ REGISTRIES = {"ARCH": ARCH_REGISTRY, "MODEL": MODEL_REGISTRY, "LOSS": LOSS_REGIS
 
 
 def _catalogue_names(kind: str) -> list:
-    return [n for k in bsr._KINDS[kind] for n in catalogue.names(k)]
+    return [n for k in bsr.KINDS[kind] for n in catalogue.names(k)]
 
 
 def test_every_catalogue_entry_is_what_basicsr_registered_under_its_name():
     bsr.register()
     for kind, registry in REGISTRIES.items():
-        for k in bsr._KINDS[kind]:
+        for k in bsr.KINDS[kind]:
             for item in catalogue.entries(k):
                 assert registry.get(item.name) is item.load(), (kind, item.name)  # the object itself, not a copy
 
