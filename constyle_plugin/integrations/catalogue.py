@@ -13,12 +13,14 @@
   ``mmengine_runners``, ``mmengine_optim_wrapper_constructors``.
 
 Nothing is imported until an entry is resolved (:func:`resolve`, :meth:`Entry.load`); importing this
-module imports no other module of the package.
+module imports no other module of the package but its errors.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any, Dict, List, Literal, Mapping, NamedTuple, Tuple, get_args
+
+from ..errors import ConStyleKeyError
 
 __all__ = ["CATALOGUE", "FALLBACKS", "KINDS", "Entry", "Kind", "entries", "entry", "names", "resolve"]
 
@@ -97,7 +99,7 @@ class Entry(NamedTuple):
 
 def _check_kind(kind: str) -> Mapping[str, str]:
     if kind not in CATALOGUE:
-        raise KeyError(f"no catalogue kind {kind!r}; kinds: {', '.join(KINDS)}")
+        raise ConStyleKeyError(f"no catalogue kind {kind!r}; kinds: {', '.join(KINDS)}")
     return CATALOGUE[kind]
 
 
@@ -112,10 +114,11 @@ def entries(kind: Kind) -> List[Entry]:
 
 
 def entry(kind: Kind, name: str) -> Entry:
-    """The entry ``name`` of ``kind``; KeyError naming the kind's names when there is none."""
+    """The entry ``name`` of ``kind``; :class:`~constyle_plugin.errors.ConStyleKeyError` (a ``KeyError``)
+    naming the kind's names when there is none."""
     table = _check_kind(kind)
     if name not in table:
-        raise KeyError(f"no {kind} entry {name!r} in the catalogue; known: {', '.join(table)}")
+        raise ConStyleKeyError(f"no {kind} entry {name!r} in the catalogue; known: {', '.join(table)}")
     return Entry(kind, name, table[name])
 
 
