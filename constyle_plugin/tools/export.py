@@ -105,8 +105,10 @@ def _graph_mode(net: nn.Module) -> Iterator[None]:
             prompter.check_finite = value
 
 
-def _locate(net: nn.Module, operator: str, sample: Tensor) -> Optional[str]:
-    """The module (as in ``named_modules()``) whose own forward runs the aten operator ``operator``."""
+def _locate(net: nn.Module, operator: str, sample: Tensor) -> Tuple[Optional[str], Optional[str]]:
+    """The module (as in ``named_modules()``) whose own forward runs the aten operator ``operator``, found
+    by an eager re-run on ``sample``, or ``None``; and why that re-run stopped early (``'Type: message'``),
+    or ``None`` when it ran through."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     stack: List[str] = []
@@ -131,15 +133,16 @@ def _locate(net: nn.Module, operator: str, sample: Tensor) -> Optional[str]:
     for name, module in net.named_modules():
         handles.append(module.register_forward_pre_hook(enter(name)))
         handles.append(module.register_forward_hook(leave))
+    failed = None
     try:
         with torch.no_grad(), Finder():
             net(sample)
-    except Exception:  # noqa: BLE001  (the export error is what gets reported)
-        pass
+    except Exception as exc:  # noqa: BLE001  (reported beside the export error, which stays the one raised)
+        failed = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
     finally:
         for handle in handles:
             handle.remove()
-    return found[0] if found else None
+    return (found[0] if found else None), failed
 
 
 def _explain(exc: BaseException, graph: nn.Module, sample: Tensor, opset: int) -> OnnxExportError:
@@ -148,8 +151,10 @@ def _explain(exc: BaseException, graph: nn.Module, sample: Tensor, opset: int) -
     if match is None:
         return OnnxExportError(f"ONNX export (opset {opset}) failed: {type(exc).__name__}: {message}")
     operator = match.group(1)
-    where = _locate(graph, operator.split("::")[-1].split(".")[0], sample)
+    where, failed = _locate(graph, operator.split("::")[-1].split(".")[0], sample)
     module = "module not found by a re-run" if where is None else f"in module {where.removeprefix('net.')!r}"
+    if where is None and failed:
+        module += f" (the eager re-run itself failed: {failed})"
     if where is not None:
         found = dict(graph.named_modules()).get(where)
         module += f" ({type(found).__name__})" if found is not None else ""

@@ -258,8 +258,6 @@ class RunFixes:
         """Each network saved with the state must load into the network the options build now; else an
         :class:`OptionError` naming the option, the first mismatched tensor and its two shapes. Runs
         before BasicSR writes anything into the run's folder (its options copy, the log)."""
-        from basicsr.utils.registry import ARCH_REGISTRY
-
         ignored = opt["path"].get("ignore_resume_networks") or []
         for key in [k for k in opt if k.startswith("network_") and k not in ignored]:
             suffix = key.replace("network_", "")
@@ -269,10 +267,8 @@ class RunFixes:
             if isinstance(saved, dict) and isinstance(saved.get(param_key), dict):
                 saved = saved[param_key]
             saved = {k[len("module."):] if k.startswith("module.") else k: v for k, v in saved.items()}
-            options = copy.deepcopy(opt[key])
-            try:  # not basicsr's build_network: its log line would set up the run's logger without its file
-                wanted = ARCH_REGISTRY.get(options.pop("type"))(**options).state_dict()
-            except Exception:  # building fails the same way later, with its own message
+            wanted = built_state(opt[key])
+            if wanted is None:  # the options do not build: the run's own build says why, before training
                 return
             wrong = [(k, list(saved[k].shape), list(v.shape)) for k, v in wanted.items()
                      if k in saved and tuple(saved[k].shape) != tuple(v.shape)]
