@@ -61,3 +61,43 @@ def test_mmengine_refuses_a_five_task_folder_present_but_incomplete_before_the_w
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "val_dataloader.dataset.dataroot" in err and "enhance/lol" in err
     assert not work.exists()
+
+
+def _three_task_options(train_root: Path, test_root: Path) -> dict:
+    from allinone_runs import parsed_options
+
+    opt = parsed_options(BASICSR_FILE)
+    opt["datasets"]["train"]["dataroot"] = str(train_root)
+    for phase in _val_phases():
+        opt["datasets"][phase]["dataroot"] = str(test_root)
+    opt["path"] = {"experiments_root": "unused"}
+    return opt
+
+
+def test_basicsr_validates_on_the_sets_a_root_holds_and_says_which_it_left_out(tmp_path):
+    # partial settings: a three-task root without SOTS validates on Rain100L and CBSD68 (with a warning),
+    # as `constyle evaluate --benchmark` measures four columns of it
+    from allinone_runs import option_check_warnings
+
+    train_root, test_root = make_three_task(tmp_path / "data")
+    shutil.rmtree(test_root / "dehaze")
+    opt = _three_task_options(train_root, test_root)
+    warned = option_check_warnings(opt)
+    val = sorted(p for p in opt["datasets"] if p.startswith("val"))
+    assert len(val) == len(_val_phases()) - 1 and all(opt["datasets"][p]["task"] != "dehaze" for p in val)
+    [line] = [w for w in warned if "partial validation" in w]
+    assert "dehaze" in line and "absent" in line and "partial" in line
+
+
+def test_basicsr_still_refuses_a_set_there_but_broken_and_a_root_holding_none_of_the_sets(tmp_path):
+    from allinone_runs import option_check_warnings
+    from constyle_plugin.errors import OptionError
+
+    train_root, test_root = make_three_task(tmp_path / "data")
+    shutil.rmtree(test_root / "dehaze" / "target")  # SOTS's hazy inputs without their clear images
+    with pytest.raises(OptionError, match="dehaze"):
+        option_check_warnings(_three_task_options(train_root, test_root))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OptionError, match="none of the test sets"):
+        option_check_warnings(_three_task_options(train_root, empty))

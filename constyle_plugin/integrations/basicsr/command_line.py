@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from ...errors import close_matches
-from .options import check_options, point_sample_datasets
+from .options import check_options, drop_absent_test_sets, point_sample_datasets
 from .registry import MODEL, OptionError, current_host
 
 
@@ -26,7 +26,8 @@ __all__ = ['check_command_line', 'cpu_process_group', 'prepare_options']
 # Options
 # ------------------------------------------------------------------------------------------------
 def prepare_options(opt: Dict[str, Any], warn: Optional[Callable[[str], None]] = None) -> None:
-    """Check the parsed options and point the sample-photo datasets at the run's folder."""
+    """Check the parsed options, point the sample-photo datasets at the run's folder and leave out the
+    all-in-one test sets the data root does not hold (partial validation, with a warning)."""
     if opt.get("num_gpu", 0) and not torch.cuda.is_available():
         raise OptionError("num_gpu", f"{opt['num_gpu']} GPU(s) asked for but CUDA is not available here; "
                                      f"use `num_gpu: auto` (or 0) to run on the CPU")
@@ -42,6 +43,7 @@ def prepare_options(opt: Dict[str, Any], warn: Optional[Callable[[str], None]] =
                 raise OptionError(f"path.pretrain_{key}", "set it to the trained checkpoint to test, e.g. "
                                   f"--force_yml path:pretrain_{key}=experiments/<name>/models/net_g_latest.pth")
     point_sample_datasets(opt)
+    drop_absent_test_sets(opt, warn)
     resuming = bool(opt.get("auto_resume") or opt["path"].get("resume_state"))
     check_options(opt, resuming=resuming, warn=warn)
     _check_queue(opt)

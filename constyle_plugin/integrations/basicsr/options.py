@@ -1,21 +1,23 @@
 """Option checks run by the ``basicsr`` command before anything is built: the keys each reader reads
 (:func:`check_option_keys`, a did-you-mean for a misspelt one), the numbers BasicSR would accept and
 then fail on (:func:`check_training_numbers`), the plugin's datasets and networks
-(:func:`check_options`, :func:`check_call_options`), and where the sample photos go
-(:func:`point_sample_datasets`). Registration itself is :mod:`.registry`.
+(:func:`check_options`, :func:`check_call_options`), the all-in-one test sets a root does not hold
+(:func:`drop_absent_test_sets`) and where the sample photos go (:func:`point_sample_datasets`).
+Registration itself is :mod:`.registry`.
 """
 from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ...core.builder import check_file
-from ...errors import OptionError, did_you_mean, join_keys
+from ...errors import LayoutError, OptionError, did_you_mean, join_keys
 
 from .registry import ARCH, DATASET, LOSS, MODEL, BasicSRHost, check_network_options, current_host
 
-__all__ = ["OptionWarning", "point_sample_datasets", "check_call_options", "check_option_keys", "check_options", "check_training_numbers"]
+__all__ = ["OptionWarning", "check_call_options", "check_option_keys", "check_options", "check_training_numbers",
+           "drop_absent_test_sets", "point_sample_datasets"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -36,6 +38,51 @@ def point_sample_datasets(opt: Mapping[str, Any]) -> None:
         root_key, special = _SAMPLE_ROOTS.get(dataset.get("type"), (None, None))
         if root_key and dataset.get(root_key) in (None, special) and not dataset.get("sample_dir"):
             dataset["sample_dir"] = os.path.join(folder, special)
+
+
+def drop_absent_test_sets(opt: Dict[str, Any], warn: Optional[Callable[[str], None]] = None) -> List[str]:
+    """Partial settings: remove the ``val_*`` / ``test_*`` entries of type ``AllInOneTestDataset`` whose test
+    set is absent from their ``dataroot`` (none of its folders there), so a run validates on the sets a root
+    holds; ``warn`` is told which were left out. A set that is there but laid out wrongly stays, for
+    :func:`check_options` to refuse. Returns the keys removed.
+
+    Raises :class:`OptionError` when every such entry would go (a root holding none of the sets): naming
+    the folders looked for."""
+    from ...data.benchmark_layouts import absent_test_sets
+
+    datasets = opt.get("datasets") or {}
+    candidates, absent = [], {}
+    for phase, dataset in datasets.items():
+        if phase.split("_")[0] not in ("val", "test") or not isinstance(dataset, Mapping):
+            continue
+        if dataset.get("type") != "AllInOneTestDataset":
+            continue
+        setting, root, task = dataset.get("setting"), dataset.get("dataroot"), dataset.get("task")
+        if not (isinstance(setting, str) and isinstance(root, (str, os.PathLike)) and isinstance(task, str)):
+            continue  # left to check_options, which names what is wrong
+        if not os.path.isdir(os.path.expanduser(str(root))):
+            continue
+        candidates.append(phase)
+        try:
+            missing = absent_test_sets(setting, os.path.expanduser(str(root)), [task])
+        except (OptionError, LayoutError):
+            continue
+        if task in missing:
+            absent[phase] = missing[task]
+    if not absent:
+        return []
+    if len(absent) == len(candidates):
+        raise OptionError(join_keys("datasets", candidates[0], "dataroot"),
+                          "none of the test sets the val / test entries name is there (looked for "
+                          + ", ".join(str(f) for f in dict.fromkeys(absent.values())) + "); lay them out with "
+                          "`constyle data prepare` (docs/data.md)")
+    for phase in absent:
+        del datasets[phase]
+    if warn is not None:
+        warn("partial validation: " + ", ".join(f"datasets.{p} ({absent[p]} absent)" for p in absent)
+             + f" left out; validating on {', '.join(f'datasets.{p}' for p in candidates if p not in absent)} "
+             f"only, so any average over the setting's columns is partial")
+    return list(absent)
 
 
 class OptionWarning(UserWarning):
