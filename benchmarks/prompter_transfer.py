@@ -349,7 +349,8 @@ def markdown(report: Dict) -> str:
                 if report.get("development") else "real inputs it never saw")
              + ". Recall: the share of crops it assigns to the right type (blur: `defocus_blur` or "
              "`motion_blur`). Chance: 12.5 %.", "",
-             "| real inputs | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+             ("| inputs | " if report.get("development") else "| real inputs | ") + " | ".join(names) + " |",
+             "|---|" + "---|" * len(names)]
     kinds = list(by_type(report["prompters"][names[0]]["real"]))
     for kind in kinds:
         lines.append(f"| {kind} | " + " | ".join(
