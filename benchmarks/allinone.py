@@ -150,6 +150,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--holdout must be in (0, 1), got {args.holdout}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has duplicates: {args.seeds}")
+    if args.prompter is not None and not Path(args.prompter).expanduser().is_file():
+        p.error(f"--prompter {args.prompter}: no such file")
     compare = {}
     for item in args.compare:
         name, sep, path = item.partition("=")
