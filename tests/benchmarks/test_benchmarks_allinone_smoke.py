@@ -189,21 +189,36 @@ def test_runs_from_reuses_an_earlier_reports_runs_and_refuses_other_settings(smo
 
 
 def test_runs_from_two_reports_merges_them_without_training(smoke_run, tmp_path):
-    """A `constyle`-only run (no origin: no paired differences) merged with the smoke report's other
-    variants, nothing trained: the merged report holds every run once, from the file named first."""
+    """Two reports merged, nothing trained: a `constyle`-only report (the smoke report's constyle run, its
+    time marked) named first and the smoke report; the merged report holds every run once, each from the
+    file named first that has it."""
     earlier_dir, earlier, _ = smoke_run
+    alone = dict(earlier, runs=[dict(r, train_time_s=-1.0) for r in earlier["runs"] if r["variant"] == "constyle"])
+    (tmp_path / "alone.json").write_text(json.dumps(alone))
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     base = [sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--no-progress"]
-    alone = subprocess.run(base + ["--out", str(tmp_path / "alone"), "--variants", "constyle"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert alone.returncode == 0, alone.stderr[-3000:]
-    assert json.loads((tmp_path / "alone" / "allinone.json").read_text())["summary"]["paired_deltas"] == {}
     merged = subprocess.run(base + ["--out", str(tmp_path / "merged"), "--variants", "--runs-from",
-                                    str(tmp_path / "alone" / "allinone.json"), str(earlier_dir / "allinone.json")],
+                                    str(tmp_path / "alone.json"), str(earlier_dir / "allinone.json")],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert merged.returncode == 0, merged.stderr[-3000:]
     report = json.loads((tmp_path / "merged" / "allinone.json").read_text())
     assert report["config"]["variants_trained"] == []
     assert sorted((r["variant"], r["seed"]) for r in report["runs"]) == sorted((v, 0) for v in VARIANTS)
+    assert [r["train_time_s"] for r in report["runs"] if r["variant"] == "constyle"] == [-1.0]
+    assert all(r["train_time_s"] >= 0 for r in report["runs"] if r["variant"] != "constyle")
     assert "constyle - origin" in report["summary"]["paired_deltas"]
     assert not (tmp_path / "merged" / "allinone_examples.png").exists()
+
+
+def test_a_report_without_origin_has_no_paired_differences(smoke_run):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import allinone
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    _, earlier, _ = smoke_run
+    constyle = [r for r in earlier["runs"] if r["variant"] == "constyle"]
+    summary = allinone.summarise(constyle, ["constyle"], DEGRADATIONS)
+    assert summary["paired_deltas"] == {} and set(summary["variants"]) == {"constyle"}
+    both = allinone.summarise(earlier["runs"], list(VARIANTS), DEGRADATIONS)
+    assert set(both["paired_deltas"]) >= {"constyle - origin", "constyle - constyle_untrained", "constyle - learned"}
