@@ -33,13 +33,18 @@ def test_every_catalogue_entry_is_what_the_scope_holds_under_its_name():
 
 
 def test_everything_in_the_scope_is_a_catalogue_entry():
+    # what the plugin's own modules put in the scope (tests may register helpers of their own there)
+    def ours(module_dict):
+        return {n for n, obj in module_dict.items() if getattr(obj, "__module__", "").startswith("constyle_plugin")}
+
     mme.register()
     for registry, kinds in mme.KINDS.items():
-        held = set(REGISTRIES[TARGETS[registry]].module_dict)
+        held = REGISTRIES[TARGETS[registry]].module_dict
         named = {n for k in kinds for n in catalogue.names(k)}
-        assert held == named, (registry, sorted(held ^ named))
+        assert named <= set(held), (registry, sorted(named - set(held)))
+        assert ours(held) <= named, (registry, sorted(ours(held) - named))
     others = set(REGISTRIES) - set(TARGETS.values())
-    assert not [name for name in others if REGISTRIES[name].module_dict], "entries outside the catalogue's registries"
+    assert not [name for name in others if ours(REGISTRIES[name].module_dict)], "entries outside the catalogue's registries"
 
 
 def test_entries_follow_the_catalogue_order_and_kinds():
