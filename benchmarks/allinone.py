@@ -58,7 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _runs import RunsFromError, runs_from  # benchmarks/_runs.py
+from _runs import RunsFromError, runs_from, runs_named  # benchmarks/_runs.py
 from constyle_plugin.core.pretrained import file_sha256 as sha256_file
 
 VARIANTS = ("origin", "constyle", "constyle_untrained", "learned")
@@ -164,7 +164,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     try:
         args.reused, args.runs_from_reports = runs_from(
             args.runs_from, vars(args), REUSE_MUST_MATCH, args.variants, args.seeds, "an allinone.json report",
-            lambda earlier: {"test_set": earlier.get("test_set", {}).get("images")})
+            lambda earlier: {"test_set": earlier.get("test_set", {}).get("images")},
+            prompters={"constyle": constyle_prompter_sha256(args.prompter)})
     except RunsFromError as exc:
         p.error(str(exc))
     args.variants = [v for v in VARIANTS if v in args.variants]
@@ -792,7 +793,7 @@ def markdown(report: Dict) -> str:
     if cfg["smoke"]:
         lines += ["> Smoke run (a few iterations, tiny sizes): for CI only, the numbers mean nothing.", ""]
     for ru in report.get("reused") or []:
-        lines += [f"> Runs of {', '.join(ru['variants'])} come from `{ru['file']}` (made {ru['date']} by "
+        lines += [f"> Runs of {runs_named(ru)} come from `{ru['file']}` (made {ru['date']} by "
                   f"`{ru['command']}`), with the same settings, test set and training batches (checked).", ""]
     lines += [
         f"Command: `{report['command']}`  ",
@@ -890,6 +891,15 @@ def write_probe_only(out: Path, args: argparse.Namespace, argv: Optional[Sequenc
     print(f"[allinone] wrote {out / 'allinone_probe.json'}, {out / 'allinone_probe.md'}", flush=True)
     workdir_obj.cleanup()
     return 0
+
+
+def constyle_prompter_sha256(given: Optional[str]) -> Optional[str]:
+    """sha256 of the file the ``constyle`` rows use (``--prompter``, else the packaged one; None without
+    either: a smoke run's random network), to know reused runs by their prompter file (``--runs-from``)."""
+    from constyle_plugin.core.prompter import default_prompter_path
+
+    path = Path(given).expanduser() if given else default_prompter_path()
+    return sha256_file(path) if path is not None else None
 
 
 def resolve_prompter(args: argparse.Namespace, workdir: Path) -> Tuple[Path, bool, str]:
@@ -1002,6 +1012,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run["metrics"] = evaluate(preds, test_items, degradation_names)
             run["eval_time_s"] = time.perf_counter() - t0
             run.update(variant=variant, seed=seed)
+            if variant == "constyle" and not prompter_random:
+                run["prompter_sha256"] = args.prompter_sha256
             fingerprints[variant] = run["data_fingerprint"]
             if seed == args.seeds[0]:
                 example_preds[variant] = preds

@@ -58,12 +58,12 @@ import numpy as np
 import torch
 
 from _host import load_average, report_header  # benchmarks/_host.py
-from _runs import RunsFromError, runs_from  # benchmarks/_runs.py
+from _runs import RunsFromError, runs_from, runs_named  # benchmarks/_runs.py
 from constyle_plugin.core.pretrained import file_sha256 as sha256_file
 from constyle_plugin.core.prompter import atomic_write
 from allinone import (UNTRAINED_PROMPTER_SEED, VARIANT_LABELS, VARIANTS, IsolatedBatches, build_model,
-                      load_prompter, pick_device, random_prompter, resolve_prompter, summarise, train_one,
-                      versions)
+                      constyle_prompter_sha256, load_prompter, pick_device, random_prompter, resolve_prompter,
+                      summarise, train_one, versions)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = "benchmarks/realdata.py"
@@ -171,6 +171,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.smoke:
         args.iters, args.seeds, args.width, args.batch, args.patch = 3, args.seeds[:1], 8, 2, 32
         args.levels, args.blocks, args.middle_blocks = 3, 1, 1
+    if args.prompter is not None and not Path(args.prompter).expanduser().is_file():
+        p.error(f"--prompter {args.prompter}: no such file")
     compare = {}
     for item in args.compare:
         name, sep, path = item.partition("=")
@@ -213,7 +215,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.reused, args.runs_from_reports = runs_from(
             args.runs_from, vars(args), REUSE_MUST_MATCH, args.variants, args.seeds, "a realdata.json report",
             lambda earlier: {"data_digest": earlier.get("data", {}).get("digest"), "host": earlier.get("host")},
-            every_seed=False) if args.runs_from else ([], [])
+            every_seed=False, prompters={"constyle": constyle_prompter_sha256(args.prompter),
+                                         **{n: sha256_file(path) for n, path in compare.items()}},
+        ) if args.runs_from else ([], [])
     except RunsFromError as exc:
         p.error(str(exc))
     return args
@@ -705,7 +709,7 @@ def markdown(report: Dict) -> str:
         lines += ["> The `constyle` prompter of this run is a RANDOM network (no prompter file).", ""]
     for ru in report["reused"]:
         where = ru.get("host") or {}
-        lines += [f"> Runs of {', '.join(ru['variants'])} come from `{ru['file']}` (made {ru['date']} by "
+        lines += [f"> Runs of {runs_named(ru)} come from `{ru['file']}` (made {ru['date']} by "
                   f"`{ru['command']}` on {where.get('device_name')}, {where.get('torch_threads')} torch threads, "
                   f"load average {where.get('load_average_start')}) with the same settings and files (checked).", ""]
     host = report["host"]
@@ -920,8 +924,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         repeat = max(1, math.ceil(args.iters * args.batch / len(photos)) + 1)
         dataset = RealTrainDataset(photos, pairs, args.patch, len(photos) * repeat, args.real_rain_share,
                                    args.rain_strength, args.rain_density)
-    else:
-        prompter_path, prompter_random, prompter_note = (Path(args.prompter) if args.prompter else None), False, ""
+    else:  # the file the reused constyle runs were trained with (runs_from checked their sha256)
+        from constyle_plugin.core.prompter import default_prompter_path
+
+        prompter_path = Path(args.prompter).expanduser() if args.prompter else default_prompter_path()
+        prompter_random, prompter_note = False, "the constyle runs' file (from --runs-from, checked by sha256)"
     for seed in args.seeds:
         fingerprints = {}
         for variant in args.variants:
@@ -934,6 +941,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t0 = time.perf_counter()
             metrics = measure(items, network_restorer(net, device), f"{variant} seed {seed}", not args.no_progress)
             run.update(variant=variant, seed=seed, eval_time_s=time.perf_counter() - t0, metrics=metrics)
+            if variant in args.compare:
+                run["prompter_sha256"] = sha256_file(args.compare[variant])
+            elif variant == "constyle" and not prompter_random:
+                run["prompter_sha256"] = sha256_file(prompter_path)
             fingerprints[variant] = run["data_fingerprint"]
             runs.append(run)
             log(f"[realdata] {variant} seed {seed}: average {metrics['average']['psnr']:.2f} dB RGB, "

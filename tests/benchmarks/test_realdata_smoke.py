@@ -123,12 +123,21 @@ def test_input_row_is_the_psnr_of_the_degraded_files(smoke_run):
 
 def test_runs_from_merges_without_training_and_refuses_other_settings(smoke_run, tmp_path):
     earlier_dir, earlier = smoke_run
-    proc = _run("--out", str(tmp_path / "merged"), "--variants", "--runs-from", str(earlier_dir / "realdata.json"))
+    # the runs of the `previous` prompter are known by its file, here given under another name
+    proc = _run("--out", str(tmp_path / "merged"), "--variants", "--compare", f"2026-12-02={PREVIOUS}",
+                "--runs-from", str(earlier_dir / "realdata.json"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     merged = json.loads((tmp_path / "merged" / "realdata.json").read_text())
     assert merged["config"]["variants_trained"] == []
-    assert merged["runs"] == earlier["runs"]
+    renamed = [{**r, "variant": "2026-12-02"} if r["variant"] == "previous" else r for r in earlier["runs"]]
+    assert merged["runs"] == renamed
     assert merged["summary"]["variants"]["constyle"] == earlier["summary"]["variants"]["constyle"]
+    assert merged["summary"]["variants"]["2026-12-02"] == earlier["summary"]["variants"]["previous"]
+    assert merged["prompter"]["sha256"] == earlier["prompter"]["sha256"]
+    assert "2026-12-02 (its previous runs)" in (tmp_path / "merged" / "realdata.md").read_text()
+    # without that file, the runs of the previous prompter have no row: refused, never shown as `constyle`
+    unnamed = _run("--out", str(tmp_path / "unnamed"), "--variants", "--runs-from", str(earlier_dir / "realdata.json"))
+    assert unnamed.returncode == 2 and "its previous runs were trained with the prompter file" in unnamed.stderr
     bad = _run("--out", str(tmp_path / "bad"), "--variants", "--real-rain-share", "0.5",
                "--runs-from", str(earlier_dir / "realdata.json"))
     assert bad.returncode == 2 and "made with other settings (real_rain_share: 0.25 there, 0.5 here)" in bad.stderr
