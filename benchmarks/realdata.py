@@ -451,18 +451,11 @@ class JpegImage:
         return deg.jpeg(gt, np.random.default_rng(0), quality=self.quality), gt
 
 
-def noise_seed(name: str, sigma: float) -> int:
-    """The noise seed ``constyle evaluate --benchmark three-task`` gives a BSD68 image, so that the CBSD68
-    columns are that command's."""
-    from constyle_plugin.data.benchmark_layouts import _noise_seed
-
-    return _noise_seed(name, sigma)
-
-
 def test_sets(args: argparse.Namespace) -> Tuple[List[Tuple[str, object]], Dict[str, Dict], Dict[str, List[Path]]]:
     """``[(column, item)]`` in :data:`COLUMNS` order, the test manifests, and the clean images of each set (for
     the photo overlap)."""
     from constyle_plugin.data.benchmark_images import TestImage
+    from constyle_plugin.data.benchmark_layouts import noise_seed  # as constyle evaluate --benchmark three-task
 
     n = args.max_images
     multiple, mode = TEST_CROP

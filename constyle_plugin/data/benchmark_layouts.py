@@ -128,7 +128,10 @@ _FITS = {
 }
 
 
-def _noise_seed(name: str, sigma: float) -> int:
+def noise_seed(name: str, sigma: float) -> int:
+    """The seed of the Gaussian noise a test layout adds to the clean image ``name`` at ``sigma`` (the same on
+    every machine and run: CRC-32 of ``"name:sigma"``), so that anything measuring those noisy images can
+    make them again."""
     return zlib.crc32(f"{name}:{float(sigma):g}".encode("utf-8"))
 
 
@@ -432,7 +435,7 @@ def benchmark_test_sets(setting: str, root: PathLike, tasks: Optional[Sequence[s
             images = tuple(
                 TestImage(name=g.stem, gt=g, lq=None,
                           synthesis=("float", sigma, 0) if setting == "constyle-v2"
-                          else ("uint8", sigma, _noise_seed(g.name, sigma)),
+                          else ("uint8", sigma, noise_seed(g.name, sigma)),
                           crop_multiple=multiple, crop_mode=mode)
                 for g in gts)
         else:
