@@ -23,13 +23,15 @@ Subcommands:
   degradations the prompter recognises in each image, and a picture of their latent prompts among the
   package's reference degradations (see :mod:`constyle_plugin.tools.inspection`).
 
-More subcommands are added with :func:`add_subcommand`-style functions in :data:`SUBCOMMANDS`.
+Each subcommand is a function adding its subparser, in :data:`SUBCOMMANDS`; the ones whose module in
+``constyle_plugin/tools/`` defines ``add_<name>_arguments`` and ``<name>_main`` are a :class:`ToolCommand`.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import ConStyleError
 
@@ -119,58 +121,52 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_restore(subparsers) -> None:
-    from .tools.restore import add_restore_arguments, restore_main
+class ToolCommand(NamedTuple):
+    """A subcommand whose module ``constyle_plugin.tools.<module>`` defines ``add_<name>_arguments(parser)``
+    and ``<name>_main(args) -> int``; imported when the parser is built."""
 
-    p = subparsers.add_parser(
-        "restore", help="restore images with a trained network (BasicSR or MMEngine checkpoint)",
-        description="Restore an image or a folder of images with a trained network, e.g. constyle restore "
-                    "--checkpoint experiments/NAFNet_ConStyle/models/net_g_latest.pth --input lq/ --output out/ "
-                    "--tile 512 --tile-overlap 32 --compare")
-    add_restore_arguments(p)
-    p.set_defaults(func=restore_main)
+    name: str
+    module: str
+    help: str
+    description: str
 
-
-def _add_evaluate(subparsers) -> None:
-    from .tools.evaluate import add_evaluate_arguments, evaluate_main
-
-    p = subparsers.add_parser(
-        "evaluate", help="restore a test set and report PSNR / SSIM (BasicSR's metrics) as the papers' table",
-        description="Restore every test image of an all-in-one setting (--benchmark three-task|five-task|constyle-v2 "
-                    "--root DIR) or of a folder pair (--lq / --gt, paired by file stem) and write PSNR / SSIM "
-                    "(BasicSR's calculate_psnr / calculate_ssim, RGB or --y-channel) as the papers' table: "
-                    "metrics.json / .md / .csv with side-by-side panels, e.g. constyle evaluate --checkpoint run/ "
-                    "--benchmark three-task --root data/test --output eval/")
-    add_evaluate_arguments(p)
-    p.set_defaults(func=evaluate_main)
+    def add(self, subparsers) -> None:
+        tool = importlib.import_module(f"{__package__}.tools.{self.module}")
+        p = subparsers.add_parser(self.name, help=self.help, description=self.description)
+        getattr(tool, f"add_{self.name}_arguments")(p)
+        p.set_defaults(func=getattr(tool, f"{self.name}_main"))
 
 
-def _add_data(subparsers) -> None:
-    from .tools.data import add_data_arguments, data_main
-
-    p = subparsers.add_parser(
-        "data", help="find, check (SHA-256 manifest) and lay out the field's standard data sets",
-        description="The field's standard sets (CBSD68, Rain100L test, BSD400, LIVE1, RainTrainL) from what you "
-                    "downloaded: `constyle data check SRC...` says whether each is the standard copy, which files "
-                    "differ and how, and what is missing; `constyle data prepare SRC... --root R [--copy]` lays them "
-                    "out under R in the settings' layouts, e.g. constyle data prepare ~/Downloads/CBSD68 "
-                    "~/Downloads/Rain100L --root data/")
-    add_data_arguments(p)
-    p.set_defaults(func=data_main)
-
-
-def _add_inspect(subparsers) -> None:
-    from .tools.inspect_command import add_inspect_arguments, inspect_main
-
-    p = subparsers.add_parser(
-        "inspect", help="what the prompter sees: each image's likely degradations, and a picture of the prompts",
-        description="Print each image's most likely degradations as the prompter's pre-training head sees them "
-                    "(or, for a prompter without a head, the nearest of the package's reference degradations) "
-                    "and whether its latent prompt lies near a reference cluster; with --output, draw the "
-                    "prompts on a 2-D map of the reference degradations, e.g. constyle inspect my_photos/ "
-                    "--output inspect/")
-    add_inspect_arguments(p)
-    p.set_defaults(func=inspect_main)
+TOOL_COMMANDS = (
+    ToolCommand(
+        "restore", "restore", "restore images with a trained network (BasicSR or MMEngine checkpoint)",
+        "Restore an image or a folder of images with a trained network, e.g. constyle restore "
+        "--checkpoint experiments/NAFNet_ConStyle/models/net_g_latest.pth --input lq/ --output out/ "
+        "--tile 512 --tile-overlap 32 --compare"),
+    ToolCommand(
+        "evaluate", "evaluate", "restore a test set and report PSNR / SSIM (BasicSR's metrics) as the papers' table",
+        "Restore every test image of an all-in-one setting (--benchmark three-task|five-task|constyle-v2 "
+        "--root DIR) or of a folder pair (--lq / --gt, paired by file stem) and write PSNR / SSIM "
+        "(BasicSR's calculate_psnr / calculate_ssim, RGB or --y-channel) as the papers' table: "
+        "metrics.json / .md / .csv with side-by-side panels, e.g. constyle evaluate --checkpoint run/ "
+        "--benchmark three-task --root data/test --output eval/"),
+    ToolCommand(
+        "data", "data", "find, check (SHA-256 manifest) and lay out the field's standard data sets",
+        "The field's standard sets (CBSD68, Rain100L test, BSD400, LIVE1, RainTrainL) from what you "
+        "downloaded: `constyle data check SRC...` says whether each is the standard copy, which files "
+        "differ and how, and what is missing; `constyle data prepare SRC... --root R [--copy]` lays them "
+        "out under R in the settings' layouts, e.g. constyle data prepare ~/Downloads/CBSD68 "
+        "~/Downloads/Rain100L --root data/"),
+    ToolCommand(
+        "inspect", "inspect_command",
+        "what the prompter sees: each image's likely degradations, and a picture of the prompts",
+        "Print each image's most likely degradations as the prompter's pre-training head sees them "
+        "(or, for a prompter without a head, the nearest of the package's reference degradations) "
+        "and whether its latent prompt lies near a reference cluster; with --output, draw the "
+        "prompts on a 2-D map of the reference degradations, e.g. constyle inspect my_photos/ "
+        "--output inspect/"),
+)
+_TOOLS = {t.name: t for t in TOOL_COMMANDS}
 
 
 def _add_convert(subparsers) -> None:
@@ -246,10 +242,10 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 # (name, function adding the subparser); each subparser sets ``func`` returning an exit code.
-SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train), ("restore", _add_restore),
+SUBCOMMANDS: List[Tuple[str, Callable]] = [("train", _add_train), ("restore", _TOOLS["restore"].add),
                                            ("convert", _add_convert), ("export", _add_export),
-                                           ("evaluate", _add_evaluate), ("data", _add_data),
-                                           ("inspect", _add_inspect)]
+                                           ("evaluate", _TOOLS["evaluate"].add), ("data", _TOOLS["data"].add),
+                                           ("inspect", _TOOLS["inspect"].add)]
 
 
 def build_parser() -> argparse.ArgumentParser:
