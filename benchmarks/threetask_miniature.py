@@ -134,7 +134,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.reused, args.runs_from_reports = runs_from(
             args.runs_from, vars(args), REUSE_MUST_MATCH, args.variants, args.seeds,
             "a threetask_miniature.json report",
-            lambda earlier: {"layout_sha256": earlier.get("layout", {}).get("sha256")})
+            lambda earlier: {"layout_sha256": earlier.get("layout", {}).get("sha256")},
+            prompters={"constyle": packaged_prompter()["sha256"]})
     except RunsFromError as exc:
         p.error(str(exc))
     args.variants = [v for v in VARIANTS if v in args.variants]
@@ -424,6 +425,16 @@ def _final_loss(log_text: str) -> Optional[float]:
     return float(found[-1]) if found else None
 
 
+def packaged_prompter() -> Dict[str, Optional[str]]:
+    """Path and sha256 of the prompter the constyle options load (``pretrained: ~``: the packaged one of the
+    installed constyle_plugin, which the ``basicsr train`` runs import too)."""
+    from constyle_plugin.core.pretrained import file_sha256
+    from constyle_plugin.core.prompter import default_prompter_path
+
+    path = default_prompter_path()
+    return {"path": str(path) if path else None, "sha256": file_sha256(path) if path else None}
+
+
 def run_one(variant: str, seed: int, args: argparse.Namespace, work: Path, train_root: Path, test_root: Path,
             repeat: Dict[str, int]) -> Dict:
     """``basicsr train`` then ``constyle evaluate`` for one variant and seed, in ``work/<variant>_seed<seed>``."""
@@ -452,6 +463,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, work: Path, train
     logs = sorted((checkpoint.parent.parent).glob("train_*.log"))
     loss = _final_loss(logs[-1].read_text()) if logs else None
     return {"variant": variant, "seed": seed, "options": str(OPTIONS[variant]),
+            **({"prompter_sha256": packaged_prompter()["sha256"]} if variant == "constyle" else {}),
             "train_command": _shown(train_cmd), "evaluate_command": _shown(eval_cmd),
             "cwd": str(run_dir), "checkpoint": str(checkpoint), "train_s": round(train_s, 1),
             "evaluate_s": round(eval_s, 1), "final_l_pix": loss, "load_average_start": load_start,
@@ -581,7 +593,8 @@ def markdown(report: Dict) -> str:
         f"{report['schedule']['cosine_end']} (1.25x the run); no periodic validation (BasicSR's final one: 2 images "
         f"per test set); seeds {cfg['seeds']} (BasicSR's `manual_seed`, set with `--force_yml manual_seed=N`). "
         f"Everything else is the options file's. The constyle variant uses "
-        f"the packaged prompter (frozen).",
+        f"the packaged prompter (frozen)"
+        + (f", sha256 `{report['prompter']['sha256'][:16]}…`." if report.get("prompter", {}).get("sha256") else "."),
         f"- Evaluation: `constyle evaluate --checkpoint <experiment>/models/net_g_latest.pth --benchmark three-task "
         f"--root <test root>` (BasicSR's PSNR / SSIM on 8-bit RGB, no border crop).",
         "",
@@ -717,6 +730,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "hazy_per_clear": args.hazy_per_clear, "threads": args.threads, "parallel": args.parallel,
                    "device": args.device, "smoke": args.smoke, "work": str(work), "out": str(out)},
         "schedule": schedule(args.iters),
+        "prompter": packaged_prompter(),
         "layout": {"root": str(layout_root), "sha256": sha, "counts": manifest["counts"],
                    "train_photos": manifest["train_photos"], "test_photos": manifest["test_photos"],
                    "disjoint": not (set(manifest["train_photos"]) & set(manifest["test_photos"])),
