@@ -51,7 +51,7 @@ def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: S
     is then known by its prompter file, not its name. A run trained with the file of a row here becomes that
     row (the ``constyle`` runs of a report made with a prompter since replaced become the ``--compare`` row
     given that file), and carries the file's hash as ``prompter_sha256``; a run whose file no row here uses is
-    refused, so that two prompters never share a row.
+    refused (left out when its variant is trained here), so that two prompters never share a row.
 
     Returns ``(runs, sources)``: the runs taken (as the reports hold them) and one record a source file.
     Raises :class:`RunsFromError` on an unreadable report, other settings or missing seeds, and when
@@ -78,6 +78,8 @@ def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: S
             sha = run_prompter(run, earlier) if prompters is not None else None
             if sha is not None:
                 name = next((v for v, h in prompters.items() if h == sha), None)
+                if name is None and run["variant"] in variants:
+                    continue  # its row is trained here: the run would not be taken anyway
                 if name is None:
                     used = ", ".join(f"{v}: {h[:16]}…" for v, h in prompters.items() if h) or "none"
                     raise RunsFromError(

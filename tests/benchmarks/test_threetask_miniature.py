@@ -184,3 +184,25 @@ def test_runs_from_takes_the_other_variants_runs_of_a_report_with_the_same_setti
         assert exc.value.code == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"--runs-from {source}: {message}" in error
+
+
+def test_runs_from_refuses_constyle_runs_of_another_prompter_file(script, tmp_path, capsys):
+    """A report's constyle runs made with a prompter file other than the packaged one never enter this report's
+    constyle row; origin runs of that report are still taken when constyle is trained here."""
+    args = script.parse_args(["--variants", "origin", "--seeds", "10"])
+    config = {k: getattr(args, k) for k in script.REUSE_MUST_MATCH}
+    packaged = script.packaged_prompter()["sha256"]
+    assert packaged and len(packaged) == 64
+    runs = [{"variant": v, "seed": 10, "metrics": {}} for v in ("origin", "constyle")]
+    replaced = tmp_path / "replaced.json"
+    replaced.write_text(json.dumps({"config": config, "runs": runs, "prompter": {"sha256": "f" * 64}}))
+    with pytest.raises(SystemExit) as exc:
+        script.parse_args(["--variants", "origin", "--seeds", "10", "--runs-from", str(replaced)])
+    assert exc.value.code == 2
+    assert f"its constyle runs were trained with the prompter file of sha256 {'f' * 16}" in capsys.readouterr().err
+    args = script.parse_args(["--variants", "constyle", "--seeds", "10", "--runs-from", str(replaced)])
+    assert [r["variant"] for r in args.reused] == ["origin"]
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({"config": config, "runs": runs, "prompter": {"sha256": packaged}}))
+    args = script.parse_args(["--variants", "origin", "--seeds", "10", "--runs-from", str(same)])
+    assert [(r["variant"], r["prompter_sha256"]) for r in args.reused] == [("constyle", packaged)]
