@@ -51,7 +51,8 @@ def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: S
     is then known by its prompter file, not its name. A run trained with the file of a row here becomes that
     row (the ``constyle`` runs of a report made with a prompter since replaced become the ``--compare`` row
     given that file), and carries the file's hash as ``prompter_sha256``; a run whose file no row here uses is
-    refused (left out when its variant is trained here), so that two prompters never share a row.
+    refused (left out when its variant is trained here or taken from an earlier file), so that two
+    prompters never share a row.
 
     Returns ``(runs, sources)``: the runs taken (as the reports hold them) and one record a source file.
     Raises :class:`RunsFromError` on an unreadable report, other settings or missing seeds, and when
@@ -74,12 +75,13 @@ def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: S
                                 + ")")
         renamed: Dict[str, str] = {}
         runs_here = []
+        taken = {r["variant"] for r in reused}
         for run in earlier.get("runs", []):
             sha = run_prompter(run, earlier) if prompters is not None else None
             if sha is not None:
                 name = next((v for v, h in prompters.items() if h == sha), None)
-                if name is None and run["variant"] in variants:
-                    continue  # its row is trained here: the run would not be taken anyway
+                if name is None and (run["variant"] in variants or run["variant"] in taken):
+                    continue  # its row is trained here or came from an earlier file: it would not be taken
                 if name is None:
                     used = ", ".join(f"{v}: {h[:16]}…" for v, h in prompters.items() if h) or "none"
                     raise RunsFromError(
@@ -90,7 +92,6 @@ def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: S
                     renamed[run["variant"]] = name
                 run = {**run, "variant": name, "prompter_sha256": sha}
             runs_here.append(run)
-        taken = {r["variant"] for r in reused}
         runs = [r for r in runs_here if r["variant"] not in variants
                 and r["variant"] not in taken and r["seed"] in seeds]
         missing = {(v, s) for v in {r["variant"] for r in runs} for s in seeds} - \

@@ -80,3 +80,13 @@ def test_a_random_prompter_and_rows_without_a_file_are_taken_by_name(tmp_path):
         "runs": [{"variant": "constyle", "seed": 0}, {"variant": "learned", "seed": 0}]}))
     runs, _ = _merge([str(path)], seeds=[0], prompters={"constyle": NEW})
     assert sorted(r["variant"] for r in runs) == ["constyle", "learned"]
+
+
+def test_a_replaced_prompters_runs_yield_to_the_row_an_earlier_file_gave(tmp_path):
+    new = _report(tmp_path, "new", [("constyle", 0), ("constyle", 1)], prompter=NEW)
+    old = _report(tmp_path, "old", [("origin", 0), ("origin", 1), ("constyle", 0), ("constyle", 1)], prompter=OLD)
+    runs, _ = _merge([new, old], prompters={"constyle": NEW})
+    assert sorted((r["variant"], r.get("prompter_sha256")) for r in runs) == [
+        ("constyle", NEW), ("constyle", NEW), ("origin", None), ("origin", None)]
+    with pytest.raises(RunsFromError):  # in the other order the old file's runs would fill the row: refused
+        _merge([old, new], prompters={"constyle": NEW})
