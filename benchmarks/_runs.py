@@ -25,12 +25,6 @@ def prompter_hashes(report: Mapping[str, Any]) -> Dict[str, str]:
     return hashes
 
 
-def run_prompter(run: Mapping[str, Any], report: Mapping[str, Any]) -> Optional[str]:
-    """The sha256 of the prompter file ``run`` was trained with (recorded on the run, or else its report's
-    file for its variant); None for rows without one (origin, untrained prompter, learned conditioning)."""
-    return run.get("prompter_sha256") or prompter_hashes(report).get(run["variant"])
-
-
 def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: Sequence[str],
               variants: Sequence[str], seeds: Sequence[int], report: str,
               record: Callable[[Dict[str, Any]], Dict[str, Any]],
@@ -76,8 +70,11 @@ def runs_from(sources: Sequence[str], settings: Mapping[str, Any], must_match: S
         renamed: Dict[str, str] = {}
         runs_here = []
         taken = {r["variant"] for r in reused}
+        # a run's prompter file: recorded on the run, or else its report's file for its variant; none for
+        # origin, the untrained prompter and the learned conditioning
+        files = prompter_hashes(earlier) if prompters is not None else {}
         for run in earlier.get("runs", []):
-            sha = run_prompter(run, earlier) if prompters is not None else None
+            sha = (run.get("prompter_sha256") or files.get(run["variant"])) if prompters is not None else None
             if sha is not None:
                 name = next((v for v, h in prompters.items() if h == sha), None)
                 if name is None and (run["variant"] in variants or run["variant"] in taken):

@@ -165,7 +165,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.reused, args.runs_from_reports = runs_from(
             args.runs_from, vars(args), REUSE_MUST_MATCH, args.variants, args.seeds, "an allinone.json report",
             lambda earlier: {"test_set": earlier.get("test_set", {}).get("images")},
-            prompters={"constyle": constyle_prompter_sha256(args.prompter)})
+            prompters={"constyle": constyle_prompter_sha256(args.prompter)} if args.runs_from else None)
     except RunsFromError as exc:
         p.error(str(exc))
     args.variants = [v for v in VARIANTS if v in args.variants]

@@ -922,6 +922,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         prompter_path = Path(args.prompter).expanduser() if args.prompter else default_prompter_path()
         prompter_random, prompter_note = False, "the constyle runs' file (from --runs-from, checked by sha256)"
+    # the sha256 of each prompter file, once: on the runs and in the report
+    compared = {n: {"path": str(p), "sha256": sha256_file(p)} for n, p in args.compare.items()}
+    prompter_sha256 = sha256_file(prompter_path) if prompter_path else None
+    file_sha256 = {**({"constyle": prompter_sha256} if prompter_sha256 and not prompter_random else {}),
+                   **{n: c["sha256"] for n, c in compared.items()}}
     for seed in args.seeds:
         fingerprints = {}
         for variant in args.variants:
@@ -934,10 +939,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t0 = time.perf_counter()
             metrics = measure(items, network_restorer(net, device), f"{variant} seed {seed}", not args.no_progress)
             run.update(variant=variant, seed=seed, eval_time_s=time.perf_counter() - t0, metrics=metrics)
-            if variant in args.compare:
-                run["prompter_sha256"] = sha256_file(args.compare[variant])
-            elif variant == "constyle" and not prompter_random:
-                run["prompter_sha256"] = sha256_file(prompter_path)
+            if variant in file_sha256:
+                run["prompter_sha256"] = file_sha256[variant]
             fingerprints[variant] = run["data_fingerprint"]
             runs.append(run)
             log(f"[realdata] {variant} seed {seed}: average {metrics['average']['psnr']:.2f} dB RGB, "
@@ -964,9 +967,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       if k not in ("no_progress", "reused", "runs_from_reports", "compare")},
                    "compare": {k: str(v) for k, v in args.compare.items()}, "variants_trained": list(args.variants)},
         "prompter": {"path": str(prompter_path) if prompter_path else None,
-                     "sha256": sha256_file(prompter_path) if prompter_path else None, "random": prompter_random,
+                     "sha256": prompter_sha256, "random": prompter_random,
                      "note": prompter_note, "untrained_seed": UNTRAINED_PROMPTER_SEED},
-        "compared": {n: {"path": str(p), "sha256": sha256_file(p)} for n, p in args.compare.items()},
+        "compared": compared,
         "columns": [{"key": k, "label": lab} for k, lab in COLUMNS],
         "metrics": {"psnr / ssim": "BasicSR calculate_psnr / calculate_ssim, RGB, 8-bit, no border crop",
                     "psnr_y / ssim_y": "the same with test_y_channel=True"},

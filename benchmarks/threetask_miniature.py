@@ -130,12 +130,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f"--lr must be > 0, got {args.lr}")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds has duplicates: {args.seeds}")
+    args.prompter = packaged_prompter()  # what the constyle runs load, recorded on them and in the report
     try:
         args.reused, args.runs_from_reports = runs_from(
             args.runs_from, vars(args), REUSE_MUST_MATCH, args.variants, args.seeds,
             "a threetask_miniature.json report",
             lambda earlier: {"layout_sha256": earlier.get("layout", {}).get("sha256")},
-            prompters={"constyle": packaged_prompter()["sha256"]})
+            prompters={"constyle": args.prompter["sha256"]})
     except RunsFromError as exc:
         p.error(str(exc))
     args.variants = [v for v in VARIANTS if v in args.variants]
@@ -463,7 +464,7 @@ def run_one(variant: str, seed: int, args: argparse.Namespace, work: Path, train
     logs = sorted((checkpoint.parent.parent).glob("train_*.log"))
     loss = _final_loss(logs[-1].read_text()) if logs else None
     return {"variant": variant, "seed": seed, "options": str(OPTIONS[variant]),
-            **({"prompter_sha256": packaged_prompter()["sha256"]} if variant == "constyle" else {}),
+            **({"prompter_sha256": args.prompter["sha256"]} if variant == "constyle" else {}),
             "train_command": _shown(train_cmd), "evaluate_command": _shown(eval_cmd),
             "cwd": str(run_dir), "checkpoint": str(checkpoint), "train_s": round(train_s, 1),
             "evaluate_s": round(eval_s, 1), "final_l_pix": loss, "load_average_start": load_start,
@@ -730,7 +731,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "hazy_per_clear": args.hazy_per_clear, "threads": args.threads, "parallel": args.parallel,
                    "device": args.device, "smoke": args.smoke, "work": str(work), "out": str(out)},
         "schedule": schedule(args.iters),
-        "prompter": packaged_prompter(),
+        "prompter": args.prompter,
         "layout": {"root": str(layout_root), "sha256": sha, "counts": manifest["counts"],
                    "train_photos": manifest["train_photos"], "test_photos": manifest["test_photos"],
                    "disjoint": not (set(manifest["train_photos"]) & set(manifest["test_photos"])),
